@@ -1,0 +1,62 @@
+"""Shared helpers for kernels/: Triton availability, input validation, bit accounting.
+
+Depends on torch (and optionally triton) only — never on vllm.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True if `import triton` works (it may still have no GPU driver)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def triton_interpret() -> bool:
+    """True when TRITON_INTERPRET=1 (Triton kernels run on CPU tensors through numpy)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(device: torch.device) -> bool:
+    """Whether a Triton kernel can run on tensors of `device` (CUDA, or CPU under the interpreter)."""
+    if not triton_available():
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and triton_interpret()
+
+
+def check_tensor(name: str, t, *, dtype=None, ndim: int | None = None, shape=None,
+                 device: torch.device | None = None, contiguous: bool = False) -> None:
+    """Raise a ValueError naming `name` unless `t` is a tensor with the given properties.
+
+    `dtype` may be one dtype or a tuple of allowed dtypes; `shape` entries of None are free.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if dtype is not None:
+        allowed = dtype if isinstance(dtype, tuple) else (dtype,)
+        if t.dtype not in allowed:
+            raise ValueError(f"{name}: dtype {t.dtype} not in {[str(d) for d in allowed]}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dims, got shape {tuple(t.shape)}")
+    if shape is not None:
+        if t.dim() != len(shape) or any(s is not None and s != a for s, a in zip(shape, t.shape)):
+            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: on {t.device}, expected {device}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name}: must be contiguous")
+
+
+def stored_bits(tensors: dict[str, torch.Tensor]) -> int:
+    """Total stored size in bits of a layer's tensors (the honest numerator of bits/weight)."""
+    return sum(t.numel() * t.element_size() * 8 for t in tensors.values())
