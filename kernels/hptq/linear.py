@@ -1,0 +1,62 @@
+"""`hptq_linear`: y = x · Wqᵀ (+ bias) for an HPTQ layer, dispatched by device and M.
+
+Triton devices (CUDA, or CPU under TRITON_INTERPRET=1) run the custom op `babai::hptq_linear`
+(opaque to torch.compile and CUDA graphs): the fused decode-GEMV for M ≤ GEMV_MAX_M, else a
+decode into x.dtype followed by a torch matmul. Other devices use the dequantized weight
+kept by `prepare_hptq` (the torch reference path).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from kernels.common import check_tensor, use_triton
+from kernels.hptq.prepare import PreparedHPTQ
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@torch.library.custom_op("babai::hptq_linear", mutates_args=())
+def _hptq_linear_op(x: torch.Tensor, stream: torch.Tensor, chunk_starts: torch.Tensor,
+                    lut_value: torch.Tensor, lut_info: torch.Tensor, scale: float,
+                    out_features: int, chunk_cols: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    from kernels.hptq.decode import hptq_decode
+    from kernels.hptq.gemv import GEMV_MAX_M, hptq_gemv
+    p = PreparedHPTQ(out_features, x.shape[1], chunk_cols, scale, stream, chunk_starts,
+                     lut_value, lut_info, None, x.device)
+    if x.shape[0] <= GEMV_MAX_M:
+        y = hptq_gemv(x, p)
+        if bias is not None:
+            y = y + bias.to(torch.float32)
+        return y.to(x.dtype)
+    y = x @ hptq_decode(p, x.dtype).T
+    return y + bias.to(x.dtype) if bias is not None else y
+
+
+@_hptq_linear_op.register_fake
+def _(x, stream, chunk_starts, lut_value, lut_info, scale, out_features, chunk_cols, bias):
+    return x.new_empty(x.shape[0], out_features)
+
+
+def hptq_linear(x: torch.Tensor, prepared: PreparedHPTQ, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) float16/bfloat16/float32 on the layer's device → (..., N) in x.dtype."""
+    p = prepared
+    check_tensor("x", x, dtype=FLOAT_DTYPES, device=p.device)
+    if x.dim() < 1 or x.shape[-1] != p.in_features:
+        raise ValueError(f"x: last dim must be K={p.in_features}, got shape {tuple(x.shape)}")
+    if bias is not None:
+        check_tensor("bias", bias, dtype=FLOAT_DTYPES, shape=(p.out_features,), device=p.device)
+    x2 = x.reshape(-1, p.in_features)
+    if x2.shape[0] == 0:
+        return x.new_empty(*x.shape[:-1], p.out_features)
+    if use_triton(x.device):
+        y = torch.ops.babai.hptq_linear(x2.contiguous(), p.stream, p.chunk_starts, p.lut_value,
+                                        p.lut_info, p.scale, p.out_features, p.chunk_cols,
+                                        None if bias is None else bias.contiguous())
+    elif p.weight is not None:
+        y = x2.to(torch.float32) @ p.weight.T
+        y = (y if bias is None else y + bias.to(torch.float32)).to(x.dtype)
+    else:
+        raise ValueError(f"prepared: laid out for Triton, but Triton cannot run on {x.device}")
+    return y.reshape(*x.shape[:-1], p.out_features)

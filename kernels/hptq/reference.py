@@ -1,0 +1,22 @@
+"""Torch reference for an HPTQ linear layer: decode → dequantize → matmul in float32."""
+from __future__ import annotations
+
+import torch
+
+from kernels.common import check_tensor
+from kernels.hptq.pack import dequantize_hptq
+
+
+def hptq_linear_reference(x: torch.Tensor, tensors: dict[str, torch.Tensor],
+                          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x Wqᵀ (+ bias) for x (..., K) → (..., N) in x.dtype, computed in float32 on x's device."""
+    check_tensor("x", x, dtype=(torch.float16, torch.bfloat16, torch.float32))
+    if x.dim() < 1:
+        raise ValueError("x: needs at least one dimension (..., K)")
+    weight = dequantize_hptq(tensors, x.shape[-1]).to(x.device)
+    if bias is not None:
+        check_tensor("bias", bias, shape=(weight.shape[0],), device=x.device)
+    y = x.to(torch.float32) @ weight.T
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)

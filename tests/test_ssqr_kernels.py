@@ -1,0 +1,56 @@
+"""SSQR linear entry points on CPU: torch path, custom op, bad input.
+
+The Triton cases live in tests/interpret/test_interp_ssqr.py (run by tests/test_triton_interpreter.py).
+"""
+import pytest
+import torch
+
+from kernels.ssqr import pack_ssqr, prepare_ssqr, ssqr_linear, ssqr_linear_reference
+from tests.test_ssqr_pack import random_layer
+
+
+
+def assert_matches_reference(y, x, tensors, bias):
+    ref = ssqr_linear_reference(x.float(), tensors, None if bias is None else bias.float())
+    eps = torch.finfo(x.dtype).eps
+    assert y.dtype == x.dtype
+    torch.testing.assert_close(y.float(), ref, rtol=2 * eps, atol=4 * eps * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_ssqr_linear_torch_path(monkeypatch, dtype):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    tensors = pack_ssqr(*random_layer(16, 64, 2, 32, seed=2), bits=2)
+    prepared = prepare_ssqr(tensors, "cpu")
+    x = torch.randn(2, 3, 64).to(dtype)
+    bias = torch.randn(16).to(dtype)
+    y = ssqr_linear(x, prepared, bias)
+    assert y.shape == (2, 3, 16)
+    assert_matches_reference(y.reshape(6, 16), x.reshape(6, 64), tensors, bias)
+
+
+def test_custom_op_registration(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    p = prepare_ssqr(pack_ssqr(*random_layer(8, 64, 4, 32, seed=1), bits=4), "cpu")
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    torch.library.opcheck(torch.ops.babai.ssqr_linear.default,
+                          (x, p.qweight, p.scales, p.perm, p.outlier_src, p.outlier_vals, None,
+                           p.bits, p.group_size, p.has_perm, p.has_outliers))
+
+
+def test_ssqr_linear_rejects_bad_input():
+    p = prepare_ssqr(pack_ssqr(*random_layer(8, 64, 4, 32, seed=1), bits=4), "cpu")
+    x = torch.randn(3, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="x: dtype"):
+        ssqr_linear(x.int(), p)
+    with pytest.raises(ValueError, match="x: last dim must be K=64"):
+        ssqr_linear(x[:, :32].contiguous(), p)
+    with pytest.raises(ValueError, match="x: must be contiguous"):
+        ssqr_linear(torch.randn(64, 3, dtype=torch.float16).T, p)
+    with pytest.raises(ValueError, match="x: on meta"):
+        ssqr_linear(x.to("meta"), p)
+    with pytest.raises(ValueError, match="bias: expected shape"):
+        ssqr_linear(x, p, torch.zeros(7, dtype=torch.float16))
+    with pytest.raises(ValueError, match="perm"):
+        prepare_ssqr(dict(pack_ssqr(*random_layer(8, 64, 4, 32), bits=4),
+                          perm=torch.zeros(64, dtype=torch.int32)), "cpu")
