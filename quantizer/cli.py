@@ -1,0 +1,131 @@
+"""`babai-quantize` / `python -m quantizer`: quantize a Hugging Face causal LM into a checkpoint.
+
+Defaults: the embedded SmolLM2-135M-Instruct, calibrated on the Austen calibration split,
+SSQR 4-bit, group size 64, 1 % outliers, act-order.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from quantizer.driver import FORMATS, ORDERINGS, QuantizeOptions
+
+DESCRIPTION = """Quantize a Llama-family causal LM (Llama, Mistral, Qwen2, Qwen3) layer by layer with
+GPTQ/Babai and write a Hugging Face checkpoint folder (config.json quantization_config per
+docs/format.md, safetensors, tokenizer, quant_report.json). The folder is written to a temporary
+directory and renamed at the end, so a failed run leaves nothing at --output."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="babai-quantize", description=DESCRIPTION,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", type=Path, default=None,
+                   help="Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct, built on first use)")
+    p.add_argument("--calib-text", type=Path, default=None,
+                   help="UTF-8 calibration text file (default: the embedded Austen calibration split)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="checkpoint folder to create (default: ./checkpoints/<model>-<format>-<bits>)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it already exists")
+    p.add_argument("--format", choices=FORMATS, default="ssqr",
+                   help="ssqr: b-bit groups + 16-bit outliers, no clipping; hptq: one scale per matrix, "
+                        "Huffman-coded unbounded integers (GPTQ); hrtn: the same with round-to-nearest; "
+                        "gptq: classic clipped GPTQ, written in the standard GPTQ layout; rtn: round-to-nearest "
+                        "with clipping, GPTQ layout")
+    p.add_argument("--bits", type=int, default=4, help="integer bits per weight (ssqr inliers, gptq, rtn)")
+    p.add_argument("--target-bits", type=float, default=None,
+                   help="target effective bits/weight for hptq/hrtn (required for them), e.g. 4.125")
+    p.add_argument("--group-size", type=int, default=64,
+                   help="columns per scale group (ssqr, gptq, rtn); must divide every layer's input size")
+    p.add_argument("--outlier-rate", type=float, default=0.01,
+                   help="ssqr: target fraction of 16-bit outliers per row (the scale search aims at it)")
+    p.add_argument("--ordering", choices=ORDERINGS, default="act",
+                   help="quantization order: act = descending diag(H) (GPTQ act-order); min-pivot = greedy "
+                        "pivoted LDL minimizing tr(D); identity = original column order")
+    p.add_argument("--damping", type=float, default=0.01,
+                   help="relative damping: H += damping · mean(diag H) · I")
+    p.add_argument("--float-target", action="store_true",
+                   help="Qronos-style target: fit the float model's layer outputs on the quantized model's "
+                        "inputs (adds one float forward per layer and G = X̂ᵀX)")
+    p.add_argument("--no-true-sequential", dest="true_sequential", action="store_false",
+                   help="capture every linear's H in one pass instead of re-running the layer after "
+                        "q/k/v, o_proj and gate/up are quantized")
+    p.add_argument("--nsamples", type=int, default=16, help="number of calibration windows")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
+    p.add_argument("--seed", type=int, default=0, help="seed for the calibration window offsets")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="compute device; only one decoder layer lives there at a time")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="floating-point dtype of the quantization sweep")
+    p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
+                   help="linear names (fnmatch pattern or suffix) to keep in 16 bit, repeatable, e.g. "
+                        "'*.mlp.down_proj' (lm_head and the embeddings are always kept)")
+    p.add_argument("--row-parallel-blocks", type=int, default=8,
+                   help="make o_proj/down_proj permutations block-local for this many tensor-parallel "
+                        "parts (lowered per layer to what its shape allows)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> QuantizeOptions:
+    options = QuantizeOptions(
+        format=args.format, bits=args.bits, target_bits=args.target_bits, group_size=args.group_size,
+        outlier_rate=args.outlier_rate, ordering=args.ordering, damping=args.damping,
+        float_target=args.float_target, true_sequential=args.true_sequential,
+        row_parallel_blocks=args.row_parallel_blocks, skip=tuple(args.skip), device=args.device,
+        dtype=args.dtype)
+    options.validate()
+    return options
+
+
+def default_output(model: Path, options: QuantizeOptions) -> Path:
+    size = f"{options.target_bits}b" if options.format in ("hptq", "hrtn") else f"w{options.bits}g{options.group_size}"
+    return Path("checkpoints") / f"{model.name}-{options.format}-{size}"
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Quantize per `args` and write the checkpoint; returns its path. ValueError/OSError on bad input."""
+    from quantizer import assets
+    from quantizer.driver import calibration_windows, load_causal_lm, quantize_model, write_checkpoint
+
+    options = options_from_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_dir = args.model if args.model is not None else assets.model_dir()
+    calib = args.calib_text if args.calib_text is not None else assets.text_path("calib")
+    output = args.output if args.output is not None else default_output(Path(model_dir), options)
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace it")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise ValueError(f"--model {model_dir}: not a Hugging Face model folder (no config.json)")
+    if not Path(calib).is_file():
+        raise ValueError(f"--calib-text {calib}: no such file")
+    start = time.perf_counter()
+    model, tokenizer = load_causal_lm(model_dir)
+    windows = calibration_windows(tokenizer, Path(calib).read_text(encoding="utf-8"),
+                                  args.nsamples, args.seqlen, args.seed)
+    result = quantize_model(model, windows, options)
+    extra = {"model": str(model_dir), "calib_text": str(calib), "nsamples": args.nsamples,
+             "seqlen": args.seqlen, "seed": args.seed, "wall_seconds": time.perf_counter() - start}
+    path = write_checkpoint(result, options, output, model_dir, overwrite=args.overwrite, extra_report=extra)
+    totals = result.report()["totals"]
+    print(f"wrote {path}: {totals['quantized_linears']} linears, {totals['effective_bits']:.3f} bits/weight, "
+          f"{time.perf_counter() - start:.0f} s")
+    return path
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as e:   # FileExistsError is an OSError
+        print(f"babai-quantize: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""babai-quantize CLI: end to end on a tiny Llama, and every bad input → clear error, nothing written."""
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+import torch
+
+from quantizer.cli import main
+from vllm_babai.tiny import save_tiny_tokenizer, tiny_llama_config
+
+WORDS = ("it is a truth universally acknowledged that a single man in possession of a good fortune "
+         "must be in want of a wife").split()
+TEXT = " ".join(WORDS[(5 * i) % len(WORDS)] for i in range(800))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from transformers import LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(save_tiny_tokenizer(folder))).save_pretrained(folder)
+    (folder / "calib.txt").write_text(TEXT)
+    return folder
+
+
+def args(model_dir, out, *extra):
+    return ["--model", str(model_dir), "--calib-text", str(model_dir / "calib.txt"), "--output", str(out),
+            "--nsamples", "4", "--seqlen", "32", "--group-size", "32", "--format", "rtn", "--device", "cpu",
+            *extra]
+
+
+def test_cli_writes_checkpoint_and_report(model_dir, tmp_path, capsys):
+    assert main(args(model_dir, tmp_path / "out")) == 0
+    report = json.loads((tmp_path / "out" / "quant_report.json").read_text())
+    assert report["totals"]["quantized_linears"] == 14
+    # GPTQ 4-bit g32: 4 bits + fp16 scale/32 + 4-bit zero/32 per weight
+    assert report["totals"]["effective_bits"] == pytest.approx(4 + 16 / 32 + 4 / 32)
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for opt in ("--model", "--calib-text", "--output", "--format", "--bits", "--target-bits", "--group-size",
+                "--outlier-rate", "--ordering", "--damping", "--float-target", "--nsamples", "--seqlen",
+                "--device", "--seed", "--skip", "--row-parallel-blocks", "--overwrite", "--dtype"):
+        assert opt in text
+
+
+def test_missing_model_path(tmp_path, capsys):
+    assert main(args(tmp_path / "nope", tmp_path / "out")) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_architecture_is_named(tmp_path, capsys, model_dir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=400)).save_pretrained(gpt2)
+    save_tiny_tokenizer(gpt2)
+    (gpt2 / "calib.txt").write_text(TEXT)
+    assert main(args(gpt2, tmp_path / "out")) == 2
+    assert "GPT2LMHeadModel" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_short_calibration_text(model_dir, tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("a single man")
+    argv = args(model_dir, tmp_path / "out")
+    argv[argv.index("--calib-text") + 1] = str(short)
+    assert main(argv) == 2
+    assert "shorter than one window" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_left_alone_without_overwrite(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(args(model_dir, out)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_full_disk_leaves_nothing(model_dir, tmp_path, capsys, monkeypatch):
+    import quantizer.checkpoint as checkpoint
+
+    def full_disk(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    assert main(args(model_dir, tmp_path / "out")) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
