@@ -1,0 +1,159 @@
+"""HPTQ (Huffman PTQ, arXiv 2507.18553 §5) and its round-to-nearest control HRTN.
+
+One float32 scale s per matrix, unbounded integer codes z (no clipping), entropy-coded
+(kernels/hptq: canonical length-limited Huffman, escapes, chunked stream). Search:
+
+    x ← log(max|W|) − (target + 1)·log 2, within log(max|W|) + [−24, 4]·log 2 (beyond: all codes
+        0 or codes not exact in float32)
+    repeat: s ← float32(e^x); z ← sweep (HPTQ) or round(W/s) (HRTN) on the unbounded grid;
+            bits ← coded_bits(z) / (N·K)  (every stored bit: stream, chunk_bits, table, scale)
+            bisect x (bits fall as s grows, ≈ 1 bit per doubling of s: the model step) until
+            |bits − target| ≤ tol
+    keep the evaluated s whose bits are closest to the target
+
+Codes are stored in original column order (no permutation).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+
+from kernels.hptq.pack import choose_chunk_cols, coded_bits, encode_hptq
+from quantizer.lattice import (UnboundedGrid, achieved_error, babai_bound, damp, fix_dead_inputs,
+                               rtn_quantize, sweep)
+
+from .bisection import LogBisection
+from .layer import prepare_layer, validate_common
+from .result import FormatResult, effective_bits
+
+TARGET_TOLERANCE = 0.05        # acceptance: achieved bits/weight within ±0.05 of the target
+MAX_CODE_MAGNITUDE = 2.0 ** 24  # codes beyond this are not exact in float32: scale far too small
+
+
+def _check_hptq_args(K: int, target_bits, chunk_cols, row_parallel_blocks, steps, tol) -> int:
+    """Validate; return the chunk width C."""
+    if not isinstance(target_bits, (int, float)) or not 1 < target_bits <= 16:
+        raise ValueError(f"target_bits: expected a number in (1, 16], got {target_bits!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+    if not isinstance(tol, (int, float)) or not 0 < tol <= TARGET_TOLERANCE:
+        raise ValueError(f"tol: expected a number in (0, {TARGET_TOLERANCE}], got {tol!r}")
+    if not isinstance(row_parallel_blocks, int) or row_parallel_blocks < 1:
+        raise ValueError(f"row_parallel_blocks: expected a positive integer, got {row_parallel_blocks!r}")
+    if chunk_cols is None:
+        return choose_chunk_cols(K, row_parallel_blocks)
+    if not isinstance(chunk_cols, int) or chunk_cols < 1 or K % chunk_cols:
+        raise ValueError(f"chunk_cols: {chunk_cols!r} must be a positive divisor of K={K}")
+    return chunk_cols
+
+
+def search_matrix_scale(codes_at: Callable[[float], tuple[torch.Tensor, torch.Tensor]],
+                        max_abs: float, shape: tuple[int, int], *, target_bits: float,
+                        chunk_cols: int, steps: int, tol: float) -> dict:
+    """Bisect the matrix scale so coded bits/weight ≈ target_bits.
+
+    codes_at(scale) → (z (N, K) int32, q (N, K) float), original column order.
+    Returns {scale, z, q, bits, steps, bits_per_step}; raises ValueError naming target_bits if
+    the closest evaluated point misses the target by more than TARGET_TOLERANCE.
+    """
+    N, K = shape
+    log_max, log2 = math.log(max(max_abs, 1e-30)), math.log(2.0)
+    x0 = log_max - (target_bits + 1) * log2
+    search = LogBisection(torch.tensor([x0]), torch.tensor([float(target_bits)]), tol=tol,
+                          x_tol=1e-6, x_min=log_max - 24 * log2, x_max=log_max + 4 * log2,
+                          slope=-1 / log2)
+    best, trace = None, []
+    while not search.done() and search.steps < steps:
+        x = search.propose()
+        scale = float(torch.exp(x).to(torch.float32))
+        z = q = None
+        if max_abs / scale < MAX_CODE_MAGNITUDE:
+            z, q = codes_at(scale)
+            bits = coded_bits(z, chunk_cols) / (N * K)
+        else:
+            bits = math.inf
+        trace.append(bits)
+        if bool(search.update(x, torch.tensor([bits]))[0]) and z is not None:
+            best = {"scale": scale, "z": z, "q": q, "bits": bits}
+    if best is None or abs(best["bits"] - target_bits) > TARGET_TOLERANCE:
+        got = "nothing" if best is None else f"{best['bits']:.4f}"
+        raise ValueError(f"target_bits: {target_bits} not reached within ±{TARGET_TOLERANCE} in "
+                         f"{search.steps} steps (closest: {got} bits/weight)")
+    return {**best, "steps": search.steps, "bits_per_step": trace}
+
+
+def _format_result(fmt: str, found: dict, chunk_cols: int, error: torch.Tensor,
+                   bound: torch.Tensor | None, extra: dict) -> FormatResult:
+    z, q = found["z"].cpu(), found["q"].cpu()
+    tensors = encode_hptq(z, found["scale"], chunk_cols)
+    N, K = z.shape
+    return FormatResult(
+        format=fmt, tensors=tensors, q_dequant=q.to(torch.float32) + 0.0,   # −0.0 → +0.0
+        error=error.cpu(), bound=None if bound is None else bound.cpu(),
+        effective_bits=effective_bits(tensors, N, K),
+        search={"steps": found["steps"], "bits_per_step": found["bits_per_step"],
+                "scale": found["scale"], "chunk_cols": chunk_cols, **extra})
+
+
+def quantize_hptq(W: torch.Tensor, H: torch.Tensor, *, target_bits: float = 3.125,
+                  ordering: str = "act", damping: float = 0.01, row_parallel_blocks: int = 1,
+                  chunk_cols: int | None = None, G_cross: torch.Tensor | None = None,
+                  steps: int = 40, tol: float = 0.01, block_size: int = 128,
+                  dtype: torch.dtype = torch.float32, device=None) -> FormatResult:
+    """Quantize W (N, K) with Hessian H (K, K) to HPTQ (docs/format.md §3) at `target_bits`.
+
+    The sweep runs in `ordering` on the unbounded grid (nothing clipped, so error ≤ bound =
+    ¼ s² tr(D) per row). chunk_cols: None → kernels' choose_chunk_cols(K, row_parallel_blocks).
+    tol: stop once |bits − target| ≤ tol (≤ 0.05). G_cross: (K, K) X̂ᵀX for the float target.
+    """
+    validate_common(W, H, G_cross, damping)
+    N, K = W.shape
+    chunk_cols = _check_hptq_args(K, target_bits, chunk_cols, row_parallel_blocks, steps, tol)
+    start = time.perf_counter()
+    Wd, prep = prepare_layer(W, H, ordering=ordering, damping=damping, row_parallel_blocks=1,
+                             G_cross=G_cross, dtype=dtype, device=device)
+    gidx = torch.zeros(K, dtype=torch.int64)
+    grid = UnboundedGrid()
+
+    def codes_at(scale: float):
+        res = sweep(Wd, prep, torch.full((N, 1), scale), gidx, grid, block_size=block_size)
+        return res.codes, res.q
+
+    found = search_matrix_scale(codes_at, float(Wd.abs().max()), (N, K), target_bits=target_bits,
+                                chunk_cols=chunk_cols, steps=steps, tol=tol)
+    S = torch.full((N, K), found["scale"], dtype=torch.float64)
+    q = found["q"].to(torch.float32)
+    return _format_result("hptq", found, chunk_cols, achieved_error(Wd, q, prep.H),
+                          babai_bound(S, prep.perm, prep.D),
+                          {"seconds": time.perf_counter() - start, "trace_D": prep.trace_D,
+                           "damping_used": prep.damping})
+
+
+def quantize_hrtn(W: torch.Tensor, H: torch.Tensor, *, target_bits: float = 3.125,
+                  damping: float = 0.01, row_parallel_blocks: int = 1,
+                  chunk_cols: int | None = None, steps: int = 40, tol: float = 0.01,
+                  **_ignored) -> FormatResult:
+    """HPTQ's format and scale search with round-to-nearest codes (the control baseline).
+
+    H (K, K) is used only to report the error (w − q)ᵀ(H + λI)(w − q); there is no bound.
+    Sweep-only options (ordering, G_cross, dtype, device, block_size) are accepted and ignored.
+    """
+    validate_common(W, H, None, damping)
+    N, K = W.shape
+    chunk_cols = _check_hptq_args(K, target_bits, chunk_cols, row_parallel_blocks, steps, tol)
+    start = time.perf_counter()
+    W32 = W.to(torch.float32)
+    grid = UnboundedGrid()
+
+    def codes_at(scale: float):
+        z, q, _ = rtn_quantize(W32, torch.full_like(W32, scale), grid)
+        return z, q
+
+    found = search_matrix_scale(codes_at, float(W32.abs().max()), (N, K), target_bits=target_bits,
+                                chunk_cols=chunk_cols, steps=steps, tol=tol)
+    Hd, _ = damp(fix_dead_inputs(H.to(torch.float64))[0], damping)
+    return _format_result("hrtn", found, chunk_cols, achieved_error(W, found["q"], Hd), None,
+                          {"seconds": time.perf_counter() - start})

@@ -1,0 +1,61 @@
+"""Per-layer setup shared by the format searches: validation, ordering, prepared Hessian, target."""
+from __future__ import annotations
+
+import torch
+
+from quantizer.lattice import (damp, fix_dead_inputs, float_target_weights, ordering,
+                               prepare_hessian, validate_layer)
+from quantizer.lattice.ordering import METHODS
+from quantizer.lattice.sweep import PreparedHessian
+
+
+def check_row_parallel_blocks(K: int, parts: int, group_size: int = 32) -> None:
+    """ValueError unless K splits into `parts` equal blocks that are whole groups and 32-blocks."""
+    if not isinstance(parts, int) or parts < 1 or K % parts or (K // parts) % group_size \
+            or (K // parts) % 32:
+        raise ValueError(f"row_parallel_blocks: {parts!r} must be a positive divisor of K={K} with "
+                         f"K/P a multiple of 32 and of the group size {group_size}")
+
+
+def block_local_ordering(H: torch.Tensor, method: str, parts: int) -> torch.Tensor:
+    """GPTQ order (K,) int64 whose `parts` contiguous blocks are each permuted within themselves.
+
+    H: (K, K) damped Hessian. Block p (columns [pK/P, (p+1)K/P)) is ordered by `method` on its
+    own diagonal block of H, and the blocks are quantized in turn (block 0 first), so
+    perm[j] ∈ block p for every stored j ∈ block p (docs/format.md §2, row-parallel split).
+    parts=1 is the plain ordering of H.
+    """
+    if method not in METHODS:
+        raise ValueError(f"ordering: unknown method {method!r}, expected one of {METHODS}")
+    K = H.shape[0]
+    width = K // parts
+    return torch.cat([ordering(H[b:b + width, b:b + width], method) + b for b in range(0, K, width)])
+
+
+def prepare_layer(W: torch.Tensor, H: torch.Tensor, *, ordering: str, damping: float,
+                  row_parallel_blocks: int, G_cross: torch.Tensor | None, dtype: torch.dtype,
+                  device) -> tuple[torch.Tensor, PreparedHessian]:
+    """(target weights (N, K) float64 on the sweep device, prepared Hessian) for one layer.
+
+    The target is W with dead inputs zeroed (GPTQ's rule), or the Qronos float target
+    Ŵ = H⁻¹(G + λI)W when G_cross (K, K) = X̂ᵀX is given. The order is block-local when
+    row_parallel_blocks > 1 (see block_local_ordering).
+    """
+    H64 = H.to(device=device or H.device, dtype=torch.float64)
+    perm = block_local_ordering(damp(fix_dead_inputs(H64)[0], damping)[0], ordering,
+                                row_parallel_blocks)
+    prep = prepare_hessian(H64, perm=perm, damping=damping, dtype=dtype, device=device)
+    dev = prep.U.device
+    Wd = W.to(device=dev, dtype=torch.float64)
+    Wd[:, prep.dead.to(dev)] = 0
+    if G_cross is not None:
+        Wd = float_target_weights(Wd, prep.H, G_cross.to(dev), prep.lam)
+        Wd[:, prep.dead.to(dev)] = 0
+    return Wd, prep
+
+
+def validate_common(W, H, G_cross, damping) -> None:
+    """The lattice core's input checks plus the damping argument."""
+    validate_layer(W, H, None, None, G_cross)
+    if not isinstance(damping, (int, float)) or not damping >= 0:
+        raise ValueError(f"damping: expected a non-negative number, got {damping!r}")
