@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from quantizer.lattice import (damp, fix_dead_inputs, float_target_weights, ordering,
-                               prepare_hessian, validate_layer)
+from quantizer.lattice import damp, fix_dead_inputs, ordering, prepare_hessian, validate_layer
+from quantizer.lattice.api import sweep_target
 from quantizer.lattice.ordering import METHODS
 from quantizer.lattice.sweep import PreparedHessian
 
@@ -37,21 +37,14 @@ def prepare_layer(W: torch.Tensor, H: torch.Tensor, *, ordering: str, damping: f
                   device) -> tuple[torch.Tensor, PreparedHessian]:
     """(target weights (N, K) float64 on the sweep device, prepared Hessian) for one layer.
 
-    The target is W with dead inputs zeroed (GPTQ's rule), or the Qronos float target
-    Ŵ = H⁻¹(G + λI)W when G_cross (K, K) = X̂ᵀX is given. The order is block-local when
+    The target is lattice.api.sweep_target (dead inputs zeroed, or the Qronos float target). The order is block-local when
     row_parallel_blocks > 1 (see block_local_ordering).
     """
     H64 = H.to(device=device or H.device, dtype=torch.float64)
     perm = block_local_ordering(damp(fix_dead_inputs(H64)[0], damping)[0], ordering,
                                 row_parallel_blocks)
     prep = prepare_hessian(H64, perm=perm, damping=damping, dtype=dtype, device=device)
-    dev = prep.U.device
-    Wd = W.to(device=dev, dtype=torch.float64)
-    Wd[:, prep.dead.to(dev)] = 0
-    if G_cross is not None:
-        Wd = float_target_weights(Wd, prep.H, G_cross.to(dev), prep.lam)
-        Wd[:, prep.dead.to(dev)] = 0
-    return Wd, prep
+    return sweep_target(W, prep, G_cross), prep
 
 
 def validate_common(W, H, G_cross, damping) -> None:

@@ -67,6 +67,22 @@ def validate_layer(W, H, bits, group_size, G_cross=None) -> None:
         raise ValueError(f"group_size: {group_size!r} must be a positive divisor of K={K} (or None)")
 
 
+def sweep_target(W: torch.Tensor, prep: PreparedHessian,
+                 G_cross: torch.Tensor | None = None) -> torch.Tensor:
+    """The weights the sweep rounds: (N, K) float64 on prep's device.
+
+    W with dead inputs zeroed (GPTQ's rule), or the Qronos float target Ŵ = H⁻¹(G + λI)W when
+    G_cross (K, K) = X̂ᵀX is given.
+    """
+    dev = prep.U.device
+    Wd = W.to(device=dev, dtype=torch.float64)
+    Wd[:, prep.dead.to(dev)] = 0
+    if G_cross is not None:
+        Wd = float_target_weights(Wd, prep.H, G_cross.to(dev), prep.lam)
+        Wd[:, prep.dead.to(dev)] = 0
+    return Wd
+
+
 def quantize_layer(W: torch.Tensor, H: torch.Tensor, *, bits: int | None, group_size: int | None,
                    grid: str = "clip", scale_method: str = "mse", scales: torch.Tensor | None = None,
                    ordering: str = "act", perm: torch.Tensor | None = None,
@@ -117,11 +133,7 @@ def quantize_layer(W: torch.Tensor, H: torch.Tensor, *, bits: int | None, group_
     prep: PreparedHessian = prepare_hessian(H, ordering=ordering, perm=perm, damping=damping,
                                             dtype=dtype, device=device)
     dev = prep.U.device
-    Wd = W.to(device=dev, dtype=torch.float64)
-    Wd[:, prep.dead.to(dev)] = 0
-    if G_cross is not None:
-        Wd = float_target_weights(Wd, prep.H, G_cross.to(dev), prep.lam)
-        Wd[:, prep.dead.to(dev)] = 0
+    Wd = sweep_target(W, prep, G_cross)
     gidx = step_group_index(prep.perm, group_size, groups_in)
     if scales is None:
         order = prep.perm if groups_in == "quant_order" else None
