@@ -1,0 +1,89 @@
+"""`babai` QuantizationConfig: read from config.json `quantization_config` (docs/format.md §1).
+
+vLLM picks it up from the checkpoint with or without `--quantization babai`.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
+from vllm.model_executor.layers.quantization import register_quantization_config
+from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
+
+from quantizer.checkpoint import validate_quantization_config
+
+
+@register_quantization_config("babai")
+class BabaiConfig(QuantizationConfig):
+    """The checkpoint's quantization_config: format ("ssqr" | "hptq") and skip list."""
+
+    def __init__(self, quantization_config: dict[str, Any]):
+        super().__init__()
+        self.quantization_config = quantization_config
+        self.format: str = quantization_config["format"]
+        self.modules_to_not_convert: list[str] = list(quantization_config.get("modules_to_not_convert", []))
+
+    def __repr__(self) -> str:
+        return f"BabaiConfig(format={self.format!r}, skip={self.modules_to_not_convert})"
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "babai"
+
+    def get_supported_act_dtypes(self) -> list[torch.dtype]:
+        return [torch.float16, torch.bfloat16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 80  # bf16 tl.dot in the Triton kernels (ignored on CPU)
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return []  # the dict lives in config.json
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "BabaiConfig":
+        return cls(validate_quantization_config(config, "config.json quantization_config"))
+
+    @staticmethod
+    def get_checkpoint_weight_mapper():
+        """Keep every checkpoint tensor (the default mapper drops `*.g_idx`)."""
+        from vllm.model_executor.models.utils import WeightsMapper
+
+        return WeightsMapper()
+
+    def apply_vllm_mapper(self, hf_to_vllm_mapper) -> None:
+        self.modules_to_not_convert = hf_to_vllm_mapper.apply_list(self.modules_to_not_convert)
+
+    def checkpoint_modules(self, prefix: str) -> list[str]:
+        """Checkpoint module names behind a vLLM layer: the siblings of a fused layer
+        (`...qkv_proj` → `...q_proj`, `...k_proj`, `...v_proj`), else the layer itself."""
+        parent, _, last = prefix.rpartition(".")
+        siblings = self.packed_modules_mapping.get(last)
+        if not siblings:
+            return [prefix]
+        return [f"{parent}.{s}" if parent else s for s in siblings]
+
+    def is_skipped(self, prefix: str) -> bool:
+        """Whether the layer stays unquantized: an entry of modules_to_not_convert is a module prefix,
+        a suffix, or an fnmatch pattern (as `babai-quantize --skip` writes); fused siblings must agree."""
+        def skipped(name: str) -> bool:
+            return any(name == m or name.startswith(m + ".") or name.endswith("." + m)
+                       or fnmatch.fnmatchcase(name, m) for m in self.modules_to_not_convert)
+
+        flags = {name: skipped(name) for name in self.checkpoint_modules(prefix)}
+        if len(set(flags.values())) > 1:
+            raise ValueError(f"{prefix}: modules_to_not_convert skips only some of the fused modules "
+                             f"{flags}; vLLM fuses them into one layer, so skip all or none")
+        return any(flags.values())
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
+        if not isinstance(layer, LinearBase):
+            return None  # embeddings, lm_head, attention, MoE stay unquantized
+        if self.is_skipped(prefix):
+            return UnquantizedLinearMethod()
+        from .linear import LINEAR_METHODS
+
+        return LINEAR_METHODS[self.format](self, prefix)

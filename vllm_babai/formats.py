@@ -1,0 +1,111 @@
+"""Per-format adapters over kernels/ and the shard logic of one vLLM linear layer.
+
+Pure torch (no vllm import), so the loading rules and their errors are unit-testable without an
+engine. A vLLM layer is one or more checkpoint modules ("siblings": q/k/v, gate/up, or just one);
+`shard_layer` turns their full checkpoint tensors into this rank's kernel-ready parts:
+
+    for each sibling: check tensors → keep this rank's output rows → (row-parallel) keep this
+    rank's input columns → fuse siblings (SSQR: one matrix, shared perm; HPTQ: one part each)
+    → prepare the kernel layout once.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kernels.hptq import tp as hptq_tp
+from kernels.hptq.pack import TENSOR_NAMES as HPTQ_TENSORS, hptq_meta
+from kernels.hptq.linear import hptq_linear
+from kernels.hptq.prepare import prepare_hptq
+from kernels.ssqr import tp as ssqr_tp
+from kernels.ssqr.linear import prepare_ssqr, ssqr_linear
+from kernels.ssqr.pack import TENSOR_NAMES as SSQR_TENSORS, ssqr_meta
+
+
+@dataclass(frozen=True)
+class Format:
+    """What the plugin needs from kernels/ for one on-disk format (K: the layer's input features)."""
+
+    name: str
+    tensor_names: tuple[str, ...]
+    rows: Callable[[dict, int], int]                       # validate for K, return N
+    slice_rows: Callable[[dict, int, int], dict]           # output rows [start, stop)
+    slice_cols: Callable[[dict, int, int, str], dict]      # input-column part p of P; layer name
+    fuse: Callable[[list[dict]], list[dict]]               # siblings -> parts whose outputs concatenate
+    prepare: Callable[[dict, int, torch.device], object]   # kernel-ready layout, built once
+    linear: Callable[..., torch.Tensor]                    # (x (..., K), prepared, bias) -> (..., N)
+
+
+def _ssqr_rows(tensors: dict, k: int) -> int:
+    n, k_stored, _, _ = ssqr_meta(tensors)
+    if k_stored != k:
+        raise ValueError(f"perm: K={k_stored} input features, the model expects {k}")
+    return n
+
+
+SSQR = Format("ssqr", SSQR_TENSORS, _ssqr_rows, ssqr_tp.slice_rows, ssqr_tp.slice_cols,
+              lambda parts: [ssqr_tp.concat_rows(parts)],
+              lambda t, k, device: prepare_ssqr(t, device), ssqr_linear)
+HPTQ = Format("hptq", HPTQ_TENSORS, lambda t, k: hptq_meta(t, k)["out_features"], hptq_tp.slice_rows,
+              lambda t, part, parts, layer: hptq_tp.slice_cols(t, part, parts),
+              list, prepare_hptq, hptq_linear)
+FORMATS = {f.name: f for f in (SSQR, HPTQ)}
+
+
+@dataclass
+class Sibling:
+    """Checkpoint tensors of one module of a vLLM layer and what this rank keeps of it.
+
+    rows: this rank's output rows [start, stop) (None: all); full_rows: the module's number of
+    output rows that the model expects.
+    """
+
+    module: str
+    tensors: dict[str, torch.Tensor]
+    rows: tuple[int, int] | None
+    full_rows: int
+
+
+def shard_layer(fmt: Format, siblings: list[Sibling], input_size: int, col_part: tuple[int, int] | None,
+                device: torch.device) -> list:
+    """This rank's kernel-ready parts of a layer; their outputs concatenate to the layer's output.
+
+    input_size: full K of the layer; col_part: (p, P) for a row-parallel split, else None.
+    Raises ValueError naming the checkpoint module and tensor on any inconsistency.
+    """
+    local = []
+    for s in siblings:
+        missing = [n for n in fmt.tensor_names if n not in s.tensors]
+        if missing:
+            raise ValueError(f"{s.module}: checkpoint has no tensor {', '.join(f'{s.module}.{n}' for n in missing)} "
+                             f"(format {fmt.name} needs {list(fmt.tensor_names)})")
+        tensors = s.tensors
+        try:
+            n = fmt.rows(tensors, input_size)
+            if n != s.full_rows:
+                raise ValueError(f"tensors have N={n} output rows, the model expects {s.full_rows}")
+            if s.rows is not None:
+                tensors = fmt.slice_rows(tensors, *s.rows)
+            k_local = input_size
+            if col_part is not None and col_part[1] > 1:
+                tensors = fmt.slice_cols(tensors, col_part[0], col_part[1], s.module)
+                k_local = input_size // col_part[1]
+        except ValueError as e:
+            raise ValueError(f"{s.module}: {e}" if not str(e).startswith(s.module) else str(e)) from None
+        local.append(tensors)
+    try:
+        fused = fmt.fuse(local)
+    except ValueError as e:
+        raise ValueError(f"{' + '.join(s.module for s in siblings)}: {e}") from None
+    return [fmt.prepare(part, k_local, device) for part in fused]
+
+
+def apply_parts(fmt: Format, parts: list, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x Wᵀ (+ bias) for x (..., K_local): the parts' outputs concatenated along N."""
+    x = x.contiguous()
+    if len(parts) == 1:
+        return fmt.linear(x, parts[0], bias)
+    y = torch.cat([fmt.linear(x, p) for p in parts], dim=-1)
+    return y if bias is None else y + bias

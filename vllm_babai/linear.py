@@ -1,0 +1,80 @@
+"""Linear methods for babai SSQR and HPTQ layers (vLLM loader v2 with deferred parameters).
+
+create_weights registers one empty DeferredParameter per checkpoint tensor name; the loader
+stores the full tensors there; process_weights_after_loading slices this rank's part
+(docs/format.md TP rules, through kernels/*/tp.py), fuses siblings and prepares the kernel
+layout once; apply runs the kernels (Triton custom ops on CUDA, torch reference on CPU).
+"""
+from __future__ import annotations
+
+import torch
+from vllm.model_executor.layers.linear import (
+    LinearMethodBase,
+    ReplicatedLinear,
+    RowParallelLinear,
+    register_weight_loader_v2_supported_method,
+)
+
+from .formats import FORMATS, Format, Sibling, apply_parts, shard_layer
+from .params import DeferredParameter, load_replicated
+
+
+class BabaiLinearMethod(LinearMethodBase):
+    """Common logic; subclasses fix the format (vLLM opts in to loader v2 by class name)."""
+
+    fmt: Format
+
+    def __init__(self, quant_config, prefix: str):
+        self.quant_config = quant_config
+        self.prefix = prefix
+
+    def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
+                       output_partition_sizes: list[int], input_size: int, output_size: int,
+                       params_dtype: torch.dtype, **extra_weight_attrs):
+        loader = extra_weight_attrs["weight_loader"]
+        if isinstance(layer, ReplicatedLinear):
+            loader = load_replicated
+        modules = self.quant_config.checkpoint_modules(self.prefix)
+        if len(modules) != len(output_partition_sizes):
+            raise ValueError(f"{self.prefix}: vLLM fuses {len(output_partition_sizes)} checkpoint modules into "
+                             f"this layer, but the model's packed_modules_mapping names {modules}")
+        layer.babai_modules = modules
+        layer.babai_input_size = input_size
+        for name in self.fmt.tensor_names:
+            layer.register_parameter(name, DeferredParameter(name=name, layer=layer, weight_loader=loader))
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        params = {name: getattr(layer, name) for name in self.fmt.tensor_names}
+        siblings = []
+        for i, (module, n_local) in enumerate(zip(layer.babai_modules, layer.output_partition_sizes)):
+            pieces = {name: p.pieces[i] for name, p in params.items() if i in p.pieces}
+            first = next(iter(pieces.values()), None)  # all tensors of a module share rows
+            siblings.append(Sibling(module, {name: pc.tensor for name, pc in pieces.items()},
+                                    first.rows if first else None, first.full_rows if first else n_local))
+        row_parallel = isinstance(layer, RowParallelLinear)
+        col_part = (layer.tp_rank, layer.tp_size) if row_parallel else None
+        device = params[self.fmt.tensor_names[0]].device  # placeholders live on the target device
+        parts = shard_layer(self.fmt, siblings, layer.babai_input_size, col_part, device)
+        for name in self.fmt.tensor_names:
+            delattr(layer, name)
+        layer.babai_parts = parts
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return apply_parts(self.fmt, layer.babai_parts, x, bias)
+
+
+@register_weight_loader_v2_supported_method
+class SSQRLinearMethod(BabaiLinearMethod):
+    """SSQR: group-quantized codes + sparse outliers; fused siblings become one matrix."""
+
+    fmt = FORMATS["ssqr"]
+
+
+@register_weight_loader_v2_supported_method
+class HPTQLinearMethod(BabaiLinearMethod):
+    """HPTQ: Huffman-coded codes; fused siblings stay separate parts (own scale and code table)."""
+
+    fmt = FORMATS["hptq"]
+
+
+LINEAR_METHODS = {"ssqr": SSQRLinearMethod, "hptq": HPTQLinearMethod}
