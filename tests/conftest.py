@@ -1,0 +1,23 @@
+"""Session fixtures for the embedded assets: built (or verified) once per test session in the cache."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """Folder of the bf16 SmolLM2-135M-Instruct model (built on first use, ~1 min)."""
+    from quantizer import assets
+
+    return assets.model_dir()
+
+
+@pytest.fixture(scope="session")
+def austen_text() -> dict[str, str]:
+    """The Austen text splits: {'calib': ..., 'eval': ...}."""
+    from quantizer import assets
+
+    return {split: assets.text_path(split).read_text(encoding="utf-8") for split in ("calib", "eval")}
