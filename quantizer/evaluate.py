@@ -51,10 +51,10 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu", dtype: t
     except ValueError as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})") from None
     quant_method = (config.get("quantization_config") or {}).get("quant_method")
-    if quant_method == "babai":
-        raise NotImplementedError(
-            f"{path}: loading a quantized 'babai' checkpoint for evaluation is not implemented yet; "
-            "load_for_eval() in quantizer/evaluate.py is where it belongs")
+    if quant_method in ("babai", "gptq"):
+        from quantizer.dequant_loader import load_dequantized
+
+        return load_dequantized(path, device, dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         model, tokenizer = load_for_eval(model_dir, args.device, DTYPES[args.dtype])
-    except (ValueError, NotImplementedError) as e:
+    except ValueError as e:
         print(f"babai-eval: {e}", file=sys.stderr)
         return 2
     result = evaluate_text(model, tokenizer, text_file.read_text(encoding="utf-8"), args.window, args.device,

@@ -1,16 +1,20 @@
 """The project's main job, end to end: `python -m serve.demo`.
 
-Steps today: fetch/verify the embedded assets, load the bf16 SmolLM2 model, answer one chat prompt
-greedily. (Later: quantize it, serve it with vLLM, and answer the prompt through the OpenAI API.)
+1. fetch/verify the embedded assets (SmolLM2-135M-Instruct, Jane Austen's novels);
+2. quantize the model with `babai-quantize` (SSQR 4-bit, group 64, 1% outliers by default; the
+   checkpoint is cached under the asset cache and reused on the next run);
+3. start `vllm serve CKPT --quantization babai` (OpenAI server on 127.0.0.1) through serve.launch;
+4. send one OpenAI chat request, print the answer, and shut the server down.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-PROMPT = "Who is Mr. Darcy?"
+PROMPT = "Who is Mr. Darcy in Pride and Prejudice?"
 
 
 def step(title: str) -> None:
@@ -28,39 +32,65 @@ def prepare_assets() -> Path:
     return folder
 
 
-def load_model(folder: Path):
-    """(model, tokenizer) of the unquantized model on CPU (see quantizer.evaluate.load_for_eval)."""
-    from quantizer.evaluate import load_for_eval
+def quantize(model_dir: Path, fmt: str, bits: int) -> Path:
+    """The cached checkpoint for (fmt, bits), quantizing it first if it is not there yet.
 
-    return load_for_eval(folder)
+    The quantizer writes atomically, so an existing folder is a complete checkpoint.
+    """
+    from quantizer import assets
+    from quantizer.cli import main as quantize_main
+
+    dest = assets.cache_dir() / "checkpoints" / f"{model_dir.name}-{fmt}-w{bits}g64"
+    if (dest / "config.json").is_file():
+        print(f"reusing {dest}")
+        return dest
+    argv = ["--model", str(model_dir), "--output", str(dest), "--format", fmt, "--bits", str(bits),
+            "--group-size", "64"]
+    print("babai-quantize " + " ".join(argv), flush=True)
+    if quantize_main(argv) != 0:
+        raise RuntimeError("quantization failed (see the error above)")
+    return dest
 
 
-def answer(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    from quantizer.evaluate import greedy_chat
+def ask(base_url: str, prompt: str, max_tokens: int) -> str:
+    """One OpenAI chat completion (greedy) from the server at `base_url`."""
+    from openai import OpenAI
 
-    return greedy_chat(model, tokenizer, prompt, max_new_tokens=max_new_tokens)
+    client = OpenAI(base_url=base_url, api_key="unused")
+    model = client.models.list().data[0].id
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                          max_tokens=max_tokens, temperature=0)
+    return chat.choices[0].message.content
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serve.demo", description=__doc__)
-    p.add_argument("--prompt", default=PROMPT)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p = argparse.ArgumentParser(prog="python -m serve.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompt", default=PROMPT, help="the chat message sent to the server")
+    p.add_argument("--max-tokens", type=int, default=96, help="longest answer, in tokens")
+    p.add_argument("--format", choices=("ssqr", "hptq"), default="ssqr", help="checkpoint format")
+    p.add_argument("--bits", type=int, default=4, help="SSQR inlier bits (2, 3, 4)")
     args = p.parse_args(argv)
     start = time.perf_counter()
 
-    step("1. assets")
     from quantizer.assets import AssetError
+    from serve.launch import BabaiServer
 
     try:
-        folder = prepare_assets()
-    except AssetError as e:
-        print(f"assets: {e}", file=sys.stderr)
+        step("1. assets")
+        model_dir = prepare_assets()
+        step(f"2. quantize ({args.format})")
+        ckpt = quantize(model_dir, args.format, args.bits)
+        step("3. serve with vLLM (--quantization babai)")
+        env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+        with BabaiServer(ckpt, "--enforce-eager", "--max-model-len", "2048", env=env) as server:
+            print(f"server ready at {server.base_url}")
+            step("4. one OpenAI chat request")
+            print(f"user: {args.prompt}\nassistant: {ask(server.base_url, args.prompt, args.max_tokens)}")
+        print("server stopped")
+    except (AssetError, RuntimeError, ValueError, OSError) as e:
+        print(f"demo: {e}", file=sys.stderr)
         return 1
-    step("2. load the unquantized model (bf16 weights, fp32 compute)")
-    model, tokenizer = load_model(folder)
-    step("3. greedy answer")
-    print(f"user: {args.prompt}\nassistant: {answer(model, tokenizer, args.prompt, args.max_new_tokens)}")
-
     print(f"\ndone in {time.perf_counter() - start:.0f} s")
     return 0
 
