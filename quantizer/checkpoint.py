@@ -110,17 +110,31 @@ def save_quantized_checkpoint(dest: str | Path, *, hf_config: dict, tensors: dic
                               quantization_config: dict, copy_from: str | Path | None = None,
                               report: dict | None = None, overwrite: bool = False,
                               max_shard_bytes: int = 4 * 1024 ** 3) -> Path:
-    """Write a checkpoint folder at `dest` and return its path.
+    """Write a babai checkpoint folder at `dest` (see write_model_folder) and return its path.
+
+    tensors: every tensor of the model by its checkpoint name (docs/format.md §2–3 for quantized
+    layers, usual Hugging Face names otherwise). quantization_config is validated first.
+    """
+    validate_quantization_config(quantization_config, "quantization_config")
+    return write_model_folder(dest, hf_config=hf_config, tensors=tensors,
+                              quantization_config=quantization_config, copy_from=copy_from,
+                              report=report, overwrite=overwrite, max_shard_bytes=max_shard_bytes)
+
+
+def write_model_folder(dest: str | Path, *, hf_config: dict, tensors: dict[str, torch.Tensor],
+                       quantization_config: dict, copy_from: str | Path | None = None,
+                       report: dict | None = None, overwrite: bool = False,
+                       max_shard_bytes: int = 4 * 1024 ** 3,
+                       extra_json: dict[str, dict] | None = None) -> Path:
+    """Write a Hugging Face model folder at `dest` atomically and return its path.
 
     hf_config: the model's config.json as a dict (its `quantization_config` is replaced).
-    tensors: every tensor of the model by its checkpoint name (docs/format.md §2–3 for quantized
-    layers, usual Hugging Face names otherwise). copy_from: folder whose tokenizer files and
-    generation_config.json are copied. report: written as quant_report.json.
+    copy_from: folder whose tokenizer files and generation_config.json are copied. report: written
+    as quant_report.json. extra_json: more JSON files by name (e.g. GPTQ's quantize_config.json).
     Raises FileExistsError if `dest` exists and not `overwrite`; OSError (naming `dest`) if
     writing fails, in which case nothing is left at `dest` (an overwritten checkpoint is kept).
     """
     dest = Path(dest)
-    validate_quantization_config(quantization_config, "quantization_config")
     if not isinstance(hf_config, dict):
         raise ValueError(f"hf_config: expected a dict, got {type(hf_config).__name__}")
     if max_shard_bytes <= 0:
@@ -137,6 +151,8 @@ def save_quantized_checkpoint(dest: str | Path, *, hf_config: dict, tensors: dic
         _write_weights(tmp, tensors, max_shard_bytes)
         config = {**hf_config, "quantization_config": quantization_config}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        for fname, content in (extra_json or {}).items():
+            (tmp / fname).write_text(json.dumps(content, indent=2))
         if report is not None:
             (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2, default=float))
         if copy_from is not None:

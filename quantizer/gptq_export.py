@@ -102,36 +102,13 @@ def gptq_quantization_config(bits: int, group_size: int, modules_to_not_convert:
 
 def save_gptq_checkpoint(dest, *, hf_config: dict, tensors: dict[str, torch.Tensor], quantization_config: dict,
                          copy_from=None, report: dict | None = None, overwrite: bool = False):
-    """Write a GPTQ-layout checkpoint folder atomically (temp folder + rename, like
-    quantizer.checkpoint.save_quantized_checkpoint, whose validation accepts only `babai`)."""
-    import json
-    import shutil
-    import tempfile
-    from pathlib import Path
+    """Write a GPTQ-layout checkpoint folder atomically (quantizer.checkpoint.write_model_folder),
+    with the quantization config also as quantize_config.json, as GPTQ tools expect."""
+    from quantizer.checkpoint import write_model_folder
 
-    from quantizer.checkpoint import COPIED_FILES, REPORT_NAME, _move_into_place, _write_weights
-
-    dest = Path(dest)
     if quantization_config.get("quant_method") != "gptq":
         raise ValueError(f"quantization_config: quant_method {quantization_config.get('quant_method')!r} is not 'gptq'")
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"{dest} already exists; pass overwrite=True to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        _write_weights(tmp, tensors, 4 * 1024 ** 3)
-        (tmp / "config.json").write_text(json.dumps({**hf_config, "quantization_config": quantization_config}, indent=2))
-        (tmp / "quantize_config.json").write_text(json.dumps(quantization_config, indent=2))
-        if report is not None:
-            (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2, default=float))
-        for fname in COPIED_FILES if copy_from is not None else ():
-            if (Path(copy_from) / fname).is_file():
-                shutil.copy2(Path(copy_from) / fname, tmp / fname)
-        _move_into_place(tmp, dest)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(f"writing checkpoint {dest} failed: {e}") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return write_model_folder(dest, hf_config=hf_config, tensors=tensors,
+                              quantization_config=quantization_config, copy_from=copy_from,
+                              report=report, overwrite=overwrite,
+                              extra_json={"quantize_config.json": quantization_config})
