@@ -6,13 +6,14 @@ SSQR 4-bit, group size 64, 1 % outliers, act-order.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from quantizer.driver import FORMATS, ORDERINGS, QuantizeOptions
+from quantizer.driver import ALGORITHMS, FORMATS, ORDERINGS, QuantizeOptions
 
 DESCRIPTION = """Quantize a Llama-family causal LM (Llama, Mistral, Qwen2, Qwen3) layer by layer with
 GPTQ/Babai and write a Hugging Face checkpoint folder (config.json quantization_config per
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ordering", choices=ORDERINGS, default="act",
                    help="quantization order: act = descending diag(H) (GPTQ act-order); min-pivot = greedy "
                         "pivoted LDL minimizing tr(D); identity = original column order")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="gptq",
+                   help="gptq format only: gptq = the blocked GPTQ sweep; babai = Babai's nearest plane run "
+                        "back-to-front on reverse(order), same scales and grid (same integers, slower); the "
+                        "report counts codes that differ from the GPTQ sweep per layer")
     p.add_argument("--damping", type=float, default=0.01,
                    help="relative damping: H += damping · mean(diag H) · I")
     p.add_argument("--float-target", action="store_true",
@@ -66,14 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row-parallel-blocks", type=int, default=8,
                    help="make o_proj/down_proj permutations block-local for this many tensor-parallel "
                         "parts (lowered per layer to what its shape allows)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch CPU threads. On a shared, busy machine use 1: OpenMP threads spin when cores "
+                        "are oversubscribed and a sweep can run 100x slower")
     return p
 
 
 def options_from_args(args: argparse.Namespace) -> QuantizeOptions:
     options = QuantizeOptions(
         format=args.format, bits=args.bits, target_bits=args.target_bits, group_size=args.group_size,
-        outlier_rate=args.outlier_rate, ordering=args.ordering, damping=args.damping,
+        outlier_rate=args.outlier_rate, ordering=args.ordering, algorithm=args.algorithm, damping=args.damping,
         float_target=args.float_target, true_sequential=args.true_sequential,
         row_parallel_blocks=args.row_parallel_blocks, skip=tuple(args.skip), device=args.device,
         dtype=args.dtype)
@@ -92,8 +99,9 @@ def run(args: argparse.Namespace) -> Path:
     from quantizer.driver import calibration_windows, load_causal_lm, quantize_model, write_checkpoint
 
     options = options_from_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise ValueError(f"--threads: must be ≥ 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     model_dir = args.model if args.model is not None else assets.model_dir()
     calib = args.calib_text if args.calib_text is not None else assets.text_path("calib")
     output = args.output if args.output is not None else default_output(Path(model_dir), options)

@@ -27,6 +27,7 @@ from quantizer.hessian_capture import GramAccumulator, capture_inputs, catch_lay
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 FORMATS = ("ssqr", "hptq", "hrtn", "gptq", "rtn")
 ORDERINGS = ("act", "min-pivot", "identity")
+ALGORITHMS = ("gptq", "babai")
 # Linears of a Llama-family decoder layer, grouped by shared input, in forward order.
 SEQUENTIAL_GROUPS = (
     ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -47,6 +48,7 @@ class QuantizeOptions:
     group_size: int = 64
     outlier_rate: float = 0.01              # ssqr
     ordering: str = "act"
+    algorithm: str = "gptq"                 # gptq format: GPTQ sweep, or Babai back-to-front (same codes)
     damping: float = 0.01
     float_target: bool = False
     true_sequential: bool = True
@@ -60,6 +62,11 @@ class QuantizeOptions:
             raise ValueError(f"format: {self.format!r} not in {list(FORMATS)}")
         if self.ordering not in ORDERINGS:
             raise ValueError(f"ordering: {self.ordering!r} not in {list(ORDERINGS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm: {self.algorithm!r} not in {list(ALGORITHMS)}")
+        if self.algorithm == "babai" and self.format != "gptq":
+            raise ValueError(f"algorithm: 'babai' needs format 'gptq' (its clipped grid and scales), "
+                             f"got format {self.format!r}")
         if self.format in ("hptq", "hrtn"):
             if self.target_bits is None or not self.target_bits > 0:
                 raise ValueError(f"target_bits: {self.format} needs a positive target, got {self.target_bits!r}")
@@ -89,7 +96,8 @@ class QuantizedLinear:
 
 @dataclass
 class QuantizedModel:
-    """The driver's result; `model` holds the dequantized weights (model dtype) in place."""
+    """The driver's result; `model` holds the dequantized weights in place, in the model's dtype
+    (rounded when that is 16-bit; `linears[name].weight` holds them exactly, float32)."""
 
     model: nn.Module
     linears: dict[str, QuantizedLinear] = field(default_factory=dict)
@@ -180,7 +188,7 @@ def quantize_model(model: nn.Module, windows: torch.Tensor, options: QuantizeOpt
                     if linear.bias is not None:
                         q.tensors["bias"] = linear.bias.data.to(dtype).cpu()
                     result.linears[full] = q
-                    linear.weight.data = q.weight.to(dtype).to(device=device, dtype=torch.float32)
+                    linear.weight.data = q.weight.to(device)   # exact dequantized values, float32
         inputs = [run_layer(layer, x, layer_kwargs) for x in inputs]
         if float_layer is not None:
             float_inputs = [run_layer(float_layer, x, layer_kwargs) for x in float_inputs]
@@ -253,14 +261,22 @@ def quantize_linear(weight: torch.Tensor, H: torch.Tensor, G: torch.Tensor | Non
         "seconds": time.perf_counter() - start,
         "clipped": clipped,
     }
+    if options.algorithm == "babai":
+        report["gptq_code_mismatches"] = lr.gptq_mismatches
     return QuantizedLinear(dict(tensors), q.detach().float().cpu(), report)
 
 
 def _clipped_layer(W, H, G, options: QuantizeOptions, dtype: torch.dtype):
-    """GPTQ (act-order sweep, static groups in original column order) or RTN on the same clipped
-    grid and MSE scales; RTN's error is measured on the damped H and it has no bound/tr(D)."""
+    """GPTQ (act-order sweep, static groups in original column order), the same by Babai
+    back-to-front (options.algorithm), or RTN on the same clipped grid and MSE scales; RTN's error
+    is measured on the damped H and it has no bound/tr(D)."""
     from quantizer import lattice
+    from quantizer.babai_layer import quantize_layer_babai
 
+    if options.algorithm == "babai":
+        return quantize_layer_babai(W, H, bits=options.bits, group_size=options.group_size,
+                                    ordering=options.ordering, damping=options.damping, G_cross=G,
+                                    dtype=dtype, device=W.device)
     if options.format == "gptq":
         return lattice.quantize_layer(W, H, bits=options.bits, group_size=options.group_size, grid="clip",
                                       ordering=options.ordering, groups_in="original", damping=options.damping,

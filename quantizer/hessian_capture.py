@@ -29,10 +29,12 @@ class GramAccumulator:
     def __init__(self):
         self.total: torch.Tensor | None = None
         self.tokens = 0
+        self.symmetric = True
 
     def add(self, a: torch.Tensor, b: torch.Tensor | None = None) -> None:
         a2 = a.reshape(-1, a.shape[-1]).float()
         b2 = a2 if b is None else b.reshape(-1, b.shape[-1]).float()
+        self.symmetric = self.symmetric and b is None
         n = a2.shape[0]
         if self.total is None:
             self.total = torch.zeros(a2.shape[1], b2.shape[1], dtype=torch.float32, device=a2.device)
@@ -41,9 +43,11 @@ class GramAccumulator:
         self.tokens += n
 
     def result(self) -> torch.Tensor:
+        """The mean; for H (b = a) exactly symmetrized, since float32 aᵀa is not exactly symmetric
+        and Cholesky routines read only one triangle (GPTQ's and Babai's read opposite ones)."""
         if self.total is None:
             raise ValueError("GramAccumulator: no calibration tokens were seen")
-        return self.total
+        return (self.total + self.total.T) / 2 if self.symmetric else self.total
 
 
 def _first_arg(args, kwargs):

@@ -48,7 +48,8 @@ def test_help_explains_every_option(capsys):
     text = capsys.readouterr().out
     for opt in ("--model", "--calib-text", "--output", "--format", "--bits", "--target-bits", "--group-size",
                 "--outlier-rate", "--ordering", "--damping", "--float-target", "--nsamples", "--seqlen",
-                "--device", "--seed", "--skip", "--row-parallel-blocks", "--overwrite", "--dtype"):
+                "--device", "--seed", "--skip", "--row-parallel-blocks", "--overwrite", "--dtype", "--algorithm",
+                "--threads"):
         assert opt in text
 
 
@@ -99,3 +100,11 @@ def test_full_disk_leaves_nothing(model_dir, tmp_path, capsys, monkeypatch):
     assert main(args(model_dir, tmp_path / "out")) == 2
     assert "No space left" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra,message", [(["--threads", "0"], "--threads"),
+                                           (["--algorithm", "babai", "--format", "ssqr"], "algorithm")])
+def test_bad_threads_or_algorithm_is_named(model_dir, tmp_path, capsys, extra, message):
+    assert main(args(model_dir, tmp_path / "out", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

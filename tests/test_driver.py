@@ -43,6 +43,7 @@ def test_gram_accumulator_is_token_weighted_mean_of_outer_products():
     y = np.concatenate([b.reshape(-1, 5).numpy() for b in cross]).astype(np.float64)
     np.testing.assert_allclose(h.result().numpy(), x.T @ x / len(x), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(c.result().numpy(), x.T @ y / len(x), rtol=1e-5, atol=1e-6)
+    assert torch.equal(h.result(), h.result().T)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -182,3 +183,23 @@ def test_non_finite_weight_is_named(tiny_model_dir, tmp_path):
     model.model.layers[1].self_attn.o_proj.weight.data[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.o_proj\.weight"):
         quantize_model(model, torch.zeros(1, 8, dtype=torch.long), QuantizeOptions(format="rtn"), progress=False)
+
+
+def test_driver_babai_back_to_front_gives_the_gptq_checkpoint(tiny_model_dir):
+    spec = dict(format="gptq", bits=3, group_size=32, dtype="float64")
+    gptq, _, _ = quantize_tiny(tiny_model_dir, **spec)
+    babai, _, _ = quantize_tiny(tiny_model_dir, algorithm="babai", **spec)
+    assert babai.linears.keys() == gptq.linears.keys()
+    for name, q in babai.linears.items():
+        assert q.report["gptq_code_mismatches"] == 0, name
+        for key, t in q.tensors.items():
+            assert torch.equal(t, gptq.linears[name].tensors[key]), (name, key)
+        assert q.report["trace_D"] == pytest.approx(gptq.linears[name].report["trace_D"], rel=1e-9)
+
+
+def test_babai_algorithm_needs_gptq_format():
+    from quantizer.driver import QuantizeOptions
+    with pytest.raises(ValueError, match="algorithm"):
+        QuantizeOptions(format="ssqr", algorithm="babai").validate()
+    with pytest.raises(ValueError, match="algorithm"):
+        QuantizeOptions(format="gptq", algorithm="lll").validate()
