@@ -114,3 +114,15 @@ def test_cholesky_retry_raises_damping_and_logs(caplog):
     assert r.damping_used == rel and torch.isfinite(r.q).all()
     with pytest.raises(CholeskyError):
         cholesky_with_retry(H_bad, 1e-3, max_tries=2)
+
+
+def test_prepare_hessian_reads_both_triangles_alike():
+    """A float32 Gram matrix is not exactly symmetric; the factor must not depend on which
+    triangle a Cholesky routine reads (GPTQ's and Babai's read opposite ones)."""
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(200, 24, generator=gen)
+    H = (X.T @ X).double()
+    H_skewed = H + torch.triu(torch.full_like(H, 1e-6), diagonal=1)   # upper ≠ lower
+    a = prepare_hessian(H_skewed, ordering="act", dtype=torch.float64)
+    b = prepare_hessian(H_skewed.T, ordering="act", dtype=torch.float64)
+    assert torch.equal(a.perm, b.perm) and torch.equal(a.U, b.U)

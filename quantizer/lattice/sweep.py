@@ -50,11 +50,13 @@ def prepare_hessian(H: torch.Tensor, *, ordering: str = "act", perm: torch.Tenso
                     device: torch.device | str | None = None) -> PreparedHessian:
     """Fix dead inputs, damp (retrying with more damping on failure), order, factor.
 
-    H: (K, K) symmetric PSD, any float dtype. perm (K,) overrides `ordering`. The order is
+    H: (K, K) symmetric PSD (symmetrized here), any float dtype. perm (K,) overrides `ordering`. The order is
     computed on the damped H in fp64; U is factored in `dtype` on `device`.
     """
     H = H.to(device=device or H.device, dtype=torch.float64)
-    H, dead = fix_dead_inputs(H)
+    # Exactly symmetric: a float32 XᵀX is not, and Cholesky routines read one triangle only
+    # (the GPTQ and Babai factorizations read opposite ones), so both must see the same matrix.
+    H, dead = fix_dead_inputs((H + H.T) / 2)
 
     def factor(Hd):
         p = perm.to(Hd.device) if perm is not None else make_ordering(Hd, ordering)
