@@ -115,8 +115,8 @@ class QuantizedModel:
                 "quantized_weights": weights,
                 "effective_bits": bits / weights if weights else None,
                 "seconds": self.seconds,
-                "bound_holds_where_unclipped": all(
-                    r["clipped"] or r["bound"] is None or r["error"] <= r["bound"] for r in layers.values()),
+                "clipped_rows": sum(r["clipped_rows"] for r in layers.values()),
+                "bound_holds_where_unclipped": all(r["bound_holds"] is not False for r in layers.values()),
             },
         }
 
@@ -250,10 +250,14 @@ def quantize_linear(weight: torch.Tensor, H: torch.Tensor, G: torch.Tensor | Non
         tensors = pack_gptq(lr.codes, lr.scales, bits=options.bits)
         q, error, bound, outliers, clipped = lr.q, lr.error, lr.bound, None, True
         bits = stored_bits(tensors) / (rows * cols)
+    bounded = None if bound is None else ~bound.isnan()      # SSQR: rows stored clipped have no bound
     report = {
         "rows": rows, "cols": cols,
         "error": float(error.sum()),
-        "bound": None if bound is None else float(bound.sum()),
+        "bound": None if bound is None else float(bound[bounded].sum()),
+        "bound_holds": None if bound is None or clipped else bool(
+            (error[bounded] <= bound[bounded] * (1 + 1e-6)).all()),
+        "clipped_rows": rows if clipped else len(r.search.get("clipped_rows", ())),
         "trace_D": None if trace_d is None else float(trace_d),
         "effective_bits": float(bits),
         "outlier_rate": None if outliers is None else float(outliers.float().mean()),

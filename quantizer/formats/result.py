@@ -22,7 +22,8 @@ class FormatResult:
         bit to the kernels' reference dequantizer applied to `tensors`.
     error: (N,) float64, ‖X(w − q)‖² = (w − q)ᵀ H (w − q) per row on the damped Hessian.
     bound: (N,) float64 Babai bound per row (SSQR: over the inlier coordinates; HPTQ: the
-        unbounded-grid bound), or None where no bound applies (HRTN).
+        unbounded-grid bound; NaN on rows SSQR stored clipped), or None where no bound
+        applies (HRTN).
     effective_bits: stored bits / (N·K), everything counted.
     outlier_rate: (N,) float64 fraction of outliers per row (SSQR), else None.
     search: diagnostics of the search (steps, seconds, per-step measurements, ...).

@@ -9,9 +9,15 @@ Search (paper §5; per output row, all rows in one batched sweep per step):
         sweep with the overflow grid: an out-of-range code makes w̃ an outlier, kept as float16(w̃)
         bisect log m[n] on row n's outlier count (it falls as m grows) toward rate · K
     keep, per row, the evaluated m whose outlier count is closest to the target
+    rescue: a row whose error exceeds ¼ Σ_k D_k s0_k² (Babai's bound for the all-inlier grid at the
+        MSE scales, m = 1) gave up more accuracy than Babai guarantees at m = 1 to reach the rate;
+        where GPTQ with clipping at s0 does better on that row, the row is stored clipped
+        (0 outliers, scales s0; no bound applies to it)
 
 Rows are independent in GPTQ (they share only H and the order), so a row's evaluation at
-its chosen m is exactly its result; no final sweep is needed.
+its chosen m is exactly its result; no final sweep is needed. The rescue exists for ill-conditioned
+layers (e.g. SmolLM2's late down_proj at 3 bits), where error propagation makes the outlier count
+non-monotone in m and only an enormous m meets the rate.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import time
 import torch
 
 from kernels.ssqr.pack import pack_ssqr
-from quantizer.lattice import (OverflowGrid, achieved_error, babai_bound, coordinate_scales,
+from quantizer.lattice import (ClippedGrid, OverflowGrid, achieved_error, babai_bound, coordinate_scales,
                                group_scales, step_group_index, sweep)
 
 from .bisection import LogBisection
@@ -59,6 +65,28 @@ def outlier_rounding_bound(q: torch.Tensor, outlier: torch.Tensor, perm: torch.T
     return (r[:, perm].square() * D.double().to(q.device)[None, :]).sum(1)
 
 
+def rescue_rows(Wd: torch.Tensor, prep, s0: torch.Tensor, gidx: torch.Tensor, bits: int,
+                error: torch.Tensor, best: dict, block_size: int) -> torch.Tensor:
+    """Store clipped GPTQ rows (at the MSE scales s0) where the search's row is worse than both
+    Babai's all-inlier bound at s0 and the clipped row. Updates `best` ("codes", "q", "outlier",
+    "scales": (N, ·) search outputs) and `error` (N,) float64 in place; returns the (N,) bool
+    mask of the rows replaced."""
+    suspect = error > babai_bound(coordinate_scales(s0, prep.perm, gidx), prep.perm, prep.D)
+    clipped = torch.zeros_like(suspect)
+    if not suspect.any():
+        return clipped
+    rows = suspect.nonzero().flatten()
+    res = sweep(Wd[rows], prep, s0[rows], gidx, ClippedGrid(bits), block_size=block_size)
+    clip_error = achieved_error(Wd[rows], res.q, prep.H)
+    better = clip_error < error[rows]
+    rows = rows[better]
+    clipped[rows] = True
+    error[rows] = clip_error[better]
+    for name, value in (("codes", res.codes), ("q", res.q), ("outlier", res.outlier), ("scales", s0[suspect])):
+        best[name][rows] = value[better].to(best[name].dtype)
+    return clipped
+
+
 def _check_ssqr_args(K: int, bits, group_size, outlier_rate, steps, rate_tol) -> None:
     if bits not in (2, 3, 4):
         raise ValueError(f"bits: SSQR inliers are 2, 3 or 4 bits, got {bits!r}")
@@ -87,7 +115,8 @@ def quantize_ssqr(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size
     G_cross: (K, K) X̂ᵀX for the float target. steps: most batched sweeps in the search;
     a row is done once |rate − outlier_rate| ≤ rate_tol (or within half an outlier).
     dtype/device: sweep precision and device. Returns FormatResult with outlier_rate (N,) and
-    bound = Babai bound on the inliers + float16 rounding bound of the outliers.
+    bound = Babai bound on the inliers + float16 rounding bound of the outliers (NaN on the
+    rows stored clipped by the rescue; their indices are in search["clipped_rows"]).
     """
     validate_common(W, H, G_cross, damping)
     N, K = W.shape
@@ -123,6 +152,8 @@ def quantize_ssqr(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size
                 best[name] = torch.where(better[:, None], value, best[name])
 
     perm = prep.perm
+    error = achieved_error(Wd, best["q"], prep.H)
+    clipped = rescue_rows(Wd, prep, s0, gidx, bits, error, best, block_size)
     q = best["q"].to(torch.float32) + 0.0                   # −0.0 → +0.0, as the dequantizer gives
     outliers = torch.where(best["outlier"], q, torch.zeros_like(q)).to(torch.float16)
     tensors = pack_ssqr(best["codes"][:, perm], best["scales"].to(torch.float16), perm,
@@ -130,10 +161,11 @@ def quantize_ssqr(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size
     S = coordinate_scales(best["scales"], perm, gidx)
     bound = babai_bound(S, perm, prep.D, include=~best["outlier"]) \
         + outlier_rounding_bound(q, best["outlier"], perm, prep.D)
+    bound[clipped] = math.nan
     log_m = search.best_x
     return FormatResult(
         format="ssqr", tensors=tensors, q_dequant=q.cpu(),
-        error=achieved_error(Wd, q, prep.H).cpu(), bound=bound.cpu(),
+        error=error.cpu(), bound=bound.cpu(),
         effective_bits=effective_bits(tensors, N, K),
         outlier_rate=best["outlier"].sum(1).double().cpu() / K,
         search={"steps": search.steps, "seconds": time.perf_counter() - start,
@@ -141,4 +173,5 @@ def quantize_ssqr(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size
                 "damping_used": prep.damping, "row_parallel_blocks": row_parallel_blocks,
                 "multiplier_min": math.exp(float(log_m.min())),
                 "multiplier_max": math.exp(float(log_m.max())),
-                "rows_converged": int(search.done_mask().sum())})
+                "rows_converged": int(search.done_mask().sum()),
+                "clipped_rows": clipped.nonzero().flatten().tolist()})
