@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from quantizer.lattice import damp, fix_dead_inputs, ordering, prepare_hessian, validate_layer
+from quantizer.lattice import block_local_ordering, damp, fix_dead_inputs, prepare_hessian, validate_layer
 from quantizer.lattice.api import sweep_target
-from quantizer.lattice.ordering import METHODS
 from quantizer.lattice.sweep import PreparedHessian
 
 
@@ -17,28 +16,13 @@ def check_row_parallel_blocks(K: int, parts: int, group_size: int = 32) -> None:
                          f"K/P a multiple of 32 and of the group size {group_size}")
 
 
-def block_local_ordering(H: torch.Tensor, method: str, parts: int) -> torch.Tensor:
-    """GPTQ order (K,) int64 whose `parts` contiguous blocks are each permuted within themselves.
-
-    H: (K, K) damped Hessian. Block p (columns [pK/P, (p+1)K/P)) is ordered by `method` on its
-    own diagonal block of H, and the blocks are quantized in turn (block 0 first), so
-    perm[j] ∈ block p for every stored j ∈ block p (docs/format.md §2, row-parallel split).
-    parts=1 is the plain ordering of H.
-    """
-    if method not in METHODS:
-        raise ValueError(f"ordering: unknown method {method!r}, expected one of {METHODS}")
-    K = H.shape[0]
-    width = K // parts
-    return torch.cat([ordering(H[b:b + width, b:b + width], method) + b for b in range(0, K, width)])
-
-
 def prepare_layer(W: torch.Tensor, H: torch.Tensor, *, ordering: str, damping: float,
                   row_parallel_blocks: int, G_cross: torch.Tensor | None, dtype: torch.dtype,
                   device) -> tuple[torch.Tensor, PreparedHessian]:
     """(target weights (N, K) float64 on the sweep device, prepared Hessian) for one layer.
 
     The target is lattice.api.sweep_target (dead inputs zeroed, or the Qronos float target). The order is block-local when
-    row_parallel_blocks > 1 (see block_local_ordering).
+    row_parallel_blocks > 1 (see lattice.ordering.block_local_ordering).
     """
     H64 = H.to(device=device or H.device, dtype=torch.float64)
     perm = block_local_ordering(damp(fix_dead_inputs(H64)[0], damping)[0], ordering,

@@ -8,7 +8,7 @@ from .api import LayerResult, quantize_layer, validate_layer
 from .bound import achieved_error, babai_bound
 from .grids import ClippedGrid, OverflowGrid, UnboundedGrid, make_grid
 from .hessian import CholeskyError, cholesky_with_retry, damp, fix_dead_inputs
-from .ordering import ldl_diagonal, ordering, trace_D
+from .ordering import block_local_ordering, ldl_diagonal, ordering, trace_D
 from .qronos import float_target_weights
 from .rtn import rtn_quantize
 from .scales import coordinate_scales, grid_range, group_scales, step_group_index
@@ -18,7 +18,7 @@ from .synthetic import random_layer
 __all__ = [
     "LayerResult", "quantize_layer", "validate_layer", "achieved_error", "babai_bound",
     "ClippedGrid", "OverflowGrid", "UnboundedGrid", "make_grid", "CholeskyError",
-    "cholesky_with_retry", "damp", "fix_dead_inputs", "ldl_diagonal", "ordering", "trace_D",
+    "cholesky_with_retry", "damp", "fix_dead_inputs", "block_local_ordering", "ldl_diagonal", "ordering", "trace_D",
     "float_target_weights", "rtn_quantize", "coordinate_scales", "grid_range", "group_scales",
     "step_group_index", "PreparedHessian", "SweepResult", "prepare_hessian", "sweep", "random_layer",
 ]

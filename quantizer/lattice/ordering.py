@@ -56,6 +56,21 @@ def min_pivot_babai_order(H: torch.Tensor, *, panel: int = 64) -> torch.Tensor:
     return order
 
 
+def block_local_ordering(H: torch.Tensor, method: str, parts: int) -> torch.Tensor:
+    """GPTQ order (K,) int64 whose `parts` contiguous blocks are each permuted within themselves.
+
+    H: (K, K) damped Hessian. Block p (columns [pK/P, (p+1)K/P)) is ordered by `method` on its
+    own diagonal block of H, and the blocks are quantized in turn (block 0 first), so
+    perm[j] ∈ block p for every stored j ∈ block p (docs/format.md §2, row-parallel split).
+    parts=1 is the plain ordering of H.
+    """
+    if method not in METHODS:
+        raise ValueError(f"ordering: unknown method {method!r}, expected one of {METHODS}")
+    K = H.shape[0]
+    width = K // parts
+    return torch.cat([ordering(H[b:b + width, b:b + width], method) + b for b in range(0, K, width)])
+
+
 def ldl_diagonal(H: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """D (K,) in quantization order: D_k = 1/[(H_{F_k})⁻¹]_{kk}, F_k = {perm[k], …, perm[K-1]}.
 
