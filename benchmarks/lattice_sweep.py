@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from quantizer.lattice import (ClippedGrid, coordinate_scales, group_scales, prepare_hessian,
+from babai_quantizer.lattice import (ClippedGrid, coordinate_scales, group_scales, prepare_hessian,
                                step_group_index, sweep)
-from quantizer.lattice.reference import gptq_reference
+from babai_quantizer.lattice.reference import gptq_reference
 
 SHAPES = [(4096, 4096), (14336, 4096)]
 

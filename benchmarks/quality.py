@@ -11,8 +11,7 @@ Resumable: each row's result is cached (keyed by its settings) under
 ~/.cache/vllm-babai/quality-rows/, so re-running skips finished rows; rows can be run by several
 processes at once (`--rows`), and a final run over all rows assembles the table. GPTQ and
 Babai rows also cache their integer codes, and the table reports how many differ per layer.
-Writes benchmarks/results/quality.{json,md}. Run it from the repository root as a module (as a
-script, benchmarks/kernels.py would shadow the kernels package).
+Writes benchmarks/results/quality.{json,md}. Run it from the repository root as a module.
 
     python -m benchmarks.quality [--rows NAME ...] [--max-windows N] [--nsamples N] [--seqlen N] [--threads N]
 """
@@ -31,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from quantizer import assets
-from quantizer.driver import QuantizeOptions, calibration_windows, load_causal_lm, quantize_model
-from quantizer.evaluate import evaluate_text
-from quantizer.gptq_export import unpack_rows
+from babai_quantizer import assets
+from babai_quantizer.driver import QuantizeOptions, calibration_windows, load_causal_lm, quantize_model
+from babai_quantizer.evaluate import evaluate_text
+from babai_quantizer.gptq_export import unpack_rows
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = assets.cache_dir() / "quality-rows"

@@ -1,1 +1,1 @@
-"""kernels"""
+"""babai_kernels"""

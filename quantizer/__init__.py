@@ -1,1 +1,1 @@
-"""quantizer"""
+"""babai_quantizer"""

@@ -1,6 +1,6 @@
 """`python -m quantizer` = `babai-quantize`."""
 import sys
 
-from quantizer.cli import main
+from babai_quantizer.cli import main
 
 sys.exit(main())

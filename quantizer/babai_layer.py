@@ -4,7 +4,7 @@ GPTQ quantizes columns front-to-back in an order P; Babai's nearest plane on the
 T = reverse(P), run back-to-front, picks the same integers (arXiv 2507.18553 §4). This module
 quantizes a linear layer that way, with GPTQ's scales and clipped grid, so the driver can show
 the equivalence on a real model: `babai_blocked` is the blocked inverse-free Cholesky form of
-quantizer.lattice.reference.babai_reference (tested equal to it).
+babai_quantizer.lattice.reference.babai_reference (tested equal to it).
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from quantizer.lattice import (achieved_error, babai_bound, coordinate_scales, group_scales,
+from babai_quantizer.lattice import (achieved_error, babai_bound, coordinate_scales, group_scales,
                                make_grid, prepare_hessian, step_group_index, sweep)
-from quantizer.lattice.api import sweep_target
+from babai_quantizer.lattice.api import sweep_target
 
 
 def babai_blocked(W: torch.Tensor, H: torch.Tensor, S: torch.Tensor, grid, order: torch.Tensor,

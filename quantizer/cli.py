@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from quantizer.driver import ALGORITHMS, FORMATS, ORDERINGS, QuantizeOptions
+from babai_quantizer.driver import ALGORITHMS, FORMATS, ORDERINGS, QuantizeOptions
 
 DESCRIPTION = """Quantize a Llama-family causal LM (Llama, Mistral, Qwen2, Qwen3) layer by layer with
 GPTQ/Babai and write a Hugging Face checkpoint folder (config.json quantization_config per
@@ -95,8 +95,8 @@ def default_output(model: Path, options: QuantizeOptions) -> Path:
 
 def run(args: argparse.Namespace) -> Path:
     """Quantize per `args` and write the checkpoint; returns its path. ValueError/OSError on bad input."""
-    from quantizer import assets
-    from quantizer.driver import calibration_windows, load_causal_lm, quantize_model, write_checkpoint
+    from babai_quantizer import assets
+    from babai_quantizer.driver import calibration_windows, load_causal_lm, quantize_model, write_checkpoint
 
     options = options_from_args(args)
     if args.threads < 1:

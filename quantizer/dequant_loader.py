@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from quantizer.checkpoint import INDEX_NAME, SINGLE_SHARD_NAME, validate_quantization_config
-from quantizer.gptq_export import dequantize_gptq
+from babai_quantizer.checkpoint import INDEX_NAME, SINGLE_SHARD_NAME, validate_quantization_config
+from babai_quantizer.gptq_export import dequantize_gptq
 
 SSQR_KEYS = ("qweight", "scales", "perm", "outlier_cols", "outlier_vals")
 HPTQ_KEYS = ("hptq_scale", "code_values", "code_lengths", "chunk_bits", "stream")
@@ -43,9 +43,9 @@ def _layer_dequantizer(qc: dict, source: str):
         return GPTQ_KEYS, lambda t, k: dequantize_gptq(t, qc["bits"])
     validate_quantization_config(qc, source)
     if qc["format"] == "ssqr":
-        from kernels.ssqr.reference import dequantize_ssqr
+        from babai_kernels.ssqr.reference import dequantize_ssqr
         return SSQR_KEYS, lambda t, k: dequantize_ssqr(t)
-    from kernels.hptq.pack import dequantize_hptq
+    from babai_kernels.hptq.pack import dequantize_hptq
     return HPTQ_KEYS, dequantize_hptq
 
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kernels.common import stored_bits
-from quantizer.hessian_capture import GramAccumulator, capture_inputs, catch_layer_inputs, run_layer
+from babai_kernels.common import stored_bits
+from babai_quantizer.hessian_capture import GramAccumulator, capture_inputs, catch_layer_inputs, run_layer
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 FORMATS = ("ssqr", "hptq", "hrtn", "gptq", "rtn")
@@ -215,8 +215,8 @@ def _accumulate(layer, float_layer, groups, inputs, float_inputs, layer_kwargs):
 def quantize_linear(weight: torch.Tensor, H: torch.Tensor, G: torch.Tensor | None,
                     options: QuantizeOptions, name: str, row_parallel: bool) -> QuantizedLinear:
     """Quantize one (N, K) weight from its (K, K) Gram matrix H (and cross Gram G) per `options`."""
-    from quantizer import formats
-    from quantizer.gptq_export import pack_gptq
+    from babai_quantizer import formats
+    from babai_quantizer.gptq_export import pack_gptq
 
     W = weight.detach().float()
     if not torch.isfinite(W).all():
@@ -274,8 +274,8 @@ def _clipped_layer(W, H, G, options: QuantizeOptions, dtype: torch.dtype):
     """GPTQ (act-order sweep, static groups in original column order), the same by Babai
     back-to-front (options.algorithm), or RTN on the same clipped grid and MSE scales; RTN's error
     is measured on the damped H and it has no bound/tr(D)."""
-    from quantizer import lattice
-    from quantizer.babai_layer import quantize_layer_babai
+    from babai_quantizer import lattice
+    from babai_quantizer.babai_layer import quantize_layer_babai
 
     if options.algorithm == "babai":
         return quantize_layer_babai(W, H, bits=options.bits, group_size=options.group_size,
@@ -347,7 +347,7 @@ def calibration_windows(tokenizer, text: str, nsamples: int, seqlen: int, seed: 
 
 def quantization_config(options: QuantizeOptions) -> dict:
     """config.json `quantization_config` for the options' format (docs/format.md, or GPTQ layout)."""
-    from quantizer.gptq_export import gptq_quantization_config
+    from babai_quantizer.gptq_export import gptq_quantization_config
 
     skip = ["lm_head", *options.skip]
     if options.format in ("gptq", "rtn"):
@@ -368,8 +368,8 @@ def quantization_config(options: QuantizeOptions) -> dict:
 def write_checkpoint(result: QuantizedModel, options: QuantizeOptions, dest: str | Path,
                      source: str | Path, overwrite: bool = False, extra_report: dict | None = None) -> Path:
     """Write the quantized model as a checkpoint folder at `dest` (atomic; see quantizer/checkpoint.py)."""
-    from quantizer.checkpoint import save_quantized_checkpoint
-    from quantizer.gptq_export import save_gptq_checkpoint
+    from babai_quantizer.checkpoint import save_quantized_checkpoint
+    from babai_quantizer.gptq_export import save_gptq_checkpoint
 
     save = save_gptq_checkpoint if options.format in ("gptq", "rtn") else save_quantized_checkpoint
     report = {**result.report(), "options": asdict(options), **(extra_report or {})}

@@ -52,7 +52,7 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu", dtype: t
         raise ValueError(f"{config_path}: not valid JSON ({e})") from None
     quant_method = (config.get("quantization_config") or {}).get("quant_method")
     if quant_method in ("babai", "gptq"):
-        from quantizer.dequant_loader import load_dequantized
+        from babai_quantizer.dequant_loader import load_dequantized
 
         return load_dequantized(path, device, dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
@@ -127,7 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from quantizer import assets
+    from babai_quantizer import assets
 
     args = parse_args(argv)
     model_dir = Path(args.model_dir) if args.model_dir else assets.model_dir()

@@ -102,9 +102,9 @@ def gptq_quantization_config(bits: int, group_size: int, modules_to_not_convert:
 
 def save_gptq_checkpoint(dest, *, hf_config: dict, tensors: dict[str, torch.Tensor], quantization_config: dict,
                          copy_from=None, report: dict | None = None, overwrite: bool = False):
-    """Write a GPTQ-layout checkpoint folder atomically (quantizer.checkpoint.write_model_folder),
+    """Write a GPTQ-layout checkpoint folder atomically (babai_quantizer.checkpoint.write_model_folder),
     with the quantization config also as quantize_config.json, as GPTQ tools expect."""
-    from quantizer.checkpoint import write_model_folder
+    from babai_quantizer.checkpoint import write_model_folder
 
     if quantization_config.get("quant_method") != "gptq":
         raise ValueError(f"quantization_config: quant_method {quantization_config.get('quant_method')!r} is not 'gptq'")

@@ -1,1 +1,1 @@
-"""serve"""
+"""babai_serve"""

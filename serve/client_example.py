@@ -1,7 +1,7 @@
 """Talk to a babai checkpoint served by vLLM through the `openai` client.
 
-    babai-serve CKPT --port 8000 &          # or: python -m serve.launch CKPT --port 8000
-    python -m serve.client_example --base-url http://127.0.0.1:8000/v1
+    babai-serve CKPT --port 8000 &          # or: python -m babai_serve.launch CKPT --port 8000
+    python -m babai_serve.client_example --base-url http://127.0.0.1:8000/v1
 
 Shows a completion, a chat answer, and the same chat streamed token by token.
 """
@@ -11,7 +11,7 @@ import argparse
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serve.client_example", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m babai_serve.client_example", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     p.add_argument("--prompt", default="It is a truth universally acknowledged, that")

@@ -1,9 +1,9 @@
-"""The project's main job, end to end: `python -m serve.demo`.
+"""The project's main job, end to end: `python -m babai_serve.demo`.
 
 1. fetch/verify the embedded assets (SmolLM2-135M-Instruct, Jane Austen's novels);
 2. quantize the model with `babai-quantize` (SSQR 4-bit, group 64, 1% outliers by default; the
    checkpoint is cached under the asset cache and reused on the next run);
-3. start `vllm serve CKPT --quantization babai` (OpenAI server on 127.0.0.1) through serve.launch;
+3. start `vllm serve CKPT --quantization babai` (OpenAI server on 127.0.0.1) through babai_serve.launch;
 4. send one OpenAI chat request, print the answer, and shut the server down.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def step(title: str) -> None:
 
 def prepare_assets() -> Path:
     """Build or verify the embedded model and text; return the model folder."""
-    from quantizer import assets
+    from babai_quantizer import assets
 
     for split in ("calib", "eval"):
         print(f"text {split}: {assets.text_path(split)}")
@@ -37,8 +37,8 @@ def quantize(model_dir: Path, fmt: str, bits: int) -> Path:
 
     The quantizer writes atomically, so an existing folder is a complete checkpoint.
     """
-    from quantizer import assets
-    from quantizer.cli import main as quantize_main
+    from babai_quantizer import assets
+    from babai_quantizer.cli import main as quantize_main
 
     dest = assets.cache_dir() / "checkpoints" / f"{model_dir.name}-{fmt}-w{bits}g64"
     if (dest / "config.json").is_file():
@@ -64,7 +64,7 @@ def ask(base_url: str, prompt: str, max_tokens: int) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serve.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m babai_serve.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", default=PROMPT, help="the chat message sent to the server")
     p.add_argument("--max-tokens", type=int, default=96, help="longest answer, in tokens")
@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     start = time.perf_counter()
 
-    from quantizer.assets import AssetError
-    from serve.launch import BabaiServer
+    from babai_quantizer.assets import AssetError
+    from babai_serve.launch import BabaiServer
 
     try:
         step("1. assets")

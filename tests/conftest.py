@@ -10,7 +10,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """Folder of the bf16 SmolLM2-135M-Instruct model (built on first use, ~1 min)."""
-    from quantizer import assets
+    from babai_quantizer import assets
 
     return assets.model_dir()
 
@@ -18,6 +18,6 @@ def smollm2_dir():
 @pytest.fixture(scope="session")
 def austen_text() -> dict[str, str]:
     """The Austen text splits: {'calib': ..., 'eval': ...}."""
-    from quantizer import assets
+    from babai_quantizer import assets
 
     return {split: assets.text_path(split).read_text(encoding="utf-8") for split in ("calib", "eval")}

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from quantizer import assets
-from quantizer.assets.cache import MANIFEST, Asset, AssetError, ensure, verify_folder
-from quantizer.assets.rdata import RDataError, read_lazyload_db, read_record, unserialize
+from babai_quantizer import assets
+from babai_quantizer.assets.cache import MANIFEST, Asset, AssetError, ensure, verify_folder
+from babai_quantizer.assets.rdata import RDataError, read_lazyload_db, read_record, unserialize
 
 # ---------------------------------------------------------------- a tiny R XDR serializer (test side)
 # Written from "R Internals: Serialization formats", independently of quantizer/assets/rdata.py.
@@ -145,7 +145,7 @@ def test_cache_detects_corruption_and_rebuilds(fake, caplog, damage, problem):
     folder = ensure(asset, root)
     damage(folder)
     assert any(problem in p for p in verify_folder(folder))
-    with caplog.at_level(logging.WARNING, logger="quantizer.assets"):
+    with caplog.at_level(logging.WARNING, logger="babai_quantizer.assets"):
         assert ensure(asset, root) == folder
     assert builder.calls == 2
     assert "corrupt, rebuilding" in caplog.text
@@ -204,7 +204,7 @@ def test_austen_splits_nonempty_and_disjoint(austen_text):
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_dir):
-    from quantizer.evaluate import load_for_eval
+    from babai_quantizer.evaluate import load_for_eval
 
     return load_for_eval(smollm2_dir)
 
@@ -233,9 +233,9 @@ def test_tokenizer_round_trips_text(smollm2, austen_text):
 
 
 def test_model_predicts_austen_better_than_shuffled(smollm2, austen_text):
-    """Perplexity (quantizer.evaluate) on 1 window equals transformers' own loss, and real text scores
+    """Perplexity (babai_quantizer.evaluate) on 1 window equals transformers' own loss, and real text scores
     far better than the same tokens shuffled."""
-    from quantizer.evaluate import evaluate_text
+    from babai_quantizer.evaluate import evaluate_text
 
     model, tokenizer = smollm2
     text = austen_text["eval"][:20_000]

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from quantizer.babai_layer import babai_blocked, quantize_layer_babai
-from quantizer.lattice import (ClippedGrid, OverflowGrid, UnboundedGrid, coordinate_scales, damp,
-                               group_scales, ordering, quantize_layer, random_layer, step_group_index)
-from quantizer.lattice.reference import babai_reference
+from babai_quantizer.babai_layer import babai_blocked, quantize_layer_babai
+from babai_quantizer.lattice import (ClippedGrid, OverflowGrid, UnboundedGrid, coordinate_scales, damp,
+                               group_scales, ordering, quantize_layer, step_group_index)
+from tests.fixtures.synthetic import random_layer
+from babai_quantizer.lattice.reference import babai_reference
 
 
 @pytest.mark.parametrize("grid", [ClippedGrid(3), UnboundedGrid(), OverflowGrid(4)],

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from quantizer import checkpoint
-from quantizer.checkpoint import read_quantization_config, save_quantized_checkpoint
+from babai_quantizer import checkpoint
+from babai_quantizer.checkpoint import read_quantization_config, save_quantized_checkpoint
 
 QC = {"quant_method": "babai", "version": 1, "format": "ssqr", "bits": 4, "group_size": 32,
       "outlier_rate": 0.01, "modules_to_not_convert": ["lm_head"]}

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from quantizer.cli import main
-from vllm_babai.tiny import save_tiny_tokenizer, tiny_llama_config
+from babai_quantizer.cli import main
+from tests.fixtures.tiny_checkpoint import save_tiny_tokenizer, tiny_llama_config
 
 WORDS = ("it is a truth universally acknowledged that a single man in possession of a good fortune "
          "must be in want of a wife").split()
@@ -91,7 +91,7 @@ def test_existing_output_is_left_alone_without_overwrite(model_dir, tmp_path, ca
 
 
 def test_full_disk_leaves_nothing(model_dir, tmp_path, capsys, monkeypatch):
-    import quantizer.checkpoint as checkpoint
+    import babai_quantizer.checkpoint as checkpoint
 
     def full_disk(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from quantizer.dequant_loader import load_dequantized
-from quantizer.gptq_export import dequantize_gptq, pack_gptq, pack_rows, unpack_rows
-from quantizer.hessian_capture import GramAccumulator, capture_inputs, catch_layer_inputs
-from vllm_babai.tiny import CORPUS, build_tiny_checkpoint, save_tiny_tokenizer, tiny_llama_config
+from babai_quantizer.dequant_loader import load_dequantized
+from babai_quantizer.gptq_export import dequantize_gptq, pack_gptq, pack_rows, unpack_rows
+from babai_quantizer.hessian_capture import GramAccumulator, capture_inputs, catch_layer_inputs
+from tests.fixtures.tiny_checkpoint import CORPUS, build_tiny_checkpoint, save_tiny_tokenizer, tiny_llama_config
 
 WORDS = CORPUS.split()
 TEXT = " ".join(WORDS[(7 * i) % len(WORDS)] for i in range(900))  # 900 words, shuffled order
@@ -127,7 +127,7 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 
 
 def quantize_tiny(model_dir, **kwargs):
-    from quantizer.driver import QuantizeOptions, calibration_windows, load_causal_lm, quantize_model
+    from babai_quantizer.driver import QuantizeOptions, calibration_windows, load_causal_lm, quantize_model
 
     model, tokenizer = load_causal_lm(model_dir)
     windows = calibration_windows(tokenizer, (model_dir / "calib.txt").read_text(), 6, 32, seed=0)
@@ -137,7 +137,7 @@ def quantize_tiny(model_dir, **kwargs):
 
 @pytest.mark.parametrize("fmt", sorted(FORMAT_ARGS))
 def test_driver_end_to_end_checkpoint_matches_in_memory_model(tiny_model_dir, tmp_path, fmt):
-    from quantizer.driver import write_checkpoint
+    from babai_quantizer.driver import write_checkpoint
 
     result, options, windows = quantize_tiny(tiny_model_dir, **FORMAT_ARGS[fmt])
     dest = write_checkpoint(result, options, tmp_path / fmt, tiny_model_dir)
@@ -148,7 +148,7 @@ def test_driver_end_to_end_checkpoint_matches_in_memory_model(tiny_model_dir, tm
         assert (qc["quant_method"], qc["sym"], qc["desc_act"], qc["bits"]) == ("gptq", True, False, 4)
     else:
         assert (qc["quant_method"], qc["format"], qc["version"]) == ("babai", fmt, 1)
-    from quantizer.dequant_loader import read_tensors
+    from babai_quantizer.dequant_loader import read_tensors
     names = set(read_tensors(dest))
     for i in range(2):
         for lin in LINEARS:
@@ -180,7 +180,7 @@ def test_driver_end_to_end_checkpoint_matches_in_memory_model(tiny_model_dir, tm
 def test_non_finite_weight_is_named(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from quantizer.driver import QuantizeOptions, quantize_model
+    from babai_quantizer.driver import QuantizeOptions, quantize_model
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model.model.layers[1].self_attn.o_proj.weight.data[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.o_proj\.weight"):
@@ -200,7 +200,7 @@ def test_driver_babai_back_to_front_gives_the_gptq_checkpoint(tiny_model_dir):
 
 
 def test_babai_algorithm_needs_gptq_format():
-    from quantizer.driver import QuantizeOptions
+    from babai_quantizer.driver import QuantizeOptions
     with pytest.raises(ValueError, match="algorithm"):
         QuantizeOptions(format="ssqr", algorithm="babai").validate()
     with pytest.raises(ValueError, match="algorithm"):

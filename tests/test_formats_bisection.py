@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from quantizer.formats.bisection import LogBisection
+from babai_quantizer.formats.bisection import LogBisection
 
 
 def _run(search, f, max_steps=60):

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.hptq.pack import choose_chunk_cols, decode_hptq, dequantize_hptq
-from quantizer.formats import quantize_hptq, quantize_hrtn
+from babai_kernels.hptq.pack import choose_chunk_cols, decode_hptq, dequantize_hptq
+from babai_quantizer.formats import quantize_hptq, quantize_hrtn
 from test_formats_ssqr import correlated_layer
 
 

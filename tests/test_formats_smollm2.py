@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from quantizer.formats import quantize_hptq, quantize_ssqr
+from babai_quantizer.formats import quantize_hptq, quantize_ssqr
 from test_formats_ssqr import correlated_layer
 
 pytestmark = pytest.mark.slow

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.ssqr.pack import unpack_ssqr
-from kernels.ssqr.reference import dequantize_ssqr
-from quantizer.formats import quantize_ssqr
-from quantizer.lattice import ClippedGrid, OverflowGrid, quantize_layer, prepare_hessian, step_group_index, sweep
+from babai_kernels.ssqr.pack import unpack_ssqr
+from babai_kernels.ssqr.reference import dequantize_ssqr
+from babai_quantizer.formats import quantize_ssqr
+from babai_quantizer.lattice import ClippedGrid, OverflowGrid, quantize_layer, prepare_hessian, step_group_index, sweep
 
 
 def correlated_layer(N, K, seed=0, heavy_tails=True):

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from kernels.hptq.huffman import (ESCAPE, MIN_DIRECT_COUNT, canonical_codes, design_code,
+from babai_kernels.hptq.huffman import (ESCAPE, MIN_DIRECT_COUNT, canonical_codes, design_code,
                                   package_merge_lengths)
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.common import stored_bits
-from kernels.hptq import (choose_chunk_cols, coded_bits, decode_hptq, dequantize_hptq, encode_hptq,
+from babai_kernels.common import stored_bits
+from babai_kernels.hptq import (choose_chunk_cols, coded_bits, decode_hptq, dequantize_hptq, encode_hptq,
                           hptq_meta)
 
 

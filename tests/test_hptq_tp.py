@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.hptq import decode_hptq, encode_hptq, slice_cols, slice_rows
-from kernels.hptq.bits import gather_bit_ranges
+from babai_kernels.hptq import decode_hptq, encode_hptq, slice_cols, slice_rows
+from babai_kernels.hptq.bits import gather_bit_ranges
 
 
 def layer(n=10, k=96, chunk_cols=16, seed=0):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = ["quantizer", "kernels", "vllm_babai", "serve",
-           "kernels.common", "quantizer.assets", "quantizer.assets.__main__", "quantizer.evaluate", "serve.demo"]
+MODULES = ["babai_quantizer", "babai_kernels", "vllm_babai", "babai_serve",
+           "babai_kernels.common", "babai_quantizer.assets", "babai_quantizer.assets.__main__", "babai_quantizer.evaluate", "babai_serve.demo"]
 
 # Run in a fresh interpreter: `sys.modules["vllm"] = None` makes every `import vllm...` raise
 # ModuleNotFoundError (and importlib.util.find_spec("vllm") return None), as if vllm were not installed.

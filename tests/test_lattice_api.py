@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from quantizer.lattice import (ClippedGrid, group_scales, quantize_layer, random_layer, rtn_quantize,
+from babai_quantizer.lattice import (ClippedGrid, group_scales, quantize_layer, rtn_quantize,
                                coordinate_scales, step_group_index)
+from tests.fixtures.synthetic import random_layer
 
 
 def numpy_find_params_mse(x, bits, maxshrink=0.8, grid=100, norm=2.4):

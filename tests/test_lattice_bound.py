@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from quantizer.lattice import (achieved_error, babai_bound, quantize_layer, random_layer)
+from babai_quantizer.lattice import (achieved_error, babai_bound, quantize_layer)
+from tests.fixtures.synthetic import random_layer
 
 
 @pytest.mark.parametrize("grid", ["unbounded", "overflow"])
@@ -52,7 +53,7 @@ def test_bound_and_error_match_direct_formulas():
 
 def test_sweep_loss_is_the_exact_error_decomposition():
     """Σ_k (w̃_k − q_k)² D_k (GPTQ's Losses ×2) equals (w − q)ᵀH(w − q), any grid."""
-    from quantizer.lattice import ClippedGrid, group_scales, prepare_hessian, step_group_index, sweep
+    from babai_quantizer.lattice import ClippedGrid, group_scales, prepare_hessian, step_group_index, sweep
     W, X, H = random_layer(16, 48, seed=2)
     prep = prepare_hessian(H, ordering="min-pivot", dtype=torch.float64)
     scales = group_scales(W, 2, 16, order=prep.perm) * 0.5           # heavy clipping

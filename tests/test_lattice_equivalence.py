@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from quantizer.lattice import (ClippedGrid, OverflowGrid, UnboundedGrid, coordinate_scales, damp,
-                               group_scales, ordering, prepare_hessian, random_layer,
-                               step_group_index, sweep)
-from quantizer.lattice.reference import babai_reference, gptq_reference
+from babai_quantizer.lattice import (ClippedGrid, OverflowGrid, UnboundedGrid, coordinate_scales, damp,
+                               group_scales, ordering, prepare_hessian, step_group_index, sweep)
+from tests.fixtures.synthetic import random_layer
+from babai_quantizer.lattice.reference import babai_reference, gptq_reference
 
 GRIDS = {"clip": ClippedGrid, "unbounded": lambda b: UnboundedGrid(), "overflow": OverflowGrid}
 

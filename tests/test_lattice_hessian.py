@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from quantizer.lattice import (CholeskyError, cholesky_with_retry, damp, ldl_diagonal, ordering,
-                               prepare_hessian, quantize_layer, random_layer, trace_D)
-from quantizer.lattice.ordering import min_pivot_babai_order
-from quantizer.lattice.reference import gptq_reference, min_pivot_order_reference
-from quantizer.lattice.grids import ClippedGrid
-from quantizer.lattice.scales import coordinate_scales
+from babai_quantizer.lattice import (CholeskyError, cholesky_with_retry, damp, ldl_diagonal, ordering,
+                               prepare_hessian, quantize_layer, trace_D)
+from tests.fixtures.synthetic import random_layer
+from babai_quantizer.lattice.ordering import min_pivot_babai_order
+from babai_quantizer.lattice.reference import gptq_reference, min_pivot_order_reference
+from babai_quantizer.lattice.grids import ClippedGrid
+from babai_quantizer.lattice.scales import coordinate_scales
 
 
 def numpy_ldl_diagonal(A):
@@ -105,7 +106,7 @@ def test_cholesky_retry_raises_damping_and_logs(caplog):
     mean_diag = float(torch.diagonal(H).mean())
     H_bad = H - 0.5 * mean_diag * torch.eye(16, dtype=H.dtype)   # indefinite
     assert torch.linalg.eigvalsh(H_bad).min() < 0
-    with caplog.at_level(logging.WARNING, logger="quantizer.lattice.hessian"):
+    with caplog.at_level(logging.WARNING, logger="babai_quantizer.lattice.hessian"):
         L, Hd, rel = cholesky_with_retry(H_bad, 0.01)
     assert rel > 0.01 and "Cholesky failed" in caplog.text
     assert torch.allclose(L @ L.T, Hd)

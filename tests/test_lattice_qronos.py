@@ -1,7 +1,8 @@
 """Qronos-style float target: Babai on the lattice of X̂ with target Xw."""
 import torch
 
-from quantizer.lattice import damp, float_target_weights, quantize_layer, random_layer
+from babai_quantizer.lattice import damp, float_target_weights, quantize_layer
+from tests.fixtures.synthetic import random_layer
 
 
 def test_float_target_reduces_to_plain_when_inputs_match():

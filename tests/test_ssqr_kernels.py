@@ -5,7 +5,7 @@ The Triton cases live in tests/interpret/test_interp_ssqr.py (run by tests/test_
 import pytest
 import torch
 
-from kernels.ssqr import pack_ssqr, prepare_ssqr, ssqr_linear, ssqr_linear_reference
+from babai_kernels.ssqr import pack_ssqr, prepare_ssqr, ssqr_linear, ssqr_linear_reference
 from tests.test_ssqr_pack import random_layer
 
 

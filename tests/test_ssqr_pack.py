@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.ssqr import (concat_rows, dequantize_ssqr, pack_codes, pack_ssqr, slice_cols,
+from babai_kernels.ssqr import (concat_rows, dequantize_ssqr, pack_codes, pack_ssqr, slice_cols,
                           slice_rows, ssqr_linear_reference, ssqr_meta, unpack_codes, unpack_ssqr)
 
 

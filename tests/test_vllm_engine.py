@@ -18,7 +18,7 @@ import torch
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("vllm")
 
-from vllm_babai.tiny import build_tiny_checkpoint, transformers_greedy  # noqa: E402
+from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint, transformers_greedy  # noqa: E402
 
 PROMPTS = [[1, 10, 20, 30, 40], [1, 200, 7], [1, 5, 6, 7, 8, 9, 10, 11, 12]]
 NEW_TOKENS = 12

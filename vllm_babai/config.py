@@ -12,7 +12,7 @@ from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMetho
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
-from quantizer.checkpoint import validate_quantization_config
+from babai_quantizer.checkpoint import validate_quantization_config
 
 
 @register_quantization_config("babai")

@@ -15,18 +15,18 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.hptq import tp as hptq_tp
-from kernels.hptq.pack import TENSOR_NAMES as HPTQ_TENSORS, hptq_meta
-from kernels.hptq.linear import hptq_linear
-from kernels.hptq.prepare import prepare_hptq
-from kernels.ssqr import tp as ssqr_tp
-from kernels.ssqr.linear import prepare_ssqr, ssqr_linear
-from kernels.ssqr.pack import TENSOR_NAMES as SSQR_TENSORS, ssqr_meta
+from babai_kernels.hptq import tp as hptq_tp
+from babai_kernels.hptq.pack import TENSOR_NAMES as HPTQ_TENSORS, hptq_meta
+from babai_kernels.hptq.linear import hptq_linear
+from babai_kernels.hptq.prepare import prepare_hptq
+from babai_kernels.ssqr import tp as ssqr_tp
+from babai_kernels.ssqr.linear import prepare_ssqr, ssqr_linear
+from babai_kernels.ssqr.pack import TENSOR_NAMES as SSQR_TENSORS, ssqr_meta
 
 
 @dataclass(frozen=True)
 class Format:
-    """What the plugin needs from kernels/ for one on-disk format (K: the layer's input features)."""
+    """What the plugin needs from babai_kernels/ for one on-disk format (K: the layer's input features)."""
 
     name: str
     tensor_names: tuple[str, ...]

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.hptq.prepare import PreparedHPTQ
+from babai_kernels.hptq.prepare import PreparedHPTQ
 
 DECODE_BLOCK = 64
 

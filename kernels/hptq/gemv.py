@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.hptq.decode import decode_symbol
-from kernels.hptq.prepare import PreparedHPTQ
+from babai_kernels.hptq.decode import decode_symbol
+from babai_kernels.hptq.prepare import PreparedHPTQ
 
 GEMV_BLOCK = 32
 GEMV_MAX_M = 8

@@ -11,8 +11,8 @@ from typing import Optional
 
 import torch
 
-from kernels.common import check_tensor, use_triton
-from kernels.hptq.prepare import PreparedHPTQ
+from babai_kernels.common import check_tensor, use_triton
+from babai_kernels.hptq.prepare import PreparedHPTQ
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -21,8 +21,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def _hptq_linear_op(x: torch.Tensor, stream: torch.Tensor, chunk_starts: torch.Tensor,
                     lut_value: torch.Tensor, lut_info: torch.Tensor, scale: float,
                     out_features: int, chunk_cols: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    from kernels.hptq.decode import hptq_decode
-    from kernels.hptq.gemv import GEMV_MAX_M, hptq_gemv
+    from babai_kernels.hptq.decode import hptq_decode
+    from babai_kernels.hptq.gemv import GEMV_MAX_M, hptq_gemv
     p = PreparedHPTQ(out_features, x.shape[1], chunk_cols, scale, stream, chunk_starts,
                      lut_value, lut_info, None, x.device)
     if x.shape[0] <= GEMV_MAX_M:

@@ -13,9 +13,9 @@ import math
 import numpy as np
 import torch
 
-from kernels.common import check_tensor, stored_bits
-from kernels.hptq.bits import pack_bits, peek32, words_to_uint
-from kernels.hptq.huffman import (ESCAPE, ESCAPE_BITS, MAX_CODE_LEN, TABLE_ENTRY_BITS, CodeTable,
+from babai_kernels.common import check_tensor, stored_bits
+from babai_kernels.hptq.bits import pack_bits, peek32, words_to_uint
+from babai_kernels.hptq.huffman import (ESCAPE, ESCAPE_BITS, MAX_CODE_LEN, TABLE_ENTRY_BITS, CodeTable,
                                   canonical_codes, design_code)
 
 TENSOR_NAMES = ("hptq_scale", "code_values", "code_lengths", "chunk_bits", "stream")

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.common import use_triton
-from kernels.hptq.huffman import ESCAPE, MAX_CODE_LEN
-from kernels.hptq.pack import decode_lut, dequantize_hptq, hptq_meta
+from babai_kernels.common import use_triton
+from babai_kernels.hptq.huffman import ESCAPE, MAX_CODE_LEN
+from babai_kernels.hptq.pack import decode_lut, dequantize_hptq, hptq_meta
 
 ESCAPE_FLAG = 1 << 5
 

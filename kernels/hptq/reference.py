@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.common import check_tensor
-from kernels.hptq.pack import dequantize_hptq
+from babai_kernels.common import check_tensor
+from babai_kernels.hptq.pack import dequantize_hptq
 
 
 def hptq_linear_reference(x: torch.Tensor, tensors: dict[str, torch.Tensor],

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.hptq.bits import gather_bit_ranges
-from kernels.hptq.pack import check_hptq_tensors
+from babai_kernels.hptq.bits import gather_bit_ranges
+from babai_kernels.hptq.pack import check_hptq_tensors
 
 _SHARED = ("hptq_scale", "code_values", "code_lengths")
 

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ssqr.tiles import finish_tile, kernel_args, load_codes, load_scale, load_x_tile
+from babai_kernels.ssqr.tiles import finish_tile, kernel_args, load_codes, load_scale, load_x_tile
 
 
 @triton.jit

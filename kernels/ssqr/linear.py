@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.common import check_tensor, use_triton
-from kernels.ssqr.pack import check_outlier_layout, check_perm, ssqr_meta, unpack_codes
-from kernels.ssqr.tuning import GEMV_MAX_M, choose_config, m_bucket
+from babai_kernels.common import check_tensor, use_triton
+from babai_kernels.ssqr.pack import check_outlier_layout, check_perm, ssqr_meta, unpack_codes
+from babai_kernels.ssqr.tuning import GEMV_MAX_M, choose_config, m_bucket
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16)
 ACT_DTYPES = TRITON_DTYPES + (torch.float32,)
@@ -87,9 +87,9 @@ def _linear_torch(x: torch.Tensor, p: PreparedSSQR, bias: torch.Tensor | None) -
 def run_kernel(x: torch.Tensor, p: PreparedSSQR, bias: torch.Tensor | None, path: str,
                cfg: dict) -> torch.Tensor:
     """One Triton launch sequence with an explicit config; x (M, K) contiguous -> (M, N) x.dtype."""
-    from kernels.ssqr.gemm import launch_gemm
-    from kernels.ssqr.gemv import launch_gemv
-    from kernels.ssqr.outliers import add_outliers
+    from babai_kernels.ssqr.gemm import launch_gemm
+    from babai_kernels.ssqr.gemv import launch_gemv
+    from babai_kernels.ssqr.outliers import add_outliers
 
     fuse = p.has_outliers and cfg["FUSE_OUTLIERS"]
     companion = p.has_outliers and not cfg["FUSE_OUTLIERS"]

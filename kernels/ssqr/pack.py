@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.common import check_tensor
+from babai_kernels.common import check_tensor
 
 BLOCK = 32
 MAX_K = 32767

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.common import check_tensor
-from kernels.ssqr.pack import unpack_ssqr
+from babai_kernels.common import check_tensor
+from babai_kernels.ssqr.pack import unpack_ssqr
 
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.ssqr.outliers import outlier_tile
+from babai_kernels.ssqr.outliers import outlier_tile
 
 
 @triton.jit

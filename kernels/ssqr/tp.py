@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ssqr.pack import dense_to_ell, ell_to_dense, ssqr_meta
+from babai_kernels.ssqr.pack import dense_to_ell, ell_to_dense, ssqr_meta
 
 
 def slice_rows(tensors: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from kernels.common import triton_interpret
+from babai_kernels.common import triton_interpret
 
 GEMV_MAX_M = 8  # M up to this uses the GEMV path, larger M the tensor-core GEMM path
 INTERPRET_GEMV = dict(BLOCK_M=4, BLOCK_N=32, BLOCK_K=32, SPLIT_K=2, FUSE_OUTLIERS=True,

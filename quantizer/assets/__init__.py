@@ -4,7 +4,7 @@
 - `text`: Jane Austen's novels split into `calib` and `eval` text files (see austen.py).
 
 The cache root is $VLLM_BABAI_CACHE (default ~/.cache/vllm-babai). Every access verifies the sha256
-manifest and rebuilds a missing or corrupt asset (cache.py). `python -m quantizer.assets` (re)makes them.
+manifest and rebuilds a missing or corrupt asset (cache.py). `python -m babai_quantizer.assets` (re)makes them.
 """
 from __future__ import annotations
 

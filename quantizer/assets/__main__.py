@@ -1,4 +1,4 @@
-"""`python -m quantizer.assets [--force] [--only model|text]` (also `babai-assets`): build or rebuild
+"""`python -m babai_quantizer.assets [--force] [--only model|text]` (also `babai-assets`): build or rebuild
 the embedded assets in the cache and print where they are."""
 from __future__ import annotations
 

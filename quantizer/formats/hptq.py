@@ -21,8 +21,8 @@ from typing import Callable
 
 import torch
 
-from kernels.hptq.pack import choose_chunk_cols, coded_bits, encode_hptq
-from quantizer.lattice import (UnboundedGrid, achieved_error, babai_bound, damp, fix_dead_inputs,
+from babai_kernels.hptq.pack import choose_chunk_cols, coded_bits, encode_hptq
+from babai_quantizer.lattice import (UnboundedGrid, achieved_error, babai_bound, damp, fix_dead_inputs,
                                rtn_quantize, sweep)
 
 from .bisection import LogBisection

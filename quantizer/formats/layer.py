@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from quantizer.lattice import block_local_ordering, damp, fix_dead_inputs, prepare_hessian, validate_layer
-from quantizer.lattice.api import sweep_target
-from quantizer.lattice.sweep import PreparedHessian
+from babai_quantizer.lattice import block_local_ordering, damp, fix_dead_inputs, prepare_hessian, validate_layer
+from babai_quantizer.lattice.api import sweep_target
+from babai_quantizer.lattice.sweep import PreparedHessian
 
 
 def check_row_parallel_blocks(K: int, parts: int, group_size: int = 32) -> None:

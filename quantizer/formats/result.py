@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels.common import stored_bits
+from babai_kernels.common import stored_bits
 
 
 def effective_bits(tensors: dict[str, torch.Tensor], n_rows: int, n_cols: int) -> float:

@@ -26,8 +26,8 @@ import time
 
 import torch
 
-from kernels.ssqr.pack import pack_ssqr
-from quantizer.lattice import (ClippedGrid, OverflowGrid, achieved_error, babai_bound, coordinate_scales,
+from babai_kernels.ssqr.pack import pack_ssqr
+from babai_quantizer.lattice import (ClippedGrid, OverflowGrid, achieved_error, babai_bound, coordinate_scales,
                                group_scales, step_group_index, sweep)
 
 from .bisection import LogBisection

@@ -13,12 +13,11 @@ from .qronos import float_target_weights
 from .rtn import rtn_quantize
 from .scales import coordinate_scales, grid_range, group_scales, step_group_index
 from .sweep import PreparedHessian, SweepResult, prepare_hessian, sweep
-from .synthetic import random_layer
 
 __all__ = [
     "LayerResult", "quantize_layer", "validate_layer", "achieved_error", "babai_bound",
     "ClippedGrid", "OverflowGrid", "UnboundedGrid", "make_grid", "CholeskyError",
     "cholesky_with_retry", "damp", "fix_dead_inputs", "block_local_ordering", "ldl_diagonal", "ordering", "trace_D",
     "float_target_weights", "rtn_quantize", "coordinate_scales", "grid_range", "group_scales",
-    "step_group_index", "PreparedHessian", "SweepResult", "prepare_hessian", "sweep", "random_layer",
+    "step_group_index", "PreparedHessian", "SweepResult", "prepare_hessian", "sweep",
 ]

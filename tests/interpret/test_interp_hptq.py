@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.hptq import (decode_hptq, dequantize_hptq, encode_hptq, hptq_linear_reference,
+from babai_kernels.hptq import (decode_hptq, dequantize_hptq, encode_hptq, hptq_linear_reference,
                           prepare_hptq)
-from kernels.hptq.decode import hptq_decode
-from kernels.hptq.gemv import GEMV_MAX_M
-from kernels.hptq.linear import hptq_linear
+from babai_kernels.hptq.decode import hptq_decode
+from babai_kernels.hptq.gemv import GEMV_MAX_M
+from babai_kernels.hptq.linear import hptq_linear
 
 TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -53,8 +53,8 @@ def test_leading_dims_and_reference_path(monkeypatch):
     x = torch.randn(2, 3, 32)
     want = hptq_linear_reference(x, tensors)
     assert torch.allclose(hptq_linear(x, prepare_hptq(tensors, 32, "cpu")), want, atol=1e-4)
-    monkeypatch.setattr("kernels.hptq.prepare.use_triton", lambda device: False)
-    monkeypatch.setattr("kernels.hptq.linear.use_triton", lambda device: False)
+    monkeypatch.setattr("babai_kernels.hptq.prepare.use_triton", lambda device: False)
+    monkeypatch.setattr("babai_kernels.hptq.linear.use_triton", lambda device: False)
     prepared = prepare_hptq(tensors, 32, "cpu")
     assert prepared.weight is not None
     assert torch.allclose(hptq_linear(x, prepared), want, atol=1e-5)
@@ -101,7 +101,7 @@ def test_kernels_stay_in_bounds_on_corrupt_streams():
 
 
 def test_bench_cases_hit_the_target_rate_and_agree():
-    from kernels.hptq.bench_cases import hptq_bench_cases
+    from benchmarks.hptq_cases import hptq_bench_cases
     (case,) = hptq_bench_cases([(64, 64)], "cpu", target_bits=3.125)
     assert abs(case["bits_per_weight"] - 3.125) < 0.35      # a 64×64 layer: the code table weighs in
     x = torch.randn(2, 64)

@@ -15,9 +15,9 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 at process start (run via tests/test_triton_interpreter.py)",
                 allow_module_level=True)
 
-from kernels.ssqr import pack_ssqr, prepare_ssqr, ssqr_linear, ssqr_linear_reference
-from kernels.ssqr.linear import run_kernel
-from kernels.ssqr.tuning import GEMV_MAX_M, INTERPRET_GEMM, INTERPRET_GEMV
+from babai_kernels.ssqr import pack_ssqr, prepare_ssqr, ssqr_linear, ssqr_linear_reference
+from babai_kernels.ssqr.linear import run_kernel
+from babai_kernels.ssqr.tuning import GEMV_MAX_M, INTERPRET_GEMM, INTERPRET_GEMV
 from tests.test_ssqr_pack import random_layer
 
 CONFIGS = {
@@ -71,7 +71,7 @@ def test_ssqr_linear_dispatches_to_triton(monkeypatch, m):
     prepared = prepare_ssqr(tensors, DEVICE)
     x = torch.randn(1, m, 96, dtype=torch.bfloat16).to(DEVICE)
     launched = []
-    import kernels.ssqr.linear as linear
+    import babai_kernels.ssqr.linear as linear
     monkeypatch.setattr(linear, "run_kernel", lambda *a: launched.append(a[3]) or run_kernel(*a))
     y = ssqr_linear(x, prepared)
     assert launched[-1] == ("gemv" if m <= GEMV_MAX_M else "gemm")

@@ -10,11 +10,11 @@ import math
 
 import torch
 
-from kernels.common import stored_bits, use_triton
-from kernels.hptq.decode import hptq_decode
-from kernels.hptq.gemv import GEMV_MAX_M, hptq_gemv
-from kernels.hptq.pack import choose_chunk_cols, coded_bits, encode_hptq
-from kernels.hptq.prepare import prepare_hptq
+from babai_kernels.common import stored_bits, use_triton
+from babai_kernels.hptq.decode import hptq_decode
+from babai_kernels.hptq.gemv import GEMV_MAX_M, hptq_gemv
+from babai_kernels.hptq.pack import choose_chunk_cols, coded_bits, encode_hptq
+from babai_kernels.hptq.prepare import prepare_hptq
 
 SAMPLE_ROWS = 64
 

@@ -1,6 +1,6 @@
 """GPU benchmark: our quantized linear kernels vs torch bf16 matmul (cuBLAS), in the same run.
 
-    python benchmarks/kernels.py [--m 1 16 128] [--shapes 4096x4096 ...] [--cases ssqr]
+    python -m benchmarks.kernel_speed [--m 1 16 128] [--shapes 4096x4096 ...] [--cases ssqr]
 
 Times y = x Wᵀ for Llama-3-8B/70B linear shapes at several M with CUDA-graph timing
 (triton.testing.do_bench_cudagraph), reports the speedup over bf16 and the achieved fraction of
@@ -10,9 +10,8 @@ Needs a CUDA GPU: on CPU it exits with code 2.
 
 Kernel cases are a registry: a case has a `name` and `setup(n, k, m, x, device) -> (fn,
 weight_bytes) | None` (None: not applicable at this M), where `fn()` computes y for the bf16
-activations `x` (M, K). SSQR cases are defined here. `kernels/hptq/bench_cases.py`, if present,
-adds HPTQ cases: either a module-level `CASES` list of KernelCase, or its
-`hptq_bench_cases([(K, N)], device)` dicts (fused decode-GEMV for M ≤ fused_max_m, and
+activations `x` (M, K). SSQR cases are defined here; benchmarks/hptq_cases.py's
+`hptq_bench_cases([(K, N)], device)` dicts give the HPTQ cases (fused decode-GEMV for M ≤ fused_max_m, and
 decode-then-matmul), adapted by `hptq_cases`.
 Random weights are generated directly in the packed format (codes are random, so the inlier
 code under an outlier is not forced to 0 — irrelevant to timing).
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import platform
 import sys
@@ -30,6 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from benchmarks.hptq_cases import hptq_bench_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,8 +68,8 @@ def random_ssqr_tensors(n: int, k: int, bits: int, group_size: int, outlier_rate
 
 
 def ssqr_case(bits: int, outlier_rate: float, group_size: int = 128) -> KernelCase:
-    from kernels.common import stored_bits
-    from kernels.ssqr import prepare_ssqr, ssqr_linear
+    from babai_kernels.common import stored_bits
+    from babai_kernels.ssqr import prepare_ssqr, ssqr_linear
 
     def setup(n, k, m, x, device):
         tensors = random_ssqr_tensors(n, k, bits, group_size, outlier_rate, device)
@@ -79,13 +79,13 @@ def ssqr_case(bits: int, outlier_rate: float, group_size: int = 128) -> KernelCa
     return KernelCase(f"ssqr-{bits}bit-G{group_size}-{outlier_rate:.0%}", setup)
 
 
-def hptq_cases(module) -> list[KernelCase]:
-    """KernelCases from kernels/hptq/bench_cases.py's `hptq_bench_cases` (one layer per shape)."""
+def hptq_cases() -> list[KernelCase]:
+    """KernelCases from benchmarks/hptq_cases.py's `hptq_bench_cases` (one layer per shape)."""
     built: dict[tuple[int, int], dict] = {}
 
     def layer(k, n, device):
         if (k, n) not in built:
-            built[(k, n)] = module.hptq_bench_cases([(k, n)], device)[0]
+            built[(k, n)] = hptq_bench_cases([(k, n)], device)[0]
         return built[(k, n)]
 
     def fused(n, k, m, x, device):
@@ -101,13 +101,7 @@ def hptq_cases(module) -> list[KernelCase]:
 
 def registry() -> list[KernelCase]:
     cases = [ssqr_case(4, 0.01), ssqr_case(3, 0.01), ssqr_case(2, 0.01)]
-    try:
-        hptq = importlib.import_module("kernels.hptq.bench_cases")
-    except ModuleNotFoundError as err:
-        if err.name not in ("kernels.hptq.bench_cases", "kernels.hptq"):
-            raise
-        return cases
-    return cases + (list(hptq.CASES) if hasattr(hptq, "CASES") else hptq_cases(hptq))
+    return cases + hptq_cases()
 
 
 def time_us(fn: Callable[[], object]) -> float:
@@ -179,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA GPU (none found); nothing measured.",
+        print("benchmarks/kernel_speed.py needs a CUDA GPU (none found); nothing measured.",
               file=sys.stderr)
         return 2
     result = run(args.shapes, args.m, args.cases)
