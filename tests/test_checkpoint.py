@@ -7,10 +7,12 @@ import torch
 from safetensors import safe_open
 
 from babai_quantizer import checkpoint
-from babai_quantizer.checkpoint import read_quantization_config, save_quantized_checkpoint
+from babai_kernels.contract import BabaiCheckpointConfig, config_from_dict, read_quantization_config
+from babai_quantizer.checkpoint import write_checkpoint
 
 QC = {"quant_method": "babai", "version": 1, "format": "ssqr", "bits": 4, "group_size": 32,
       "outlier_rate": 0.01, "modules_to_not_convert": ["lm_head"]}
+CFG = BabaiCheckpointConfig.from_dict(QC, "QC")
 HF = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64}
 
 
@@ -52,26 +54,26 @@ def test_single_shard_folder(tmp_path):
     (src / "model.safetensors").write_text("not copied")
     dest = tmp_path / "out" / "ckpt"
     tensors = _tensors()
-    save_quantized_checkpoint(dest, hf_config=HF, tensors=tensors, quantization_config=QC,
+    write_checkpoint(dest, hf_config=HF, tensors=tensors, config=CFG,
                               copy_from=src, report={"bits_per_weight": torch.tensor(4.25).item()})
     assert (dest / "tokenizer.json").read_text() == '{"tok": 1}'
     assert (dest / "generation_config.json").exists()
     assert not (dest / checkpoint.INDEX_NAME).exists()
     config = json.loads((dest / "config.json").read_text())
-    assert config["hidden_size"] == 64 and config["quantization_config"] == QC
+    assert config["hidden_size"] == 64 and config["quantization_config"] == CFG.to_dict()
     assert json.loads((dest / "quant_report.json").read_text()) == {"bits_per_weight": 4.25}
     loaded = _read_all(dest)
     assert loaded.keys() == tensors.keys()
     for k, t in tensors.items():
         assert loaded[k].dtype == t.dtype and torch.equal(loaded[k], t), k
-    assert read_quantization_config(dest) == QC
+    assert read_quantization_config(dest) == CFG
     assert _leftovers(dest.parent, "ckpt") == []
 
 
 def test_sharded_with_index(tmp_path):
     tensors = _tensors()
     dest = tmp_path / "ckpt"
-    save_quantized_checkpoint(dest, hf_config=HF, tensors=tensors, quantization_config=QC,
+    write_checkpoint(dest, hf_config=HF, tensors=tensors, config=CFG,
                               max_shard_bytes=300)
     index = json.loads((dest / checkpoint.INDEX_NAME).read_text())
     files = set(index["weight_map"].values())
@@ -87,12 +89,12 @@ def test_sharded_with_index(tmp_path):
 
 def test_refuses_to_overwrite_then_overwrites(tmp_path):
     dest = tmp_path / "ckpt"
-    save_quantized_checkpoint(dest, hf_config=HF, tensors=_tensors(), quantization_config=QC)
+    write_checkpoint(dest, hf_config=HF, tensors=_tensors(), config=CFG)
     with pytest.raises(FileExistsError, match=str(dest)):
-        save_quantized_checkpoint(dest, hf_config=HF, tensors={"a": torch.ones(2)}, quantization_config=QC)
+        write_checkpoint(dest, hf_config=HF, tensors={"a": torch.ones(2)}, config=CFG)
     assert "a" not in _read_all(dest)
-    save_quantized_checkpoint(dest, hf_config=HF, tensors={"a": torch.ones(2)},
-                              quantization_config=QC, overwrite=True)
+    write_checkpoint(dest, hf_config=HF, tensors={"a": torch.ones(2)},
+                              config=CFG, overwrite=True)
     assert list(_read_all(dest)) == ["a"]
     assert _leftovers(tmp_path, "ckpt") == []
 
@@ -101,14 +103,14 @@ def test_refuses_to_overwrite_then_overwrites(tmp_path):
 def test_disk_full_leaves_nothing_behind(tmp_path, monkeypatch, exists):
     dest = tmp_path / "ckpt"
     if exists:
-        save_quantized_checkpoint(dest, hf_config=HF, tensors={"a": torch.ones(2)}, quantization_config=QC)
+        write_checkpoint(dest, hf_config=HF, tensors={"a": torch.ones(2)}, config=CFG)
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "save_file", full)
     with pytest.raises(OSError, match=f"writing checkpoint {dest} failed.*No space left"):
-        save_quantized_checkpoint(dest, hf_config=HF, tensors=_tensors(), quantization_config=QC,
+        write_checkpoint(dest, hf_config=HF, tensors=_tensors(), config=CFG,
                                   overwrite=True)
     assert _leftovers(tmp_path, "ckpt") == []
     if exists:
@@ -123,20 +125,21 @@ def test_interrupt_leaves_nothing_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "save_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        save_quantized_checkpoint(tmp_path / "ckpt", hf_config=HF, tensors=_tensors(), quantization_config=QC)
+        write_checkpoint(tmp_path / "ckpt", hf_config=HF, tensors=_tensors(), config=CFG)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"version": 2}, "unsupported babai format version 2"),
-    ({"format": "awq"}, "unknown babai format 'awq'"),
-    ({"quant_method": "gptq"}, "quant_method 'gptq' is not 'babai'"),
-    ({"bits": 5}, "ssqr bits 5"),
-    ({"group_size": 48}, "group_size 48"),
+    ({"version": 2}, "version=2: unsupported babai format version"),
+    ({"format": "awq"}, "format='awq': unknown babai format"),
+    ({"quant_method": "awq"}, "quant_method='awq': expected 'babai'"),
+    ({"bits": 5}, "bits=5: ssqr bits must be one of"),
+    ({"group_size": 48}, "group_size=48: ssqr group_size must be"),
+    ({"outlier_rat": 0.1}, "outlier_rat=0.1: unknown key"),
 ])
 def test_bad_quantization_config(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
-        save_quantized_checkpoint(tmp_path / "x", hf_config=HF, tensors={}, quantization_config={**QC, **change})
+        write_checkpoint(tmp_path / "x", hf_config=HF, tensors={}, config=config_from_dict({**QC, **change}, "x"))
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "config.json").write_text(json.dumps({**HF, "quantization_config": {**QC, **change}}))
     with pytest.raises(ValueError, match=f"config.json.*{message}"):

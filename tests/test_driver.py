@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from babai_quantizer.dequant_loader import load_dequantized
-from babai_quantizer.gptq_export import dequantize_gptq, pack_gptq, pack_rows, unpack_rows
+from babai_kernels.gptq import dequantize_gptq, pack_gptq, pack_rows, unpack_rows
 from babai_quantizer.hessian_capture import GramAccumulator, capture_inputs, catch_layer_inputs
 from tests.fixtures.tiny_checkpoint import CORPUS, build_tiny_checkpoint, save_tiny_tokenizer, tiny_llama_config
 
@@ -127,7 +127,9 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 
 
 def quantize_tiny(model_dir, **kwargs):
-    from babai_quantizer.driver import QuantizeOptions, calibration_windows, load_causal_lm, quantize_model
+    from babai_quantizer.calibration import calibration_windows, load_causal_lm
+    from babai_quantizer.driver import quantize_model
+    from babai_quantizer.options import QuantizeOptions
 
     model, tokenizer = load_causal_lm(model_dir)
     windows = calibration_windows(tokenizer, (model_dir / "calib.txt").read_text(), 6, 32, seed=0)
@@ -137,10 +139,10 @@ def quantize_tiny(model_dir, **kwargs):
 
 @pytest.mark.parametrize("fmt", sorted(FORMAT_ARGS))
 def test_driver_end_to_end_checkpoint_matches_in_memory_model(tiny_model_dir, tmp_path, fmt):
-    from babai_quantizer.driver import write_checkpoint
+    from babai_quantizer.export import save_quantized
 
     result, options, windows = quantize_tiny(tiny_model_dir, **FORMAT_ARGS[fmt])
-    dest = write_checkpoint(result, options, tmp_path / fmt, tiny_model_dir)
+    dest = save_quantized(result, options, tmp_path / fmt, tiny_model_dir)
 
     config = json.loads((dest / "config.json").read_text())
     qc = config["quantization_config"]
@@ -180,7 +182,8 @@ def test_driver_end_to_end_checkpoint_matches_in_memory_model(tiny_model_dir, tm
 def test_non_finite_weight_is_named(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from babai_quantizer.driver import QuantizeOptions, quantize_model
+    from babai_quantizer.driver import quantize_model
+    from babai_quantizer.options import QuantizeOptions
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model.model.layers[1].self_attn.o_proj.weight.data[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.o_proj\.weight"):
@@ -200,7 +203,7 @@ def test_driver_babai_back_to_front_gives_the_gptq_checkpoint(tiny_model_dir):
 
 
 def test_babai_algorithm_needs_gptq_format():
-    from babai_quantizer.driver import QuantizeOptions
+    from babai_quantizer.options import QuantizeOptions
     with pytest.raises(ValueError, match="algorithm"):
         QuantizeOptions(format="ssqr", algorithm="babai").validate()
     with pytest.raises(ValueError, match="algorithm"):

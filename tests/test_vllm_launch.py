@@ -1,6 +1,7 @@
 """serve/launch.py without vLLM: command line, option parsing, startup failures and cleanup."""
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -14,6 +15,33 @@ def test_command_uses_module_entry_point_and_babai():
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert cmd[cmd.index("--quantization") + 1] == "babai" and cmd[cmd.index("--model") + 1] == "/ckpt"
     assert cmd[cmd.index("--port") + 1] == "8123" and cmd[-1] == "--enforce-eager"
+
+
+def test_command_without_quantization():
+    cmd = launch.server_command("/ckpt", [], "127.0.0.1", 8123, quantization=None)
+    assert "--quantization" not in cmd and cmd[cmd.index("--model") + 1] == "/ckpt"
+
+
+@pytest.mark.parametrize("config, babai", [
+    ({"model_type": "llama"}, False),                                          # unquantized folder
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, False),      # stock GPTQ export
+    ({"quantization_config": {"quant_method": "babai", "version": 9}}, True),   # babai (invalid: still babai)
+    ({"quantization_config": {"version": 1}}, True),                            # no method: validated as babai
+])
+def test_quantization_flag_follows_checkpoint(tmp_path, config, babai):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert launch.is_babai_checkpoint(tmp_path) is babai
+
+
+def test_plain_and_gptq_folders_start_without_quantization_flag(tmp_path):
+    (tmp_path / "config.json").write_text('{"quantization_config": {"quant_method": "gptq", "bits": 4}}')
+    assert "--quantization" not in launch.BabaiServer(tmp_path, port=8123).command
+
+
+def test_babai_checkpoint_and_hub_name_get_quantization_flag(checkpoint):
+    for ckpt in (checkpoint, "org/some-model"):
+        cmd = launch.BabaiServer(ckpt, port=8123).command
+        assert cmd[cmd.index("--quantization") + 1] == "babai"
 
 
 def test_pop_option():

@@ -4,7 +4,7 @@ vLLM picks it up from the checkpoint with or without `--quantization babai`.
 """
 from __future__ import annotations
 
-import fnmatch
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,18 +12,18 @@ from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMetho
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
-from babai_quantizer.checkpoint import validate_quantization_config
+from babai_kernels.contract import BabaiCheckpointConfig, matches_skip, quantized_modules, safetensors_names
 
 
 @register_quantization_config("babai")
 class BabaiConfig(QuantizationConfig):
-    """The checkpoint's quantization_config: format ("ssqr" | "hptq") and skip list."""
+    """vLLM's view of the checkpoint's quantization_config (babai_kernels.contract.BabaiCheckpointConfig)."""
 
-    def __init__(self, quantization_config: dict[str, Any]):
+    def __init__(self, checkpoint: BabaiCheckpointConfig):
         super().__init__()
-        self.quantization_config = quantization_config
-        self.format: str = quantization_config["format"]
-        self.modules_to_not_convert: list[str] = list(quantization_config.get("modules_to_not_convert", []))
+        self.checkpoint = checkpoint
+        self.format: str = checkpoint.format
+        self.modules_to_not_convert: list[str] = list(checkpoint.modules_to_not_convert)
 
     def __repr__(self) -> str:
         return f"BabaiConfig(format={self.format!r}, skip={self.modules_to_not_convert})"
@@ -45,7 +45,7 @@ class BabaiConfig(QuantizationConfig):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "BabaiConfig":
-        return cls(validate_quantization_config(config, "config.json quantization_config"))
+        return cls(BabaiCheckpointConfig.from_dict(config, "config.json"))
 
     @staticmethod
     def get_checkpoint_weight_mapper():
@@ -53,6 +53,12 @@ class BabaiConfig(QuantizationConfig):
         from vllm.model_executor.models.utils import WeightsMapper
 
         return WeightsMapper()
+
+    def maybe_update_config(self, model_name: str, hf_config=None, revision: str | None = None) -> None:
+        """Check a local checkpoint's tensor names against the format before any weight is loaded
+        (missing, unknown or skipped-but-quantized tensors fail here, naming layer and tensor)."""
+        if Path(model_name).is_dir():
+            quantized_modules(safetensors_names(model_name), self.checkpoint, model_name)
 
     def apply_vllm_mapper(self, hf_to_vllm_mapper) -> None:
         self.modules_to_not_convert = hf_to_vllm_mapper.apply_list(self.modules_to_not_convert)
@@ -67,13 +73,9 @@ class BabaiConfig(QuantizationConfig):
         return [f"{parent}.{s}" if parent else s for s in siblings]
 
     def is_skipped(self, prefix: str) -> bool:
-        """Whether the layer stays unquantized: an entry of modules_to_not_convert is a module prefix,
-        a suffix, or an fnmatch pattern (as `babai-quantize --skip` writes); fused siblings must agree."""
-        def skipped(name: str) -> bool:
-            return any(name == m or name.startswith(m + ".") or name.endswith("." + m)
-                       or fnmatch.fnmatchcase(name, m) for m in self.modules_to_not_convert)
-
-        flags = {name: skipped(name) for name in self.checkpoint_modules(prefix)}
+        """Whether the layer stays unquantized (the contract's skip rule over modules_to_not_convert,
+        after vLLM's name mapping); fused siblings must agree."""
+        flags = {name: matches_skip(name, self.modules_to_not_convert) for name in self.checkpoint_modules(prefix)}
         if len(set(flags.values())) > 1:
             raise ValueError(f"{prefix}: modules_to_not_convert skips only some of the fused modules "
                              f"{flags}; vLLM fuses them into one layer, so skip all or none")

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
+from babai_kernels.contract import TENSOR_NAMES, BabaiCheckpointConfig
 from babai_kernels.hptq import tp as hptq_tp
-from babai_kernels.hptq.pack import TENSOR_NAMES as HPTQ_TENSORS, hptq_meta
+from babai_kernels.hptq.pack import hptq_meta
 from babai_kernels.hptq.linear import hptq_linear
 from babai_kernels.hptq.prepare import prepare_hptq
 from babai_kernels.ssqr import tp as ssqr_tp
 from babai_kernels.ssqr.linear import prepare_ssqr, ssqr_linear
-from babai_kernels.ssqr.pack import TENSOR_NAMES as SSQR_TENSORS, ssqr_meta
+from babai_kernels.ssqr.pack import ssqr_meta
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Format:
 
     name: str
     tensor_names: tuple[str, ...]
-    rows: Callable[[dict, int], int]                       # validate for K, return N
+    rows: Callable[[dict, int, BabaiCheckpointConfig | None], int]  # validate for K (and config), return N
     slice_rows: Callable[[dict, int, int], dict]           # output rows [start, stop)
     slice_cols: Callable[[dict, int, int, str], dict]      # input-column part p of P; layer name
     fuse: Callable[[list[dict]], list[dict]]               # siblings -> parts whose outputs concatenate
@@ -38,17 +39,17 @@ class Format:
     linear: Callable[..., torch.Tensor]                    # (x (..., K), prepared, bias) -> (..., N)
 
 
-def _ssqr_rows(tensors: dict, k: int) -> int:
-    n, k_stored, _, _ = ssqr_meta(tensors)
+def _ssqr_rows(tensors: dict, k: int, config: BabaiCheckpointConfig | None) -> int:
+    n, k_stored, _, _ = ssqr_meta(tensors, *((config.bits, config.group_size) if config else ()))
     if k_stored != k:
         raise ValueError(f"perm: K={k_stored} input features, the model expects {k}")
     return n
 
 
-SSQR = Format("ssqr", SSQR_TENSORS, _ssqr_rows, ssqr_tp.slice_rows, ssqr_tp.slice_cols,
+SSQR = Format("ssqr", TENSOR_NAMES["ssqr"], _ssqr_rows, ssqr_tp.slice_rows, ssqr_tp.slice_cols,
               lambda parts: [ssqr_tp.concat_rows(parts)],
               lambda t, k, device: prepare_ssqr(t, device), ssqr_linear)
-HPTQ = Format("hptq", HPTQ_TENSORS, lambda t, k: hptq_meta(t, k)["out_features"], hptq_tp.slice_rows,
+HPTQ = Format("hptq", TENSOR_NAMES["hptq"], lambda t, k, config: hptq_meta(t, k)["out_features"], hptq_tp.slice_rows,
               lambda t, part, parts, layer: hptq_tp.slice_cols(t, part, parts),
               list, prepare_hptq, hptq_linear)
 FORMATS = {f.name: f for f in (SSQR, HPTQ)}
@@ -69,10 +70,11 @@ class Sibling:
 
 
 def shard_layer(fmt: Format, siblings: list[Sibling], input_size: int, col_part: tuple[int, int] | None,
-                device: torch.device) -> list:
+                device: torch.device, config: BabaiCheckpointConfig | None = None) -> list:
     """This rank's kernel-ready parts of a layer; their outputs concatenate to the layer's output.
 
-    input_size: full K of the layer; col_part: (p, P) for a row-parallel split, else None.
+    input_size: full K of the layer; col_part: (p, P) for a row-parallel split, else None;
+    config: the checkpoint's config, whose bits/group size the tensors must match.
     Raises ValueError naming the checkpoint module and tensor on any inconsistency.
     """
     local = []
@@ -83,7 +85,7 @@ def shard_layer(fmt: Format, siblings: list[Sibling], input_size: int, col_part:
                              f"(format {fmt.name} needs {list(fmt.tensor_names)})")
         tensors = s.tensors
         try:
-            n = fmt.rows(tensors, input_size)
+            n = fmt.rows(tensors, input_size, config)
             if n != s.full_rows:
                 raise ValueError(f"tensors have N={n} output rows, the model expects {s.full_rows}")
             if s.rows is not None:
@@ -95,11 +97,11 @@ def shard_layer(fmt: Format, siblings: list[Sibling], input_size: int, col_part:
         except ValueError as e:
             raise ValueError(f"{s.module}: {e}" if not str(e).startswith(s.module) else str(e)) from None
         local.append(tensors)
+    layer = " + ".join(s.module for s in siblings)
     try:
-        fused = fmt.fuse(local)
+        return [fmt.prepare(part, k_local, device) for part in fmt.fuse(local)]
     except ValueError as e:
-        raise ValueError(f"{' + '.join(s.module for s in siblings)}: {e}") from None
-    return [fmt.prepare(part, k_local, device) for part in fused]
+        raise ValueError(f"{layer}: {e}") from None
 
 
 def apply_parts(fmt: Format, parts: list, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -54,7 +54,8 @@ class BabaiLinearMethod(LinearMethodBase):
         row_parallel = isinstance(layer, RowParallelLinear)
         col_part = (layer.tp_rank, layer.tp_size) if row_parallel else None
         device = params[self.fmt.tensor_names[0]].device  # placeholders live on the target device
-        parts = shard_layer(self.fmt, siblings, layer.babai_input_size, col_part, device)
+        parts = shard_layer(self.fmt, siblings, layer.babai_input_size, col_part, device,
+                            self.quant_config.checkpoint)
         for name in self.fmt.tensor_names:
             delattr(layer, name)
         layer.babai_parts = parts

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_CODE_LEN = 12
-ESCAPE_BITS = 16
+from babai_kernels.contract import HPTQ_ESCAPE_BITS as ESCAPE_BITS, HPTQ_MAX_CODE_LEN as MAX_CODE_LEN
+
 ESCAPE = -(2**31)                 # int32 minimum: the escape symbol in `code_values`
 MIN_DIRECT_COUNT = 3
 TABLE_ENTRY_BITS = 32 + 8         # one int32 value + one uint8 length

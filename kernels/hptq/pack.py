@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from babai_kernels.common import check_tensor, stored_bits
+from babai_kernels.contract import TENSOR_NAMES as CONTRACT_TENSOR_NAMES
 from babai_kernels.hptq.bits import pack_bits, peek32, words_to_uint
 from babai_kernels.hptq.huffman import (ESCAPE, ESCAPE_BITS, MAX_CODE_LEN, TABLE_ENTRY_BITS, CodeTable,
                                   canonical_codes, design_code)
 
-TENSOR_NAMES = ("hptq_scale", "code_values", "code_lengths", "chunk_bits", "stream")
+TENSOR_NAMES = CONTRACT_TENSOR_NAMES["hptq"]
 MAX_CHUNK_COLS = 1024       # worst case 1024 · (12 + 16) bits still fits an int16 chunk_bits
 CHUNK_BITS_DTYPE_BITS = 16
 SCALE_BITS = 32

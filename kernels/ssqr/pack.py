@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from babai_kernels.common import check_tensor
+from babai_kernels.common import check_finite, check_tensor
+from babai_kernels.contract import BLOCK, MAX_K, TENSOR_NAMES as CONTRACT_TENSOR_NAMES
 
-BLOCK = 32
-MAX_K = 32767
 
 # bits -> per-word (first column, column count, field width, value shift) of a 32-column block.
 WORD_FIELDS = {
@@ -27,7 +26,7 @@ WORD_FIELDS = {
     3: [(0, 16, 2, 0), (16, 16, 2, 0), (0, 32, 1, 2)],
     4: [(0, 8, 4, 0), (8, 8, 4, 0), (16, 8, 4, 0), (24, 8, 4, 0)],
 }
-TENSOR_NAMES = ("qweight", "scales", "perm", "outlier_cols", "outlier_vals")
+TENSOR_NAMES = CONTRACT_TENSOR_NAMES["ssqr"]
 
 
 def _check_bits(bits: int) -> None:
@@ -156,8 +155,11 @@ def pack_ssqr(z_stored: torch.Tensor, scales: torch.Tensor, perm: torch.Tensor,
     }
 
 
-def ssqr_meta(tensors: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
-    """(N, K, bits, group_size) of a layer, derived from tensor shapes and checked against §2."""
+def ssqr_meta(tensors: dict[str, torch.Tensor], bits: int | None = None,
+              group_size: int | None = None) -> tuple[int, int, int, int]:
+    """(N, K, bits, group_size) of a layer, derived from tensor shapes and checked against §2:
+    shapes and dtypes, finite scales and outlier values, and — when given — the config's `bits`
+    and `group_size` (a shape that fits another bit width is rejected, never reinterpreted)."""
     missing = [name for name in TENSOR_NAMES if name not in tensors]
     if missing:
         raise ValueError(f"SSQR tensors: missing {missing}")
@@ -167,6 +169,9 @@ def ssqr_meta(tensors: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
     _check_k("perm", k)
     check_tensor("qweight", qweight, dtype=torch.int32, ndim=2)
     n = qweight.shape[1]
+    if bits is not None and qweight.shape[0] != k * bits // BLOCK:
+        raise ValueError(f"qweight: shape {tuple(qweight.shape)} does not hold {bits}-bit codes (config bits) "
+                         f"for K={k}: expected ({k * bits // BLOCK}, N)")
     if (qweight.shape[0] * BLOCK) % k != 0 or qweight.shape[0] * BLOCK // k not in WORD_FIELDS:
         raise ValueError(f"qweight: shape {tuple(qweight.shape)} does not give 2, 3 or 4 bits "
                          f"for K={k}")
@@ -176,12 +181,17 @@ def ssqr_meta(tensors: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
             or (k // scales.shape[0]) % BLOCK != 0:
         raise ValueError(f"scales: expected shape (K/G, N={n}) with G a multiple of 32 dividing "
                          f"K={k}, got {tuple(scales.shape)}")
+    if group_size is not None and k // scales.shape[0] != group_size:
+        raise ValueError(f"scales: shape {tuple(scales.shape)} gives group size {k // scales.shape[0]}, "
+                         f"config group_size is {group_size}")
     check_tensor("outlier_cols", tensors["outlier_cols"], dtype=torch.int16, ndim=2)
     cap = tensors["outlier_cols"].shape[1]
     if tensors["outlier_cols"].shape[0] != n or cap < 1:
         raise ValueError(f"outlier_cols: expected shape (N={n}, cap>=1), "
                          f"got {tuple(tensors['outlier_cols'].shape)}")
     check_tensor("outlier_vals", tensors["outlier_vals"], dtype=torch.float16, shape=(n, cap))
+    for name in ("scales", "outlier_vals"):
+        check_finite(name, tensors[name])
     return n, k, bits, k // scales.shape[0]
 
 

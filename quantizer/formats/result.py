@@ -1,4 +1,4 @@
-"""The common result of the format searches (SSQR, HPTQ, HRTN)."""
+"""The common result of every format's quantize function (quantizer/formats/registry.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,7 +26,8 @@ class FormatResult:
         applies (HRTN).
     effective_bits: stored bits / (N·K), everything counted.
     outlier_rate: (N,) float64 fraction of outliers per row (SSQR), else None.
-    search: diagnostics of the search (steps, seconds, per-step measurements, ...).
+    search: diagnostics of the search (steps, seconds, per-step measurements, trace_D, ...).
+    clipped: True for the clipped GPTQ/RTN grid (Babai's bound does not apply to any row).
     """
 
     format: str
@@ -37,3 +38,4 @@ class FormatResult:
     effective_bits: float
     outlier_rate: torch.Tensor | None = None
     search: dict = field(default_factory=dict)
+    clipped: bool = False

@@ -1,4 +1,4 @@
-"""The standard GPTQ checkpoint layout (AutoGPTQ "gptq" v1), for stock vLLM GPTQ kernels.
+"""The standard GPTQ checkpoint layout (AutoGPTQ "gptq" v1), for stock vLLM GPTQ kernels: pack/unpack.
 
 Symmetric, `desc_act: false`, static groups in original column order (act-order only changes
 the quantization order, so no `g_idx` is needed). For a linear with weight (N, K), b bits and
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-GPTQ_BITS = (2, 3, 4, 8)
+from babai_kernels.common import check_finite
+from babai_kernels.contract import GPTQ_BITS, TENSOR_NAMES
 
 
 def _check_bits(bits: int) -> None:
@@ -80,7 +81,11 @@ def pack_gptq(codes: torch.Tensor, scales: torch.Tensor, bits: int) -> dict[str,
 
 def dequantize_gptq(tensors: dict[str, torch.Tensor], bits: int) -> torch.Tensor:
     """Dense (N, K) float32 weight of one linear's GPTQ tensors (qweight, qzeros, scales)."""
+    missing = [name for name in TENSOR_NAMES["gptq"] if name not in tensors]
+    if missing:
+        raise ValueError(f"GPTQ tensors: missing {missing}")
     scales = tensors["scales"]
+    check_finite("scales", scales)
     groups, rows = scales.shape
     cols = tensors["qweight"].shape[0] * 32 // bits
     u = unpack_rows(tensors["qweight"], bits, cols)                      # (K, N)
@@ -88,27 +93,3 @@ def dequantize_gptq(tensors: dict[str, torch.Tensor], bits: int) -> torch.Tensor
     group = cols // groups
     z = u - (zeros + 1).repeat_interleave(group, dim=0)
     return (z.float() * scales.float().repeat_interleave(group, dim=0)).T.contiguous()
-
-
-def gptq_quantization_config(bits: int, group_size: int, modules_to_not_convert: list[str]) -> dict:
-    """config.json `quantization_config` of the GPTQ layout (read by vLLM's gptq / gptq_marlin)."""
-    _check_bits(bits)
-    return {
-        "quant_method": "gptq", "checkpoint_format": "gptq", "bits": bits, "group_size": group_size,
-        "sym": True, "desc_act": False, "static_groups": True, "true_sequential": True,
-        "damp_percent": 0.01, "lm_head": False, "modules_to_not_convert": modules_to_not_convert,
-    }
-
-
-def save_gptq_checkpoint(dest, *, hf_config: dict, tensors: dict[str, torch.Tensor], quantization_config: dict,
-                         copy_from=None, report: dict | None = None, overwrite: bool = False):
-    """Write a GPTQ-layout checkpoint folder atomically (babai_quantizer.checkpoint.write_model_folder),
-    with the quantization config also as quantize_config.json, as GPTQ tools expect."""
-    from babai_quantizer.checkpoint import write_model_folder
-
-    if quantization_config.get("quant_method") != "gptq":
-        raise ValueError(f"quantization_config: quant_method {quantization_config.get('quant_method')!r} is not 'gptq'")
-    return write_model_folder(dest, hf_config=hf_config, tensors=tensors,
-                              quantization_config=quantization_config, copy_from=copy_from,
-                              report=report, overwrite=overwrite,
-                              extra_json={"quantize_config.json": quantization_config})

@@ -1,0 +1,65 @@
+"""`QuantizeOptions`: everything that decides the quantized weights (the CLI's options, minus paths)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from babai_kernels.contract import GPTQ_BITS, SSQR_BITS
+
+FORMATS = ("ssqr", "hptq", "hrtn", "gptq", "rtn")
+ORDERINGS = ("act", "min-pivot", "identity")
+ALGORITHMS = ("gptq", "babai")
+BITS = {"ssqr": SSQR_BITS, "gptq": GPTQ_BITS, "rtn": GPTQ_BITS}   # formats with integer bits
+TARGET_BITS_FORMATS = ("hptq", "hrtn")
+GROUPED_FORMATS = ("ssqr", "gptq", "rtn")
+
+
+@dataclass
+class QuantizeOptions:
+    """Options of one quantization run; `validate()` raises ValueError naming the field (the
+    CLI's flag is the field name with dashes: target_bits → --target-bits)."""
+
+    format: str = "ssqr"
+    bits: int = 4
+    target_bits: float | None = None       # hptq/hrtn
+    group_size: int = 64
+    outlier_rate: float = 0.01              # ssqr
+    ordering: str = "act"
+    algorithm: str = "gptq"                 # gptq format: GPTQ sweep, or Babai back-to-front (same codes)
+    damping: float = 0.01
+    float_target: bool = False
+    true_sequential: bool = True
+    row_parallel_blocks: int = 8
+    skip: tuple[str, ...] = ()              # modules kept in 16 bit (babai_kernels.contract.matches_skip)
+    device: str = "cpu"
+    dtype: str = "float32"                  # dtype of the quantization sweep
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format: {self.format!r} not in {list(FORMATS)}")
+        if self.ordering not in ORDERINGS:
+            raise ValueError(f"ordering: {self.ordering!r} not in {list(ORDERINGS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm: {self.algorithm!r} not in {list(ALGORITHMS)}")
+        if self.algorithm == "babai" and self.format != "gptq":
+            raise ValueError(f"algorithm: 'babai' needs format 'gptq' (its clipped grid and scales), "
+                             f"got format {self.format!r}")
+        if self.format in TARGET_BITS_FORMATS:
+            if self.target_bits is None or not self.target_bits > 0:
+                raise ValueError(f"target_bits: {self.format} needs a positive target, got {self.target_bits!r}")
+        elif self.bits not in BITS[self.format]:
+            raise ValueError(f"bits: {self.bits!r} not in {list(BITS[self.format])} for format {self.format}")
+        if self.group_size <= 0:
+            raise ValueError(f"group_size: must be positive, got {self.group_size}")
+        if not 0 <= self.outlier_rate < 1:
+            raise ValueError(f"outlier_rate: must be in [0, 1), got {self.outlier_rate}")
+        if self.damping < 0:
+            raise ValueError(f"damping: must be ≥ 0, got {self.damping}")
+        if self.row_parallel_blocks < 1:
+            raise ValueError(f"row_parallel_blocks: must be ≥ 1, got {self.row_parallel_blocks}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype: {self.dtype!r} not in ['float32', 'float64']")
+
+    @property
+    def sweep_group_size(self) -> int:
+        """Columns per scale group as the layout sees them (HPTQ/HRTN chunk on 32-column blocks)."""
+        return self.group_size if self.format in GROUPED_FORMATS else 32
