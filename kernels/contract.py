@@ -117,13 +117,16 @@ def safetensors_names(folder: str | Path) -> list[str]:
     return names
 
 
+def splits_into(cols: int, group_size: int, parts: int) -> bool:
+    """Whether K input columns split into `parts` equal row-parallel parts, each a whole number of
+    scale groups and of 32-column packing blocks (docs/format.md §2)."""
+    return isinstance(parts, int) and parts >= 1 and cols % parts == 0 \
+        and (cols // parts) % group_size == 0 and (cols // parts) % BLOCK == 0
+
+
 def row_parallel_parts(cols: int, group_size: int, requested: int) -> int:
-    """Largest P ≤ requested with K % P == 0 and K/P a multiple of 32 and of the group size: the
-    input-column parts a row-parallel layer can be split into (docs/format.md §2)."""
-    for p in range(requested, 0, -1):
-        if cols % p == 0 and (cols // p) % group_size == 0 and (cols // p) % BLOCK == 0:
-            return p
-    return 1
+    """Largest P ≤ requested that K splits into (`splits_into`); 1 if none."""
+    return next((p for p in range(requested, 0, -1) if splits_into(cols, group_size, p)), 1)
 
 
 # --- quantization_config ----------------------------------------------------------------------

@@ -155,3 +155,21 @@ def test_read_errors_name_the_file(tmp_path):
     (tmp_path / "config.json").write_text("{")
     with pytest.raises(ValueError, match="invalid JSON"):
         read_quantization_config(tmp_path / "config.json")
+
+
+def test_next_write_removes_temporaries_of_dead_writers(tmp_path):
+    """A writer killed without cleanup (SIGKILL) leaves `.ckpt.tmp-<pid>-*`; the next write of the
+    same checkpoint removes it, and never touches the folder of a writer that is still running."""
+    import os
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".ckpt.tmp-{dead.pid}-deadbeef"
+    live = tmp_path / f".ckpt.tmp-{os.getppid()}-cafecafe"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+    write_checkpoint(tmp_path / "ckpt", hf_config=HF, tensors=_tensors(), config=CFG)
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt", live.name])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -108,3 +110,31 @@ def test_bad_threads_or_algorithm_is_named(model_dir, tmp_path, capsys, extra, m
     assert main(args(model_dir, tmp_path / "out", *extra)) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--format", "ssqr", "--bits", "9"], "--bits: 9 not in [2, 3, 4] for format ssqr"),
+    (["--format", "ssqr", "--bits", "8"], "--bits: 8 not in [2, 3, 4] for format ssqr"),
+    (["--format", "gptq", "--bits", "9"], "--bits: 9 not in [2, 3, 4, 8] for format gptq"),
+    (["--format", "hptq"], "--target-bits: hptq needs a positive target"),
+])
+def test_bad_option_names_the_flag_before_loading_the_model(tmp_path, capsys, extra, message):
+    missing_model = tmp_path / "no-such-model"   # options are checked first: the model is never read
+    assert main(args(missing_model, tmp_path / "out", *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])
+def test_signal_while_writing_leaves_nothing_and_no_traceback(model_dir, tmp_path, capsys, monkeypatch,
+                                                             signum, code, word):
+    """Probe 3 and 6: a signal while the safetensors file is written removes the temporary folder."""
+    import babai_quantizer.checkpoint as checkpoint
+
+    def killed(*_a, **_k):
+        os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(checkpoint, "save_file", killed)
+    assert main(args(model_dir, tmp_path / "out")) == code
+    err = capsys.readouterr().err
+    assert word in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -1,38 +1,42 @@
 """SSQR linear layer entry points: `prepare_ssqr` once per layer, `ssqr_linear` per forward.
 
-`ssqr_linear` dispatches to Triton (CUDA, or CPU under TRITON_INTERPRET=1) for fp16/bf16
-activations — GEMV path for M ≤ tuning.GEMV_MAX_M, tensor-core GEMM path above — and to a torch
-implementation otherwise. It runs as the opaque custom op `babai::ssqr_linear` (with a fake
-implementation) so torch.compile and CUDA graphs do not trace into it.
+`ssqr_linear` dispatches to the Triton kernel (kernels/ssqr/matmul.py; CUDA, or CPU under
+TRITON_INTERPRET=1) for fp16/bf16 activations, and to a torch implementation otherwise. It runs
+as the opaque custom op `babai::ssqr_linear` (with a fake implementation) so torch.compile and
+CUDA graphs do not trace into it. Per call: one gather x[:, perm] (when perm is not the
+identity) and one kernel launch.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from babai_kernels.common import check_tensor, use_triton
 from babai_kernels.ssqr.pack import check_outlier_layout, check_perm, ssqr_meta, unpack_codes
-from babai_kernels.ssqr.tuning import GEMV_MAX_M, choose_config, m_bucket
+from babai_kernels.ssqr.tiles import repack_codes, unpack_kernel_codes
+from babai_kernels.ssqr.tuning import choose_config, m_bucket
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16)
 ACT_DTYPES = TRITON_DTYPES + (torch.float32,)
+LOCKS_PER_16_COLUMNS = 4   # split-K counters: one per (N tile, M tile), N tiles ≥ 16 wide, ≤ 4 M tiles
 
 
 @dataclass(frozen=True)
 class PreparedSSQR:
     """Kernel layout of one layer (all on one device, contiguous).
 
-    qweight int32 (K*b/32, N), scales float16 (K/G, N), perm int32 (K,) as stored;
-    outlier_src int32 (cap, N): original input column perm[outlier_cols] of each slot;
-    outlier_vals float16 (cap, N) (padding slots: value 0).
+    qcodes int32 (K*b/32, N): codes in the kernel layout (tiles.repack_codes); scales float16
+    (K/G, N), perm int32 (K,) as stored; outlier_cols int16 (cap, N) stored column of each slot,
+    outlier_vals float16 (cap, N) (padding slots: column 0, value 0); locks int32 split-K
+    counters, all 0 between calls (the kernel resets them).
     """
-    qweight: torch.Tensor
+    qcodes: torch.Tensor
     scales: torch.Tensor
     perm: torch.Tensor
-    outlier_src: torch.Tensor
+    outlier_cols: torch.Tensor
     outlier_vals: torch.Tensor
+    locks: torch.Tensor
     bits: int
     group_size: int
     has_perm: bool
@@ -40,7 +44,7 @@ class PreparedSSQR:
 
     @property
     def n(self) -> int:
-        return self.qweight.shape[1]
+        return self.qcodes.shape[1]
 
     @property
     def k(self) -> int:
@@ -48,24 +52,25 @@ class PreparedSSQR:
 
     @property
     def cap(self) -> int:
-        return self.outlier_src.shape[0]
+        return self.outlier_cols.shape[0]
 
 
 def prepare_ssqr(tensors: dict[str, torch.Tensor], device: torch.device | str) -> PreparedSSQR:
     """Validate a layer's tensors (docs/format.md §2) and build its kernel layout on `device`."""
-    _, k, bits, group = ssqr_meta(tensors)
+    n, k, bits, group = ssqr_meta(tensors)
     perm = tensors["perm"].cpu()
     check_perm("perm", perm, k)
     cols, vals = tensors["outlier_cols"].cpu(), tensors["outlier_vals"].cpu()
     check_outlier_layout(cols, vals, k)
-    src = perm[cols.long()].T.contiguous()
     device = torch.device(device)
+    z = unpack_codes(tensors["qweight"].to(device), bits, k)
     return PreparedSSQR(
-        qweight=tensors["qweight"].to(device).contiguous(),
+        qcodes=repack_codes(z, bits),
         scales=tensors["scales"].to(device).contiguous(),
         perm=tensors["perm"].to(device).contiguous(),
-        outlier_src=src.to(device),
+        outlier_cols=cols.T.contiguous().to(device),
         outlier_vals=vals.T.contiguous().to(device),
+        locks=torch.zeros(LOCKS_PER_16_COLUMNS * -(-n // 16), dtype=torch.int32, device=device),
         bits=bits, group_size=group,
         has_perm=not torch.equal(perm, torch.arange(k, dtype=perm.dtype)),
         has_outliers=bool((vals != 0).any()))
@@ -73,53 +78,38 @@ def prepare_ssqr(tensors: dict[str, torch.Tensor], device: torch.device | str) -
 
 def _linear_torch(x: torch.Tensor, p: PreparedSSQR, bias: torch.Tensor | None) -> torch.Tensor:
     """Torch path from the prepared layout: dense float32 weight, x (M, K) -> (M, N) in x.dtype."""
-    stored = unpack_codes(p.qweight, p.bits, p.k).float() \
+    stored = unpack_kernel_codes(p.qcodes, p.bits, p.k).float() \
         * p.scales.float().repeat_interleave(p.group_size, dim=0).T
-    weight = torch.empty_like(stored)
-    weight[:, p.perm.long()] = stored
-    weight.scatter_add_(1, p.outlier_src.T.long(), p.outlier_vals.T.float())
-    y = x.float() @ weight.T
+    stored.scatter_add_(1, p.outlier_cols.T.long(), p.outlier_vals.T.float())
+    y = x.float()[:, p.perm.long()] @ stored.T
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
 
 
-def run_kernel(x: torch.Tensor, p: PreparedSSQR, bias: torch.Tensor | None, path: str,
-               cfg: dict) -> torch.Tensor:
-    """One Triton launch sequence with an explicit config; x (M, K) contiguous -> (M, N) x.dtype."""
-    from babai_kernels.ssqr.gemm import launch_gemm
-    from babai_kernels.ssqr.gemv import launch_gemv
-    from babai_kernels.ssqr.outliers import add_outliers
+def run_kernel(x: torch.Tensor, p: PreparedSSQR, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
+    """Gather x by perm and launch the kernel with config cfg; x (M, K) contiguous -> (M, N) x.dtype."""
+    from babai_kernels.ssqr.matmul import launch
 
-    fuse = p.has_outliers and cfg["FUSE_OUTLIERS"]
-    companion = p.has_outliers and not cfg["FUSE_OUTLIERS"]
-    atomic = companion or cfg["SPLIT_K"] > 1
-    cfg = dict(cfg, BLOCK_K=math.gcd(cfg["BLOCK_K"], p.group_size))
-    m = x.shape[0]
-    out = (torch.zeros(m, p.n, dtype=torch.float32, device=x.device) if atomic
-           else torch.empty(m, p.n, dtype=x.dtype, device=x.device))
-    launch = launch_gemv if path == "gemv" else launch_gemm
-    launch(x, p, bias, out, cfg, fuse, atomic)
-    if companion:
-        add_outliers(x, p.outlier_src, p.outlier_vals, out)
-    return out.to(x.dtype) if atomic else out
+    xp = x.index_select(1, p.perm) if p.has_perm else x
+    return launch(xp, p, bias, cfg)
 
 
 def _linear_triton(x: torch.Tensor, p: PreparedSSQR, bias: torch.Tensor | None) -> torch.Tensor:
     m = x.shape[0]
-    path = "gemv" if m <= GEMV_MAX_M else "gemm"
-    key = f"{path}:N{p.n}:K{p.k}:b{p.bits}:G{p.group_size}:M{m_bucket(m)}:{x.dtype}:" \
+    key = f"N{p.n}:K{p.k}:b{p.bits}:G{p.group_size}:M{m_bucket(m)}:{x.dtype}:" \
           f"bias{bias is not None}:out{p.has_outliers}"
-    cfg = choose_config(path, key, m, x.device, lambda c: run_kernel(x, p, bias, path, c))
-    return run_kernel(x, p, bias, path, cfg)
+    cfg = choose_config(key, m, p.n, p.k, x.device, lambda c: run_kernel(x, p, bias, c))
+    return run_kernel(x, p, bias, cfg)
 
 
 @torch.library.custom_op("babai::ssqr_linear", mutates_args=())
-def _ssqr_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                    perm: torch.Tensor, outlier_src: torch.Tensor, outlier_vals: torch.Tensor,
-                    bias: torch.Tensor | None, bits: int, group_size: int, has_perm: bool,
-                    has_outliers: bool) -> torch.Tensor:
-    p = PreparedSSQR(qweight, scales, perm, outlier_src, outlier_vals, bits, group_size,
+def _ssqr_linear_op(x: torch.Tensor, qcodes: torch.Tensor, scales: torch.Tensor,
+                    perm: torch.Tensor, outlier_cols: torch.Tensor, outlier_vals: torch.Tensor,
+                    locks: torch.Tensor, bias: torch.Tensor | None, bits: int, group_size: int,
+                    has_perm: bool, has_outliers: bool) -> torch.Tensor:
+    # `locks` is written during the call but always left all-zero: no net mutation to declare.
+    p = PreparedSSQR(qcodes, scales, perm, outlier_cols, outlier_vals, locks, bits, group_size,
                      has_perm, has_outliers)
     if use_triton(x.device) and x.dtype in TRITON_DTYPES:
         return _linear_triton(x, p, bias)
@@ -127,16 +117,16 @@ def _ssqr_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
 
 
 @_ssqr_linear_op.register_fake
-def _(x, qweight, scales, perm, outlier_src, outlier_vals, bias, bits, group_size, has_perm,
-      has_outliers):
-    return x.new_empty((x.shape[0], qweight.shape[1]))
+def _(x, qcodes, scales, perm, outlier_cols, outlier_vals, locks, bias, bits, group_size,
+      has_perm, has_outliers):
+    return x.new_empty((x.shape[0], qcodes.shape[1]))
 
 
 def ssqr_linear(x: torch.Tensor, prepared: PreparedSSQR,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x Wᵀ (+ bias) for x (..., K) float16/bfloat16/float32 contiguous -> (..., N) in x.dtype."""
     p = prepared
-    check_tensor("x", x, dtype=ACT_DTYPES, device=p.qweight.device, contiguous=True)
+    check_tensor("x", x, dtype=ACT_DTYPES, device=p.qcodes.device, contiguous=True)
     if x.dim() < 1 or x.shape[-1] != p.k:
         raise ValueError(f"x: last dim must be K={p.k}, got shape {tuple(x.shape)}")
     if bias is not None:
@@ -145,7 +135,7 @@ def ssqr_linear(x: torch.Tensor, prepared: PreparedSSQR,
     x2d = x.reshape(-1, p.k)
     if x2d.shape[0] == 0:
         return x.new_empty((*x.shape[:-1], p.n))
-    y = torch.ops.babai.ssqr_linear(x2d, p.qweight, p.scales, p.perm, p.outlier_src,
-                                    p.outlier_vals, bias, p.bits, p.group_size, p.has_perm,
-                                    p.has_outliers)
+    y = torch.ops.babai.ssqr_linear(x2d, p.qcodes, p.scales, p.perm, p.outlier_cols,
+                                    p.outlier_vals, p.locks, bias, p.bits, p.group_size,
+                                    p.has_perm, p.has_outliers)
     return y.reshape(*x.shape[:-1], p.n)

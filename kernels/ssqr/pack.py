@@ -26,7 +26,7 @@ WORD_FIELDS = {
     3: [(0, 16, 2, 0), (16, 16, 2, 0), (0, 32, 1, 2)],
     4: [(0, 8, 4, 0), (8, 8, 4, 0), (16, 8, 4, 0), (24, 8, 4, 0)],
 }
-TENSOR_NAMES = CONTRACT_TENSOR_NAMES["ssqr"]
+TENSOR_NAMES = CONTRACT_TENSOR_NAMES["ssqr"]   # the contract's list, for this module's checks
 
 
 def _check_bits(bits: int) -> None:

@@ -1,84 +1,195 @@
-"""Triton tile helpers shared by the SSQR GEMV and GEMM kernels.
+"""SSQR kernel code layout (a load-time repack of `qweight`) and its in-register unpack.
 
-Conventions (see kernels/ssqr/gemv.py for the overall design):
-- `qweight` is (K*b/32, N) int32, row stride N: a load of one word row is coalesced along N.
-- A K tile `offs_k` never straddles a scale group (the launcher makes BLOCK_K divide G), so the
-  codes are multiplied with x exactly in integer-valued floats and the group scale is applied
-  once per (K tile, column) to the partial sums.
+Kernel layout `qcodes` int32 (K·b/32, N), built once by `repack_codes` (docs/format.md §2 is
+unchanged on disk; this is Marlin's habit of reshuffling at load time). Unsigned codes
+u = z + 2^(b-1) of one 32-column block, by `block_positions`:
+- b = 2, 4: word w of the block (row b·blk + w) holds columns 32/b·w + 2p + h, h ∈ {0, 1}, in field
+  p (bits [p·b, p·b + b)) of 16-bit half h. A "pair" p = columns (2p, 2p+1) sits at the same
+  place in both halves, so one LOP3 turns it into two fp16/bf16 bit patterns.
+- b = 3: rows [2·blk, 2·blk + 2) hold the low 2 bits of columns 16i + 2p + h in that layout (word
+  i); row K/16 + blk holds the 32 high bits, placed so that after a right rotation by ROT(i, g)
+  the high bits of pair p sit at bit O + 2 of each half, right above the low bits (see `_pair`).
+
+Unpack (`load_codes`): per pair, magic-number conversion on CUDA (`tl.inline_asm_elementwise`):
+  v = (w >> SHIFT) & mask | magic     (one LOP3; magic = 1024.0 fp16 / 128.0 bf16 in both halves)
+  z = fma(v, 2^-O, -(magic·2^-O + 2^(b-1)))   (one HFMA2, exact: v = magic + 2^O·u)
+O is the field's bit offset inside the shifted word: fields may sit up to 8 (fp16) / 4 (bf16,
+and 3-bit) bits up before the mantissa overflows, so one shift serves 1–4 pairs. The portable
+path (TRITON_INTERPRET) extracts the same bits with shifts and masks (float32 codes for bf16).
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-from babai_kernels.ssqr.outliers import outlier_tile
+BLOCK = 32
 
 
-@triton.jit
-def load_codes(qw_ptr, N, offs_k, offs_n, mask_k, mask_n, BITS: tl.constexpr):
-    """Signed codes z (BLOCK_K, BLOCK_N) int32 of stored columns offs_k, rows offs_n (§2 packing)."""
-    block = offs_k // 32
-    col = offs_k % 32
-    mask = mask_k[:, None] & mask_n[None, :]
-    if BITS == 3:
-        low_row = block * 3 + col // 16
-        low = tl.load(qw_ptr + low_row[:, None] * N + offs_n[None, :], mask=mask, other=0)
-        high = tl.load(qw_ptr + (block * 3 + 2)[:, None] * N + offs_n[None, :], mask=mask, other=0)
-        u = ((low >> (2 * (col % 16))[:, None]) & 3) | (((high >> col[:, None]) & 1) << 2)
-    else:
-        per_word: tl.constexpr = 32 // BITS
-        row = block * BITS + col // per_word
-        word = tl.load(qw_ptr + row[:, None] * N + offs_n[None, :], mask=mask, other=0)
-        u = (word >> (BITS * (col % per_word))[:, None]) & ((1 << BITS) - 1)
-    return u - (1 << (BITS - 1))
+def _rot(i: int, group: int) -> int:
+    """Right rotation of the 3-bit high-bit word for low-bit word i and shift group g."""
+    return 8 * i + (group // 2) * 4 + group % 2
 
 
-@triton.jit
-def load_x_tile(x_ptr, stride_xm, perm_ptr, offs_m, offs_k, mask_m, mask_k, HAS_PERM: tl.constexpr):
-    """x[offs_m, perm[offs_k]] (BLOCK_M, BLOCK_K) in x's dtype; 0 outside the matrix."""
-    if HAS_PERM:
-        cols = tl.load(perm_ptr + offs_k, mask=mask_k, other=0)
-    else:
-        cols = offs_k
-    ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + cols[None, :]
-    return tl.load(ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+def block_positions(bits: int) -> list[tuple[int, int, int, int]]:
+    """Where each code bit of a 32-column block lives: (column t, code bit j, word, bit) tuples.
 
-
-@triton.jit
-def load_scale(sc_ptr, N, k_start, group_size, offs_n, mask_n):
-    """Scales (BLOCK_N,) float32 of the group holding stored column k_start."""
-    return tl.load(sc_ptr + (k_start // group_size) * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def finish_tile(acc, is_first, x_ptr, stride_xm, osrc_ptr, oval_ptr, cap, bias_ptr, out_ptr,
-                stride_om, N, offs_m, offs_n, mask_m, mask_n, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, FUSE_OUTLIERS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                ATOMIC: tl.constexpr):
-    """Add outliers and bias (only in the first split-K part), then store or atomically add.
-
-    ATOMIC: out is a zeroed float32 buffer that split-K parts (and the companion outlier kernel)
-    add into; otherwise out has x's dtype and this tile is its only writer.
+    Words 0..b-1 of block blk are qcodes rows b·blk + word for b = 2, 4; for b = 3 words 0, 1
+    are rows 2·blk + word and word 2 is row K/16 + blk.
     """
-    if FUSE_OUTLIERS:
-        acc += outlier_tile(x_ptr, stride_xm, osrc_ptr, oval_ptr, tl.where(is_first, cap, 0), N,
-                            offs_m, offs_n, mask_m, mask_n, BLOCK_M, BLOCK_N)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        acc += tl.where(is_first, bias, 0.0)[None, :]
-    ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-    mask = mask_m[:, None] & mask_n[None, :]
-    if ATOMIC:
-        tl.atomic_add(ptrs, acc, mask=mask)
+    out = []
+    field = 2 if bits == 3 else bits
+    per_word = 32 // field
+    for t in range(BLOCK):
+        word, rest = divmod(t, per_word)
+        p, h = divmod(rest, 2)
+        out += [(t, j, word, 16 * h + p * field + j) for j in range(field)]
+        if bits == 3:  # S = 4 bit groups: shift = 4g, offset O = 2p mod 4
+            g, o = divmod(2 * p, 4)
+            out.append((t, 2, 2, (o + 2 + 16 * h + _rot(word, g)) % 32))
+    return out
+
+
+def _rows(bits: int, k: int, word: torch.Tensor, blk: torch.Tensor) -> torch.Tensor:
+    if bits == 3:
+        return torch.where(word == 2, k // 16 + blk, 2 * blk + word)
+    return bits * blk + word
+
+
+def _table(bits: int, k: int, device) -> tuple[torch.Tensor, ...]:
+    """(column, code bit, qcodes row, bit) of every code bit of the layer, each (K·b,) int64."""
+    t, j, word, pos = torch.tensor(block_positions(bits), dtype=torch.int64, device=device).T
+    blk = torch.arange(k // BLOCK, device=device)[:, None]
+    cols = (BLOCK * blk + t).reshape(-1)
+    rows = _rows(bits, k, word[None, :], blk).reshape(-1)
+    return cols, j.repeat(k // BLOCK), rows, pos.repeat(k // BLOCK)
+
+
+def repack_codes(z: torch.Tensor, bits: int, chunk: int = 256) -> torch.Tensor:
+    """Signed codes z (N, K) → kernel layout qcodes int32 (K·b/32, N) on z's device."""
+    n, k = z.shape
+    cols, j, rows, pos = _table(bits, k, z.device)
+    words = torch.zeros(k * bits // 32, n, dtype=torch.int64, device=z.device)
+    for lo in range(0, n, chunk):
+        u = z[lo:lo + chunk].to(torch.int64).T + (1 << (bits - 1))       # (K, n_chunk)
+        fields = ((u[cols] >> j[:, None]) & 1) << pos[:, None]
+        words[:, lo:lo + chunk].index_add_(0, rows, fields)              # bits never collide
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def unpack_kernel_codes(qcodes: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """Inverse of repack_codes: qcodes int32 (K·b/32, N) → signed codes int32 (N, K)."""
+    cols, j, rows, pos = _table(bits, k, qcodes.device)
+    words = qcodes.to(torch.int64) & 0xFFFFFFFF
+    u = torch.zeros(k, qcodes.shape[1], dtype=torch.int64, device=qcodes.device)
+    u.index_add_(0, cols, ((words[rows] >> pos[:, None]) & 1) << j[:, None])
+    return (u - (1 << (bits - 1))).T.to(torch.int32).contiguous()
+
+
+_ASM_2 = {  # (w, w, mask, mask, magic, magic, scale, bias) → out (two fp16/bf16)
+    False: "lop3.b32 $0, $1, $3, $5, 0xea; fma.rn.f16x2 $0, $0, $7, $8;",
+    True: "lop3.b32 $0, $1, $3, $5, 0xea; fma.rn.bf16x2 $0, $0, $7, $8;",
+}
+_ASM_3 = {  # (l, l, h, h, mask_l, mask_l, mask_h, mask_h, magic, magic, scale, bias)
+    False: "lop3.b32 $0, $3, $7, $9, 0xea; lop3.b32 $0, $1, $5, $0, 0xea; fma.rn.f16x2 $0, $0, $11, $12;",
+    True: "lop3.b32 $0, $3, $7, $9, 0xea; lop3.b32 $0, $1, $5, $0, 0xea; fma.rn.bf16x2 $0, $0, $11, $12;",
+}
+ASM2_F16: tl.constexpr = tl.constexpr(_ASM_2[False])
+ASM2_BF16: tl.constexpr = tl.constexpr(_ASM_2[True])
+ASM3_F16: tl.constexpr = tl.constexpr(_ASM_3[False])
+ASM3_BF16: tl.constexpr = tl.constexpr(_ASM_3[True])
+
+
+@triton.jit
+def _rotr(w, R: tl.constexpr):
+    """Rotate int32 words right by R bits (R constexpr)."""
+    if R == 0:
+        return w
+    u = w.to(tl.uint32, bitcast=True)
+    return ((u >> R) | (u << (32 - R))).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _pair(w, hw, P: tl.constexpr, I: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr,
+          USE_ASM: tl.constexpr):
+    """Codes of pair P of words w (R1, R2) int32 (hw: 3-bit high words) → (R1, R2, 2) fp16/bf16."""
+    F: tl.constexpr = 2 if BITS == 3 else BITS
+    S: tl.constexpr = 4 if (BF16 or BITS == 3) else 8
+    SHIFT: tl.constexpr = (P * F) // S * S
+    O: tl.constexpr = (P * F) % S
+    ROT: tl.constexpr = 8 * I + (SHIFT // S // 2) * 4 + (SHIFT // S) % 2
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    DT = tl.bfloat16 if BF16 else tl.float16
+    if USE_ASM:
+        MAGIC: tl.constexpr = 0x43004300 if BF16 else 0x64006400
+        BASE: tl.constexpr = 128.0 if BF16 else 1024.0
+        MASK: tl.constexpr = (((1 << F) - 1) << O) * 0x10001
+        ws = tl.join(w >> SHIFT, w >> SHIFT)
+        args = [ws, tl.full(ws.shape, MASK, tl.int32), tl.full(ws.shape, MAGIC, tl.int32),
+                tl.full(ws.shape, 1.0 / (1 << O), DT), tl.full(ws.shape, -(BASE / (1 << O) + HALF), DT)]
+        if BITS == 3:
+            hr = _rotr(hw, ROT)
+            args = [ws, tl.join(hr, hr), args[1], tl.full(ws.shape, (1 << (O + 2)) * 0x10001, tl.int32),
+                    args[2], args[3], args[4]]
+            asm: tl.constexpr = ASM3_BF16 if BF16 else ASM3_F16
+            cons: tl.constexpr = "=r,r,r,r,r,r,r,r,r,r,r,r,r"
+        else:
+            asm: tl.constexpr = ASM2_BF16 if BF16 else ASM2_F16
+            cons: tl.constexpr = "=r,r,r,r,r,r,r,r,r"
+        codes = tl.inline_asm_elementwise(asm, cons, args, dtype=DT, is_pure=True, pack=2)
     else:
-        tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        lo = (w >> (P * F)) & ((1 << F) - 1)
+        hi = (w >> (16 + P * F)) & ((1 << F) - 1)
+        if BITS == 3:
+            lo |= ((hw >> ((O + 2 + ROT) % 32)) & 1) << 2
+            hi |= ((hw >> ((O + 18 + ROT) % 32)) & 1) << 2
+        # The interpreter converts int → bfloat16 wrongly; its tl.dot runs in float32 anyway.
+        codes = (tl.join(lo, hi) - HALF).to(tl.float32 if BF16 else tl.float16)
+    return codes
 
 
-def kernel_args(x, p, bias, out, fuse_outliers: bool, atomic: bool) -> tuple[tuple, dict]:
-    """Positional arguments and shared constexprs of the GEMV/GEMM kernels (launch helpers)."""
-    m, n = out.shape
-    args = (x, x.stride(0), p.qweight, p.scales, p.perm, p.outlier_src, p.outlier_vals, p.cap,
-            bias if bias is not None else p.scales, out, out.stride(0), m, n, p.k, p.group_size)
-    consts = dict(BITS=p.bits, HAS_PERM=p.has_perm, FUSE_OUTLIERS=fuse_outliers,
-                  HAS_BIAS=bias is not None, ATOMIC=atomic)
-    return args, consts
+@triton.jit
+def _four(w, hw, P0: tl.constexpr, I: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr,
+          USE_ASM: tl.constexpr):
+    """Pairs P0..P0+3 → (R1, R2, 2 half, 2 a, 2 b): pair P0 + a + 2b."""
+    return tl.join(tl.join(_pair(w, hw, P0, I, BITS, BF16, USE_ASM),
+                           _pair(w, hw, P0 + 1, I, BITS, BF16, USE_ASM)),
+                   tl.join(_pair(w, hw, P0 + 2, I, BITS, BF16, USE_ASM),
+                           _pair(w, hw, P0 + 3, I, BITS, BF16, USE_ASM)))
+
+
+@triton.jit
+def _word_codes(w, hw, I: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr,
+                USE_ASM: tl.constexpr):
+    """All codes of words w (R1, R2) → (R1, R2, 32/F) in column order t = 2p + h."""
+    if BITS == 4:
+        c = tl.permute(_four(w, hw, 0, I, BITS, BF16, USE_ASM), (0, 1, 4, 3, 2))
+    else:
+        c = tl.join(_four(w, hw, 0, I, BITS, BF16, USE_ASM), _four(w, hw, 4, I, BITS, BF16, USE_ASM))
+        c = tl.permute(c, (0, 1, 5, 4, 3, 2))
+    return tl.reshape(c, (w.shape[0], w.shape[1], 32 // (2 if BITS == 3 else BITS)))
+
+
+@triton.jit
+def load_codes(qw_ptr, N, K, k0, offs_n, mask_n, BITS: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    """Signed codes of stored columns [k0, k0 + BLOCK_K), rows offs_n → (BLOCK_N, BLOCK_K) fp16/bf16.
+
+    One load of each packed word: a (BLOCK_N, words) int32 tile, contiguous along N. BLOCK_K
+    divides K (it divides G), so only N is masked.
+    """
+    base = qw_ptr + offs_n[:, None]
+    mask = mask_n[:, None]
+    if BITS == 3:
+        q = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        low0 = tl.load(base + (2 * q)[None, :] * N, mask=mask, other=0)
+        low1 = tl.load(base + (2 * q + 1)[None, :] * N, mask=mask, other=0)
+        high = tl.load(base + (K // 16 + q)[None, :] * N, mask=mask, other=0)
+        c = tl.join(_word_codes(low0, high, 0, BITS, BF16, USE_ASM),
+                    _word_codes(low1, high, 1, BITS, BF16, USE_ASM))
+        c = tl.permute(c, (0, 1, 3, 2))
+    else:
+        r = k0 * BITS // 32 + tl.arange(0, BLOCK_K * BITS // 32)
+        w = tl.load(base + r[None, :] * N, mask=mask, other=0)
+        c = _word_codes(w, w, 0, BITS, BF16, USE_ASM)
+    return tl.reshape(c, (BLOCK_N, BLOCK_K))

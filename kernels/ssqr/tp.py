@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from babai_kernels.contract import splits_into
 from babai_kernels.ssqr.pack import dense_to_ell, ell_to_dense, ssqr_meta
 
 
@@ -34,7 +35,7 @@ def slice_cols(tensors: dict[str, torch.Tensor], part: int, parts: int,
     if not 0 <= part < parts:
         raise ValueError(f"{layer}: part {part} not in [0, {parts})")
     width = k // parts
-    if k % parts or width % group or width % 32:
+    if not splits_into(k, group, parts):
         raise ValueError(f"{layer}: K={k} cannot be split into {parts} parts that are multiples "
                          f"of group size {group} and of 32")
     perm = tensors["perm"].long()

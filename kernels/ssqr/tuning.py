@@ -1,9 +1,8 @@
 """Kernel configurations for SSQR: candidate lists, measurement on the GPU, a per-GPU cache.
 
 Like `triton.autotune` keyed on (N, K, M bucket), but the choice is made before launch because a
-config decides the output buffer (split-K and the companion outlier kernel accumulate into a
-zeroed float32 buffer). Under TRITON_INTERPRET (CPU) the first, small candidate is used. Results
-are cached in memory and in ~/.cache/vllm-babai/ssqr_configs_<gpu>.json. During CUDA-graph
+config decides the split-K workspace. Under TRITON_INTERPRET (CPU) one small config is used. Results
+are cached in memory and in ~/.cache/vllm-babai/ssqr_configs_v2_<gpu>.json. During CUDA-graph
 capture nothing is measured (the first candidate is used unless a measured choice is cached).
 """
 from __future__ import annotations
@@ -18,11 +17,15 @@ import torch
 
 from babai_kernels.common import triton_interpret
 
-GEMV_MAX_M = 8  # M up to this uses the GEMV path, larger M the tensor-core GEMM path
-INTERPRET_GEMV = dict(BLOCK_M=4, BLOCK_N=32, BLOCK_K=32, SPLIT_K=2, FUSE_OUTLIERS=True,
-                      num_warps=4, num_stages=1)
-INTERPRET_GEMM = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1, FUSE_OUTLIERS=True,
-                      num_warps=4, num_stages=1)
+SMALL_M = 16   # M up to this runs with BLOCK_M = 16 (mma.sync); larger M with 32..128-row tiles
+INTERPRET = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=2, num_warps=4, num_stages=1)
+SPLITS = (1, 2, 4, 8, 16)
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per M range; BLOCK_K is clipped to G at launch.
+TILES = {
+    "small": ((16, 128, 128, 4, 3), (16, 256, 128, 8, 3), (16, 64, 128, 4, 4)),
+    "medium": ((32, 128, 128, 4, 3), (64, 128, 64, 4, 3), (64, 256, 64, 8, 3)),
+    "large": ((64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 256, 64, 4, 4)),
+}
 _cache: dict[str, dict] = {}
 _loaded_for: set[str] = set()
 
@@ -32,38 +35,37 @@ def m_bucket(m: int) -> int:
     return min(1 << max(0, math.ceil(math.log2(max(m, 1)))), 1024)
 
 
-def candidates(path: str, m: int) -> list[dict]:
-    """Configs to try for `path` ("gemv" | "gemm") at M = m; the first is the untuned default."""
+def m_range(m: int) -> str:
+    """"small" (M ≤ 16), "medium" (≤ 64) or "large": which tile shapes are candidates."""
+    return "small" if m <= SMALL_M else "medium" if m <= 64 else "large"
+
+
+def default_split(programs: int, k_tiles: int, sms: int = 132) -> int:
+    """Split-K that brings the grid to about two programs per SM (≤ 16, ≤ k_tiles)."""
+    want = max(1, (2 * sms) // max(programs, 1))
+    return max(s for s in SPLITS if s <= min(want, k_tiles))
+
+
+def candidates(m: int, n: int, k: int) -> list[dict]:
+    """Configs to try at (M, N, K); the first is the untuned default (split-K by grid fill)."""
     if triton_interpret():
-        return [INTERPRET_GEMV if path == "gemv" else INTERPRET_GEMM]
+        return [INTERPRET]
     configs = []
-    if path == "gemv":
-        block_m = m_bucket(m)
-        for block_n, block_k in ((64, 128), (32, 128), (64, 64), (128, 64), (32, 256), (128, 128)):
-            if block_m * block_n * block_k > 32768:
-                continue
-            for split_k in (1, 2, 4, 8):
-                for fuse in (True, False):
-                    configs.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                                        SPLIT_K=split_k, FUSE_OUTLIERS=fuse, num_warps=4,
-                                        num_stages=2))
-        return configs
-    for block_m, block_n, block_k, warps, stages in (
-            (64, 64, 64, 4, 3), (16, 64, 64, 4, 3), (32, 64, 64, 4, 3), (32, 128, 64, 4, 3),
-            (64, 128, 64, 4, 3), (128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (64, 128, 128, 8, 3),
-            (128, 256, 64, 8, 3)):
-        if block_m > max(16, m_bucket(m)):
-            continue
-        for fuse in (True, False):
-            configs.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=1,
-                                FUSE_OUTLIERS=fuse, num_warps=warps, num_stages=stages))
+    for block_m, block_n, block_k, warps, stages in TILES[m_range(m)]:
+        programs = math.ceil(n / block_n) * math.ceil(m / block_m)
+        first = default_split(programs, max(1, k // block_k))
+        splits = [first] + [s for s in SPLITS if s != first and s <= max(1, k // block_k)]
+        if m_range(m) == "large":
+            splits = [1]
+        configs += [dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=s,
+                         num_warps=warps, num_stages=stages) for s in splits]
     return configs
 
 
 def _cache_file(device: torch.device) -> Path:
     name = torch.cuda.get_device_name(device).replace(" ", "_").replace("/", "_")
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vllm-babai"
-    return root / f"ssqr_configs_{name}.json"
+    return root / f"ssqr_configs_v2_{name}.json"
 
 
 def _load(device: torch.device) -> None:
@@ -86,10 +88,10 @@ def _save(device: torch.device) -> None:
         pass
 
 
-def choose_config(path: str, key: str, m: int, device: torch.device,
+def choose_config(key: str, m: int, n: int, k: int, device: torch.device,
                   run: Callable[[dict], object]) -> dict:
     """The fastest candidate for `key` (measured once per GPU with triton.testing.do_bench)."""
-    configs = candidates(path, m)
+    configs = candidates(m, n, k)
     if device.type != "cuda":
         return configs[0]
     _load(device)

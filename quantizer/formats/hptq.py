@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from babai_kernels.hptq.pack import choose_chunk_cols, coded_bits, encode_hptq
 from babai_quantizer.lattice import (UnboundedGrid, achieved_error, babai_bound, damp, fix_dead_inputs,
-                               rtn_quantize, sweep)
+                               prepare_hessian, rtn_quantize, sweep)
+from babai_quantizer.lattice.reduction import BasisReduction, parse_method, reduce_basis
+from babai_quantizer.lattice.sweep import PreparedHessian
 
 from .bisection import LogBisection
 from .layer import prepare_layer, validate_common
@@ -98,38 +101,78 @@ def _format_result(fmt: str, found: dict, chunk_cols: int, error: torch.Tensor,
                 "scale": found["scale"], "chunk_cols": chunk_cols, **extra})
 
 
+@dataclass
+class HptqSweep:
+    """HPTQ's sweep of one prepared layer on the plain or the reduced basis (set up once per layer).
+
+    W: (N, K) float64 weights the sweep rounds (T⁻¹w_t when reduced); prep: the sweep's prepared
+    Hessian (H' = TᵀH_T T, GPTQ order reverse(0..K-1), when reduced); reduction: None or the
+    lattice.reduction.BasisReduction whose T maps the sweep's codes z' to the stored z = T·z'.
+    """
+
+    W: torch.Tensor
+    prep: PreparedHessian
+    reduction: BasisReduction | None
+    block_size: int
+
+    @classmethod
+    def build(cls, Wd: torch.Tensor, prep: PreparedHessian, reduction: BasisReduction | None,
+              block_size: int = 128) -> "HptqSweep":
+        """From the plain layer (prepare_layer's target Wd (N, K) and prep) and an optional reduction."""
+        if reduction is None:
+            return cls(Wd, prep, None, block_size)
+        K = Wd.shape[1]
+        # H' is damped already (it is TᵀH_T T of the damped H): no second damping.
+        reduced = prepare_hessian(reduction.hessian(prep.H), perm=torch.arange(K - 1, -1, -1), damping=0.0,
+                                  dtype=prep.U.dtype, device=prep.U.device)
+        return cls(reduction.weights(Wd), reduced, reduction, block_size)
+
+    def codes_at(self, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z (N, K) int32, q = s·z (N, K) in the sweep dtype), original column order."""
+        N, K = self.W.shape
+        res = sweep(self.W, self.prep, torch.full((N, 1), scale), torch.zeros(K, dtype=torch.int64),
+                    UnboundedGrid(), block_size=self.block_size)
+        if self.reduction is None:
+            return res.codes, res.q
+        z = self.reduction.codes(res.codes)
+        return z.to(torch.int32), z.to(res.q.dtype) * torch.tensor(scale, dtype=res.q.dtype)
+
+
 def quantize_hptq(W: torch.Tensor, H: torch.Tensor, *, target_bits: float = 3.125,
                   ordering: str = "act", damping: float = 0.01, row_parallel_blocks: int = 1,
                   chunk_cols: int | None = None, G_cross: torch.Tensor | None = None,
                   steps: int = 40, tol: float = 0.01, block_size: int = 128,
-                  dtype: torch.dtype = torch.float32, device=None) -> FormatResult:
+                  dtype: torch.dtype = torch.float32, device=None, reduce: str = "none",
+                  reduce_window: int | None = 256) -> FormatResult:
     """Quantize W (N, K) with Hessian H (K, K) to HPTQ (docs/format.md §3) at `target_bits`.
 
     The sweep runs in `ordering` on the unbounded grid (nothing clipped, so error ≤ bound =
     ¼ s² tr(D) per row). chunk_cols: None → kernels' choose_chunk_cols(K, row_parallel_blocks).
     tol: stop once |bits − target| ≤ tol (≤ 0.05). G_cross: (K, K) X̂ᵀX for the float target.
+    reduce: 'none' | 'lll' | 'bkz-<B>': Babai on the basis reduced once per layer
+    (lattice.reduction, on windows of `reduce_window` Babai-order columns, None = all K): the sweep
+    runs on H' = TᵀH_T T with weights T⁻¹w and stores z = T·z'; D, tr(D) and the bound are the
+    reduced basis's; search["reduction"] holds its statistics.
     """
     validate_common(W, H, G_cross, damping)
     N, K = W.shape
     chunk_cols = _check_hptq_args(K, target_bits, chunk_cols, row_parallel_blocks, steps, tol)
+    reduced = parse_method(reduce)[0] != "none"
     start = time.perf_counter()
     Wd, prep = prepare_layer(W, H, ordering=ordering, damping=damping, row_parallel_blocks=1,
                              G_cross=G_cross, dtype=dtype, device=device)
-    gidx = torch.zeros(K, dtype=torch.int64)
-    grid = UnboundedGrid()
-
-    def codes_at(scale: float):
-        res = sweep(Wd, prep, torch.full((N, 1), scale), gidx, grid, block_size=block_size)
-        return res.codes, res.q
-
-    found = search_matrix_scale(codes_at, float(Wd.abs().max()), (N, K), target_bits=target_bits,
+    reduction = reduce_basis(prep.H, prep.perm, reduce, window=reduce_window) if reduced else None
+    layer = HptqSweep.build(Wd, prep, reduction, block_size)
+    max_abs = float(torch.maximum(Wd.abs().max(), layer.W.abs().max()))   # bounds the codes z and z'
+    found = search_matrix_scale(layer.codes_at, max_abs, (N, K), target_bits=target_bits,
                                 chunk_cols=chunk_cols, steps=steps, tol=tol)
     S = torch.full((N, K), found["scale"], dtype=torch.float64)
     q = found["q"].to(torch.float32)
+    extra = {"reduce": reduce, **({"reduction": reduction.stats()} if reduced else {})}
     return _format_result("hptq", found, chunk_cols, achieved_error(Wd, q, prep.H),
-                          babai_bound(S, prep.perm, prep.D),
-                          {"seconds": time.perf_counter() - start, "trace_D": prep.trace_D,
-                           "damping_used": prep.damping})
+                          babai_bound(S, layer.prep.perm, layer.prep.D),
+                          {"seconds": time.perf_counter() - start, "trace_D": layer.prep.trace_D,
+                           "damping_used": prep.damping, **extra})
 
 
 def quantize_hrtn(W: torch.Tensor, H: torch.Tensor, *, target_bits: float = 3.125,

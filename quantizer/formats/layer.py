@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from babai_kernels.contract import splits_into
+
 from babai_quantizer.lattice import block_local_ordering, damp, fix_dead_inputs, prepare_hessian, validate_layer
 from babai_quantizer.lattice.api import sweep_target
 from babai_quantizer.lattice.sweep import PreparedHessian
@@ -10,8 +12,7 @@ from babai_quantizer.lattice.sweep import PreparedHessian
 
 def check_row_parallel_blocks(K: int, parts: int, group_size: int = 32) -> None:
     """ValueError unless K splits into `parts` equal blocks that are whole groups and 32-blocks."""
-    if not isinstance(parts, int) or parts < 1 or K % parts or (K // parts) % group_size \
-            or (K // parts) % 32:
+    if not splits_into(K, group_size, parts):
         raise ValueError(f"row_parallel_blocks: {parts!r} must be a positive divisor of K={K} with "
                          f"K/P a multiple of 32 and of the group size {group_size}")
 

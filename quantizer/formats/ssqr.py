@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from babai_kernels.contract import BLOCK, MAX_K, SSQR_BITS
 from babai_kernels.ssqr.pack import pack_ssqr
 from babai_quantizer.lattice import (ClippedGrid, OverflowGrid, achieved_error, babai_bound, coordinate_scales,
                                group_scales, step_group_index, sweep)
@@ -88,12 +89,12 @@ def rescue_rows(Wd: torch.Tensor, prep, s0: torch.Tensor, gidx: torch.Tensor, bi
 
 
 def _check_ssqr_args(K: int, bits, group_size, outlier_rate, steps, rate_tol) -> None:
-    if bits not in (2, 3, 4):
-        raise ValueError(f"bits: SSQR inliers are 2, 3 or 4 bits, got {bits!r}")
-    if not isinstance(group_size, int) or group_size <= 0 or group_size % 32 or K % group_size:
-        raise ValueError(f"group_size: {group_size!r} must be a multiple of 32 dividing K={K}")
-    if K % 32 or K > 32767:
-        raise ValueError(f"W: K={K} input columns must be a multiple of 32 and at most 32767")
+    if bits not in SSQR_BITS:
+        raise ValueError(f"bits: SSQR inliers are {SSQR_BITS} bits, got {bits!r}")
+    if not isinstance(group_size, int) or group_size <= 0 or group_size % BLOCK or K % group_size:
+        raise ValueError(f"group_size: {group_size!r} must be a multiple of {BLOCK} dividing K={K}")
+    if K % BLOCK or K > MAX_K:
+        raise ValueError(f"W: K={K} input columns must be a multiple of {BLOCK} and at most {MAX_K}")
     if not isinstance(outlier_rate, (int, float)) or not 0 <= outlier_rate <= 0.05:
         raise ValueError(f"outlier_rate: expected a fraction in [0, 0.05], got {outlier_rate!r}")
     if not isinstance(rate_tol, (int, float)) or not 0 <= rate_tol <= 0.005:

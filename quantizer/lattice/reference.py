@@ -50,6 +50,28 @@ def babai_reference(W, H, S, grid, order):
     return _unpermute(Z, Q, O, order)
 
 
+def babai_reduced_reference(W, H, scale, order, T):
+    """Babai's nearest plane on a reduced basis, paper Alg. 2 as written, for one scale s (HPTQ).
+
+    B = s·R with H_T = H[order][:, order] = RᵀR (R upper; columns = basis vectors), reduced basis
+    A = B·T (T (K, K) unimodular), Φ = QR(A).Q. Per row: y = R w (w in Babai order); for j = K-1 … 0:
+    ζ = ⟨Φ_j, y⟩ / ⟨Φ_j, A_j⟩, z'_j = ROUND(ζ), y −= A_j z'_j; then z = T z' (unbounded grid).
+    Returns (z (N, K) int64 in original column order, z' (N, K) int64 in reduced coordinates).
+    """
+    W, H, T = W.double(), H.double(), T.double()
+    R = torch.linalg.cholesky(H[order][:, order], upper=True)
+    A = scale * R @ T
+    Phi = torch.linalg.qr(A).Q
+    Y = W[:, order] @ R.T                           # row n: y = R w_n
+    Zr = torch.empty_like(Y, dtype=torch.int64)
+    for j in range(A.shape[1] - 1, -1, -1):
+        Zr[:, j] = torch.round((Y @ Phi[:, j]) / (Phi[:, j] @ A[:, j])).to(torch.int64)
+        Y -= Zr[:, j].double()[:, None] * A[:, j][None, :]
+    z = torch.empty_like(Zr)
+    z[:, order] = Zr @ T.to(torch.int64).T
+    return z, Zr
+
+
 def min_pivot_order_reference(H):
     """Paper Alg. 3 as written: repeatedly pick j' = argmin of the current diagonal over the
     remaining set J, take the rank-1 Schur complement H −= H[:, j']H[j', :]/H[j', j'], drop j'.

@@ -1,0 +1,106 @@
+"""The SSQR Triton kernel: y = x_perm · W_storedᵀ (+ outliers, bias), one launch per linear.
+
+x_perm = x[:, perm] (gathered once per call by the launcher); W_stored[n, k] = scale[k // G, n] ·
+z[n, k]. Grid (N tiles, SPLIT_K, M tiles); program (pid_n, pid_k, pid_m) owns a (BLOCK_M, BLOCK_N)
+output tile and the pid_k-th contiguous share of the K tiles.
+- Per K tile (inside one scale group: BLOCK_K divides G, hence K): one load of each packed word as a
+  (BLOCK_N, words) int32 tile, unpacked in registers (tiles.load_codes: one LOP3 + one HFMA2 per
+  two weights on CUDA), then `tl.dot` on tensor cores with x (BLOCK_M, BLOCK_K) — padded to 16
+  rows for small M (mma.sync), 64+ rows for large M (wgmma on sm_90) — in float32, times the
+  group scale per column. The loop is software-pipelined (`tl.range(num_stages=STAGES)`: cp.async).
+- Outliers: this program's share of the slots, in slabs (outliers.outlier_slabs), for the first
+  BLOCK_MO = min(BLOCK_M, next_pow2(M)) rows only.
+- Split-K in the same launch: every program stores its float32 partial into `ws` (SPLIT_K, M, N),
+  then takes a ticket from the tile's counter in `locks`; the last one sums the partials, resets
+  the counter to 0 (so no memset is ever needed) and writes bias + sum in x's dtype.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from babai_kernels.common import triton_interpret
+from babai_kernels.ssqr.outliers import outlier_slabs, spread_rows
+from babai_kernels.ssqr.tiles import load_codes
+
+SPLIT_MAX_M_TILES = 4   # split-K is used for at most this many M tiles (sizes the locks buffer)
+
+
+@triton.jit
+def _ssqr_kernel(x_ptr, qw_ptr, sc_ptr, ocol_ptr, oval_ptr, cap, bias_ptr, out_ptr, ws_ptr, lock_ptr,
+                 M, N, K, split_k,
+                 GROUP: tl.constexpr, BITS: tl.constexpr, HAS_OUTLIERS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 BLOCK_MO: tl.constexpr, SLAB: tl.constexpr, STAGES: tl.constexpr,
+                 USE_ASM: tl.constexpr, DOT_FP32: tl.constexpr):
+    pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m, mask_n = offs_m < M, offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * K
+    BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    share = tl.cdiv(k_tiles, split_k)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tile in tl.range(pid_k * share, tl.minimum(pid_k * share + share, k_tiles),
+                         num_stages=STAGES):
+        k0 = tile * BLOCK_K
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xs = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None], other=0.0)
+        codes = load_codes(qw_ptr, N, K, k0, offs_n, mask_n, BITS, BLOCK_N, BLOCK_K, BF16, USE_ASM)
+        if DOT_FP32:  # TRITON_INTERPRET's tl.dot multiplies bfloat16 bit patterns as integers
+            part = tl.dot(xs.to(tl.float32), tl.trans(codes.to(tl.float32)), input_precision="ieee")
+        else:
+            part = tl.dot(xs, tl.trans(codes))
+        scale = tl.load(sc_ptr + (k0 // GROUP) * N + offs_n, mask=mask_n, other=0.0)
+        acc += part * scale.to(tl.float32)[None, :]
+    if HAS_OUTLIERS:
+        slots = tl.cdiv(cap, split_k)
+        offs_mo = pid_m * BLOCK_M + tl.arange(0, BLOCK_MO)
+        acc += spread_rows(outlier_slabs(x_ptr, K, ocol_ptr, oval_ptr, pid_k * slots,
+                                         tl.minimum(pid_k * slots + slots, cap), N, offs_mo,
+                                         offs_mo < M, offs_n, mask_n, BLOCK_MO, BLOCK_N, SLAB),
+                           BLOCK_M)
+    mask = mask_m[:, None] & mask_n[None, :]
+    rows_n = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    last = pid_k == 0
+    if split_k > 1:
+        tl.store(ws_ptr + pid_k * M * N + rows_n, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket is taken
+        lock = lock_ptr + pid_m * tl.num_programs(0) + pid_n
+        last = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == split_k - 1
+        if last:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for part_k in range(0, split_k):
+                acc += tl.load(ws_ptr + part_k * M * N + rows_n, mask=mask, other=0.0,
+                               cache_modifier=".cg")
+            tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")
+    if last:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + rows_n, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def launch(xp: torch.Tensor, p, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
+    """y (M, N) in xp.dtype for xp = x[:, perm] (M, K) contiguous fp16/bf16, layer p, config cfg.
+
+    cfg: BLOCK_M, BLOCK_N, BLOCK_K (clipped to divide G), SPLIT_K, num_warps, num_stages.
+    """
+    m, n = xp.shape[0], p.n
+    block_k = min(cfg["BLOCK_K"], p.group_size & -p.group_size)   # a power of two dividing G
+    m_tiles = triton.cdiv(m, cfg["BLOCK_M"])
+    split_k = cfg["SPLIT_K"] if m_tiles <= SPLIT_MAX_M_TILES else 1
+    out = torch.empty(m, n, dtype=xp.dtype, device=xp.device)
+    ws = torch.empty(split_k, m, n, dtype=torch.float32, device=xp.device) if split_k > 1 else out
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), split_k, m_tiles)
+    _ssqr_kernel[grid](
+        xp, p.qcodes, p.scales, p.outlier_cols, p.outlier_vals, p.cap,
+        bias if bias is not None else out, out, ws, p.locks, m, n, p.k, split_k,
+        GROUP=p.group_size, BITS=p.bits, HAS_OUTLIERS=p.has_outliers, HAS_BIAS=bias is not None,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
+        BLOCK_MO=min(cfg["BLOCK_M"], triton.next_power_of_2(m)), SLAB=cfg.get("SLAB", 16),
+        STAGES=cfg["num_stages"], USE_ASM=not triton_interpret(),
+        DOT_FP32=triton_interpret() and xp.dtype == torch.bfloat16,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return out
