@@ -10,11 +10,12 @@ import importlib.metadata
 import pytest
 import torch
 
-from vllm_babai.formats import FORMATS, Sibling, apply_parts, shard_layer
+from vllm_babai.formats import FORMATS, Sibling, shard_layer
 from tests.fixtures.tiny_checkpoint import _perm, quantize_hptq, quantize_ssqr
 
 K = 128
 CPU = torch.device("cpu")
+TorchReference = pytest.importorskip("vllm_babai.kernels").TorchReference
 
 
 def _siblings(fmt: str, sizes: list[int], blocks: int, seed: int = 0):
@@ -39,8 +40,8 @@ def _reference_layer(fmt, layers, names, tp, rank, row_parallel):
     dense = torch.cat(dense)
     if row_parallel:
         dense = dense[:, rank * K // tp:(rank + 1) * K // tp]
-    parts = shard_layer(FORMATS[fmt], siblings, K, (rank, tp) if row_parallel else None, CPU)
-    return parts, dense
+    spec = shard_layer(FORMATS[fmt], siblings, K, (rank, tp) if row_parallel else None, CPU)
+    return spec, dense
 
 
 @pytest.mark.parametrize("fmt", ["ssqr", "hptq"])
@@ -52,10 +53,11 @@ def test_shard_layer_matches_dense_weights(fmt, tp, row_parallel):
     x = torch.randn(5, K, generator=torch.Generator().manual_seed(1))
     bias = torch.randn(sum(sizes) // (1 if row_parallel else tp))
     for rank in range(tp):
-        parts, dense = _reference_layer(fmt, layers, names, tp, rank, row_parallel)
-        assert len(parts) == (len(sizes) if fmt == "hptq" else 1)
+        spec, dense = _reference_layer(fmt, layers, names, tp, rank, row_parallel)
+        assert len(spec.parts) == (len(sizes) if fmt == "hptq" else 1)
+        assert spec.shape == tuple(dense.shape)
         x_local = x[:, rank * K // tp:(rank + 1) * K // tp] if row_parallel else x
-        y = apply_parts(FORMATS[fmt], parts, x_local, bias)
+        y = TorchReference(spec).apply(x_local, bias)
         expected = (x_local.double() @ dense.double().T + bias.double()).float()
         torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4)
 

@@ -12,7 +12,8 @@ from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMetho
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
-from babai_kernels.contract import BabaiCheckpointConfig, matches_skip, quantized_modules, safetensors_names
+from babai_kernels.contract import (FUSED_SIBLINGS, BabaiCheckpointConfig, matches_skip, quantized_modules,
+                                    safetensors_names)
 
 
 @register_quantization_config("babai")
@@ -56,9 +57,15 @@ class BabaiConfig(QuantizationConfig):
 
     def maybe_update_config(self, model_name: str, hf_config=None, revision: str | None = None) -> None:
         """Check a local checkpoint's tensor names against the format before any weight is loaded
-        (missing, unknown or skipped-but-quantized tensors fail here, naming layer and tensor)."""
+        (missing, unknown or skipped-but-quantized tensors fail here, naming layer and tensor), and
+        count the vLLM layers they make (fused siblings are one) for the resident-bytes log line."""
         if Path(model_name).is_dir():
-            quantized_modules(safetensors_names(model_name), self.checkpoint, model_name)
+            from .linear import ResidentTally
+
+            modules = quantized_modules(safetensors_names(model_name), self.checkpoint, model_name)
+            ResidentTally.expected = len({(m.rpartition(".")[0], next((g[0] for g in FUSED_SIBLINGS
+                                                                      if m.rpartition(".")[2] in g), m))
+                                          for m in modules})
 
     def apply_vllm_mapper(self, hf_to_vllm_mapper) -> None:
         self.modules_to_not_convert = hf_to_vllm_mapper.apply_list(self.modules_to_not_convert)

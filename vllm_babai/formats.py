@@ -1,27 +1,27 @@
-"""Per-format adapters over kernels/ and the shard logic of one vLLM linear layer.
+"""Per-format adapters over babai_kernels/ and the shard logic of one vLLM linear layer.
 
 Pure torch (no vllm import), so the loading rules and their errors are unit-testable without an
 engine. A vLLM layer is one or more checkpoint modules ("siblings": q/k/v, gate/up, or just one);
-`shard_layer` turns their full checkpoint tensors into this rank's kernel-ready parts:
+`shard_layer` turns their full checkpoint tensors into this rank's `LinearSpec` for the kernel
+chooser (vllm_babai/kernels.py):
 
     for each sibling: check tensors → keep this rank's output rows → (row-parallel) keep this
     rank's input columns → fuse siblings (SSQR: one matrix, shared perm; HPTQ: one part each)
-    → prepare the kernel layout once.
+    → the runtime layout (dense codes + sparse residual; babai_kernels.runtime), built once.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from babai_kernels import runtime
 from babai_kernels.contract import TENSOR_NAMES, BabaiCheckpointConfig
 from babai_kernels.hptq import tp as hptq_tp
 from babai_kernels.hptq.pack import hptq_meta
-from babai_kernels.hptq.linear import hptq_linear
-from babai_kernels.hptq.prepare import prepare_hptq
+from babai_kernels.runtime import DenseResidual
 from babai_kernels.ssqr import tp as ssqr_tp
-from babai_kernels.ssqr.linear import prepare_ssqr, ssqr_linear
 from babai_kernels.ssqr.pack import ssqr_meta
 
 
@@ -35,8 +35,7 @@ class Format:
     slice_rows: Callable[[dict, int, int], dict]           # output rows [start, stop)
     slice_cols: Callable[[dict, int, int, str], dict]      # input-column part p of P; layer name
     fuse: Callable[[list[dict]], list[dict]]               # siblings -> parts whose outputs concatenate
-    prepare: Callable[[dict, int, torch.device], object]   # kernel-ready layout, built once
-    linear: Callable[..., torch.Tensor]                    # (x (..., K), prepared, bias) -> (..., N)
+    layout: Callable[[list[dict], int], DenseResidual]     # parts, K -> the runtime layout
 
 
 def _ssqr_rows(tensors: dict, k: int, config: BabaiCheckpointConfig | None) -> int:
@@ -47,12 +46,29 @@ def _ssqr_rows(tensors: dict, k: int, config: BabaiCheckpointConfig | None) -> i
 
 
 SSQR = Format("ssqr", TENSOR_NAMES["ssqr"], _ssqr_rows, ssqr_tp.slice_rows, ssqr_tp.slice_cols,
-              lambda parts: [ssqr_tp.concat_rows(parts)],
-              lambda t, k, device: prepare_ssqr(t, device), ssqr_linear)
+              lambda parts: [ssqr_tp.concat_rows(parts)], lambda parts, k: runtime.from_ssqr(parts[0]))
 HPTQ = Format("hptq", TENSOR_NAMES["hptq"], lambda t, k, config: hptq_meta(t, k)["out_features"], hptq_tp.slice_rows,
               lambda t, part, parts, layer: hptq_tp.slice_cols(t, part, parts),
-              list, prepare_hptq, hptq_linear)
+              list, runtime.from_hptq)
 FORMATS = {f.name: f for f in (SSQR, HPTQ)}
+
+
+@dataclass
+class LinearSpec:
+    """What a kernel is asked to implement for one vLLM layer on this rank.
+
+    parts: the format's tensors of this rank (SSQR: one fused dict; HPTQ: one per sibling);
+    layout: the runtime layout built from them (None when the Huffman-resident HPTQ runtime is
+    asked for: then nothing is transcoded).
+    """
+
+    format: str
+    bits: int | None                     # the checkpoint's code bits (SSQR), None for HPTQ
+    shape: tuple[int, int]               # (N, K) of this rank
+    act_dtype: torch.dtype
+    device: torch.device
+    parts: list[dict[str, torch.Tensor]]
+    layout: DenseResidual | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -70,11 +86,13 @@ class Sibling:
 
 
 def shard_layer(fmt: Format, siblings: list[Sibling], input_size: int, col_part: tuple[int, int] | None,
-                device: torch.device, config: BabaiCheckpointConfig | None = None) -> list:
-    """This rank's kernel-ready parts of a layer; their outputs concatenate to the layer's output.
+                device: torch.device, config: BabaiCheckpointConfig | None = None,
+                act_dtype: torch.dtype = torch.float32, dense: bool = True) -> LinearSpec:
+    """This rank's part of a layer, ready for the kernel chooser.
 
     input_size: full K of the layer; col_part: (p, P) for a row-parallel split, else None;
-    config: the checkpoint's config, whose bits/group size the tensors must match.
+    config: the checkpoint's config, whose bits/group size the tensors must match; dense: build
+    the runtime layout (False: keep only the format's tensors, for the Huffman-resident runtime).
     Raises ValueError naming the checkpoint module and tensor on any inconsistency.
     """
     local = []
@@ -99,15 +117,10 @@ def shard_layer(fmt: Format, siblings: list[Sibling], input_size: int, col_part:
         local.append(tensors)
     layer = " + ".join(s.module for s in siblings)
     try:
-        return [fmt.prepare(part, k_local, device) for part in fmt.fuse(local)]
+        parts = fmt.fuse(local)
+        layout = fmt.layout(parts, k_local) if dense else None
     except ValueError as e:
         raise ValueError(f"{layer}: {e}") from None
-
-
-def apply_parts(fmt: Format, parts: list, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """y = x Wᵀ (+ bias) for x (..., K_local): the parts' outputs concatenated along N."""
-    x = x.contiguous()
-    if len(parts) == 1:
-        return fmt.linear(x, parts[0], bias)
-    y = torch.cat([fmt.linear(x, p) for p in parts], dim=-1)
-    return y if bias is None else y + bias
+    rows = sum(s.rows[1] - s.rows[0] if s.rows else s.full_rows for s in siblings)
+    return LinearSpec(fmt.name, config.bits if config is not None and fmt.name == "ssqr" else None,
+                      (rows, k_local), act_dtype, device, parts, layout)

@@ -2,10 +2,13 @@
 
 create_weights registers one empty DeferredParameter per checkpoint tensor name; the loader
 stores the full tensors there; process_weights_after_loading slices this rank's part
-(docs/format.md TP rules, through kernels/*/tp.py), fuses siblings and prepares the kernel
-layout once; apply runs the kernels (Triton custom ops on CUDA, torch reference on CPU).
+(docs/format.md TP rules, through kernels/*/tp.py), fuses siblings, builds the runtime layout
+once and hands it to the kernel chooser (kernels.py), which keeps only the chosen kernel's
+resident tensors; apply runs that kernel.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 from vllm.model_executor.layers.linear import (
@@ -15,8 +18,26 @@ from vllm.model_executor.layers.linear import (
     register_weight_loader_v2_supported_method,
 )
 
-from .formats import FORMATS, Format, Sibling, apply_parts, shard_layer
+from .formats import FORMATS, Format, Sibling, shard_layer
+from .kernels import HPTQ_RUNTIME_ENV, choose_kernel, logger
 from .params import DeferredParameter, load_replicated
+
+
+class ResidentTally:
+    """Resident bytes of this process's babai linears; logged once all of them are loaded
+    (`expected` comes from the checkpoint's tensor names: BabaiConfig.maybe_update_config)."""
+
+    expected: int | None = None
+    layers = 0
+    bytes = 0
+    weights = 0
+
+    @classmethod
+    def add(cls, resident_bytes: int, weights: int) -> None:
+        cls.layers, cls.bytes, cls.weights = cls.layers + 1, cls.bytes + resident_bytes, cls.weights + weights
+        if cls.layers == cls.expected:
+            logger.info("babai resident bytes: %d over %d weights (%.3f bits/weight)", cls.bytes, cls.weights,
+                        8 * cls.bytes / cls.weights)
 
 
 class BabaiLinearMethod(LinearMethodBase):
@@ -40,6 +61,7 @@ class BabaiLinearMethod(LinearMethodBase):
                              f"this layer, but the model's packed_modules_mapping names {modules}")
         layer.babai_modules = modules
         layer.babai_input_size = input_size
+        layer.babai_act_dtype = params_dtype
         for name in self.fmt.tensor_names:
             layer.register_parameter(name, DeferredParameter(name=name, layer=layer, weight_loader=loader))
 
@@ -54,14 +76,19 @@ class BabaiLinearMethod(LinearMethodBase):
         row_parallel = isinstance(layer, RowParallelLinear)
         col_part = (layer.tp_rank, layer.tp_size) if row_parallel else None
         device = params[self.fmt.tensor_names[0]].device  # placeholders live on the target device
-        parts = shard_layer(self.fmt, siblings, layer.babai_input_size, col_part, device,
-                            self.quant_config.checkpoint)
+        huffman = self.fmt.name == "hptq" and os.environ.get(HPTQ_RUNTIME_ENV, "dense") == "huffman"
+        spec = shard_layer(self.fmt, siblings, layer.babai_input_size, col_part, device,
+                           self.quant_config.checkpoint, layer.babai_act_dtype, dense=not huffman)
         for name in self.fmt.tensor_names:
             delattr(layer, name)
-        layer.babai_parts = parts
+        layer.babai_kernel = choose_kernel(spec, self.prefix)
+        layer.babai_shape = spec.shape
+        ResidentTally.add(layer.babai_kernel.resident_bytes(), spec.shape[0] * spec.shape[1])
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return apply_parts(self.fmt, layer.babai_parts, x, bias)
+        n, k = layer.babai_shape
+        y = layer.babai_kernel.apply(x.reshape(-1, k), bias)
+        return y.reshape(*x.shape[:-1], n)
 
 
 @register_weight_loader_v2_supported_method

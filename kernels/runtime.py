@@ -1,0 +1,133 @@
+"""The serving layout of every babai linear: dense b-bit codes + a sparse residual.
+
+    y = ((x[..., perm] @ (S ⊙ Z + R)ᵀ) · row_scale) (+ bias)
+
+Z (N, K) are signed dense codes within `bits` (stored order), S their group scales (stored order,
+G columns per group), R a sparse residual holding what the dense codes cannot (SSQR: the outlier
+values; HPTQ: the codes outside the dense range, z − clamp(z)), and row_scale a per-row factor
+applied after the matmul (HPTQ: the matrix scale of each fused sibling, so S is all ones and the
+dense part is exact in any float type). Both formats map onto it losslessly: `dequantize(layout)`
+equals the format's reference dequantizer bit for bit. A kernel takes this layout, keeps its own
+resident form and drops the rest (vllm_babai/kernels.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from babai_kernels.hptq.pack import decode_hptq, hptq_meta
+from babai_kernels.ssqr.pack import ssqr_meta, unpack_ssqr
+
+DENSE_BITS = (4, 8)          # dense widths some kernel serves (2/3-bit codes are widened to 4)
+RESIDUAL_ENTRY_BYTES = 12    # row int32 + column int32 + value float32
+
+
+@dataclass
+class Residual:
+    """Sparse (N, K) float32 matrix in stored column order as sorted (row, col, value) triples."""
+
+    rows: torch.Tensor       # (nnz,) int32, ascending
+    cols: torch.Tensor       # (nnz,) int32
+    vals: torch.Tensor       # (nnz,) float32
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_dense(cls, r: torch.Tensor) -> "Residual":
+        rows, cols = r.nonzero(as_tuple=True)               # row-major order
+        return cls(rows.to(torch.int32), cols.to(torch.int32), r[rows, cols].float(), tuple(r.shape))
+
+    @property
+    def nnz(self) -> int:
+        return self.vals.numel()
+
+    def to_dense(self) -> torch.Tensor:
+        out = torch.zeros(self.shape, dtype=torch.float32)
+        out[self.rows.long(), self.cols.long()] = self.vals
+        return out
+
+    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """y (M, N) float32 += x (M, K) @ Rᵀ, with x in stored order."""
+        if self.nnz:
+            y.index_add_(1, self.rows, x.index_select(1, self.cols).float() * self.vals)
+        return y
+
+
+@dataclass
+class DenseResidual:
+    """One linear (possibly fused siblings) in the runtime layout; see the module docstring."""
+
+    codes: torch.Tensor              # (N, K) int8, within [-2^(bits-1), 2^(bits-1))
+    bits: int
+    scales: torch.Tensor             # (N, K/G) float32
+    residual: Residual
+    perm: torch.Tensor | None        # (K,) int64, stored column j = original column perm[j]
+    row_scale: torch.Tensor | None   # (N,) float32
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.codes.shape)
+
+    @property
+    def group_size(self) -> int:
+        return self.codes.shape[1] // self.scales.shape[1]
+
+
+def from_ssqr(tensors: dict[str, torch.Tensor]) -> DenseResidual:
+    """SSQR tensors (docs/format.md §2, possibly fused siblings sharing perm) → the runtime layout:
+    codes as stored, fp16 scales and outlier values as float32 (exact)."""
+    _, _, bits, _ = ssqr_meta(tensors)
+    z, scales, perm, outliers = unpack_ssqr(tensors)
+    identity = bool((perm == torch.arange(perm.numel(), dtype=perm.dtype)).all())
+    return DenseResidual(z.to(torch.int8), max(bits, 4), scales.float(), Residual.from_dense(outliers),
+                         None if identity else perm.long(), None)
+
+
+def hptq_dense_bits(z: torch.Tensor) -> int:
+    """The dense width (of DENSE_BITS) that holds integer codes z (N, K) in the fewest resident
+    bytes: b/8 bytes per weight plus RESIDUAL_ENTRY_BYTES per code outside the b-bit range."""
+    def resident(bits):
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return z.numel() * bits / 8 + int(((z < lo) | (z > hi)).sum()) * RESIDUAL_ENTRY_BYTES
+    return min(DENSE_BITS, key=resident)
+
+
+def from_hptq(parts: list[dict[str, torch.Tensor]], in_features: int, bits: int | None = None,
+              group_size: int = 32) -> DenseResidual:
+    """HPTQ tensors of fused siblings (each with its own scale and code table, docs/format.md §3)
+    → one runtime layout with their rows stacked: Z = clamp(z) to `bits` (default: fewest
+    resident bytes, `hptq_dense_bits`), R = z − Z, S = 1, row_scale = each sibling's scale."""
+    zs, row_scales = [], []
+    for tensors in parts:
+        meta = hptq_meta(tensors, in_features)
+        zs.append(decode_hptq(tensors, in_features))
+        row_scales.append(torch.full((meta["out_features"],), meta["scale"], dtype=torch.float32))
+    z = torch.cat(zs)
+    bits = bits or hptq_dense_bits(z)
+    if bits not in DENSE_BITS:
+        raise ValueError(f"bits: dense width {bits} not in {list(DENSE_BITS)}")
+    dense = z.clamp(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    if in_features % group_size:
+        raise ValueError(f"group_size: {group_size} does not divide K={in_features}")
+    scales = torch.ones(z.shape[0], in_features // group_size)
+    return DenseResidual(dense.to(torch.int8), bits, scales, Residual.from_dense((z - dense).float()), None,
+                         torch.cat(row_scales))
+
+
+def dequantize(layout: DenseResidual) -> torch.Tensor:
+    """(N, K) float32 weight in original column order (exact: every term is a float32 product
+    of an fp16/fp32 scale and a small integer, or a value held exactly)."""
+    stored = layout.scales.repeat_interleave(layout.group_size, dim=1) * layout.codes.float()
+    stored = stored + layout.residual.to_dense()
+    if layout.row_scale is not None:
+        stored = stored * layout.row_scale[:, None]
+    if layout.perm is None:
+        return stored
+    weight = torch.empty_like(stored)
+    weight[:, layout.perm] = stored
+    return weight
+
+
+def permute_input(x: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """x (M, K) in original order → stored order (one gather per call)."""
+    return x if perm is None else x.index_select(1, perm)

@@ -1,0 +1,149 @@
+"""The serving runtime layout (babai_kernels.runtime) and its CPU dense kernels (babai_kernels.cpu_dense):
+lossless transcodes, width choice, kernels against fp64 references, and the kernel chooser."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from babai_kernels import cpu_dense, runtime
+from babai_kernels.hptq.pack import dequantize_hptq, encode_hptq
+from babai_kernels.ssqr.pack import pack_ssqr
+from babai_kernels.ssqr.reference import dequantize_ssqr
+from babai_kernels.ssqr.tp import concat_rows
+from tests.fixtures.tiny_checkpoint import _perm, quantize_hptq, quantize_ssqr
+
+
+def _ssqr(n, k, bits, group, seed=0, blocks=2):
+    g = torch.Generator().manual_seed(seed)
+    return quantize_ssqr(torch.randn(n, k, generator=g), _perm(k, blocks, g), bits, group, g)[0]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_ssqr_transcode_is_lossless(bits):
+    tensors = _ssqr(24, 128, bits, 32, seed=bits)
+    layout = runtime.from_ssqr(tensors)
+    assert layout.bits == 4 and layout.residual.nnz == 2 * 24      # two outliers per row in the fixture
+    assert torch.equal(runtime.dequantize(layout), dequantize_ssqr(tensors))
+
+
+def test_ssqr_fused_siblings_transcode_is_lossless():
+    g = torch.Generator().manual_seed(3)
+    perm = _perm(128, 1, g)
+    parts = [quantize_ssqr(torch.randn(n, 128, generator=g), perm, 4, 64, g)[0] for n in (32, 16, 16)]
+    fused = concat_rows(parts)
+    assert torch.equal(runtime.dequantize(runtime.from_ssqr(fused)),
+                       torch.cat([dequantize_ssqr(p) for p in parts]))
+
+
+def test_hptq_transcode_reproduces_the_checkpoint_bit_for_bit():
+    """Fused siblings with their own scales and tables, escapes included, at both dense widths."""
+    g = torch.Generator().manual_seed(1)
+    parts = [quantize_hptq(torch.randn(n, 96, generator=g) * s, chunk=48)[0] for n, s in ((16, 1.0), (8, 3.0))]
+    expected = torch.cat([dequantize_hptq(p, 96) for p in parts])
+    for bits in (4, 8):
+        layout = runtime.from_hptq(parts, 96, bits)
+        assert layout.bits == bits and layout.residual.nnz > 0
+        assert torch.equal(runtime.dequantize(layout), expected)
+
+
+def test_hptq_dense_width_is_the_one_with_fewer_resident_bytes():
+    z = torch.zeros(64, 64, dtype=torch.int64)
+    z[:, :2] = 20                                         # 2/64 = 3% outside 4 bits: 4-bit + residual wins
+    assert runtime.hptq_dense_bits(z) == 4
+    z[:, :40] = 20                                        # 62% outside 4 bits: 8-bit wins
+    assert runtime.hptq_dense_bits(z) == 8
+    layout = runtime.from_hptq([encode_hptq(z, 0.5, 32)], 64)
+    assert layout.bits == 8 and layout.residual.nnz == 0
+
+
+def _exact_case(n, k, group, seed):
+    """A layout and activations whose products are exact in bf16/fp32 (small integers, power-of-2 scales)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randint(-8, 8, (n, k), generator=g)
+    scales = 2.0 ** -torch.randint(2, 6, (n, k // group), generator=g).double()
+    outliers = torch.zeros(n, k, dtype=torch.float16)
+    outliers[torch.arange(n), torch.randint(0, k, (n,), generator=g)] = 3.0
+    z[outliers != 0] = 0
+    tensors = pack_ssqr(z.to(torch.int32), scales.half(), _perm(k, 2, g), outliers, 4)
+    x = torch.randint(-3, 4, (5, k), generator=g).to(torch.bfloat16)
+    return runtime.from_ssqr(tensors), x, dequantize_ssqr(tensors)
+
+
+def _dense_reference(layout, xs):
+    """x_stored @ (S ⊙ Z)ᵀ in float64 (exact here), rounded once to bfloat16 as the kernels' output is."""
+    dense = layout.scales.double().repeat_interleave(layout.group_size, dim=1) * layout.codes.double()
+    return (xs.double() @ dense.T).to(torch.bfloat16).double()
+
+
+@pytest.mark.parametrize("group", [32, 64])
+def test_int4_kernel_plus_residual_on_exact_inputs(group):
+    """Small-integer activations and power-of-2 scales: the fp32 accumulation is exact, so the
+    kernel equals the fp64 product rounded once to bf16, and the residual adds the outliers exactly."""
+    layout, x, weight = _exact_case(48, 128, group, seed=group)
+    xs = runtime.permute_input(x, layout.perm)
+    dense = cpu_dense.int4_linear(cpu_dense.pack_int4(layout), xs)
+    assert torch.equal(dense.double(), _dense_reference(layout, xs))
+    y = layout.residual.add_to(dense.clone(), xs)
+    assert torch.equal((y - dense).double(), xs.double() @ layout.residual.to_dense().double().T)
+    dense_exact = xs.double() @ (layout.scales.repeat_interleave(group, 1) * layout.codes).double().T
+    error = (y.double() - x.double() @ weight.double().T).abs()
+    assert bool((error <= 2 ** -8 * dense_exact.abs()).all())   # half a bf16 ulp of the dense part
+
+
+def test_int8_kernel_on_an_hptq_layout():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randint(-100, 100, (32, 64), generator=g)
+    layout = runtime.from_hptq([encode_hptq(z, 0.25, 32)], 64, bits=8)
+    x = torch.randint(-3, 4, (3, 64), generator=g).to(torch.bfloat16)
+    dense = cpu_dense.int8_linear(cpu_dense.pack_int8(layout), x)
+    assert torch.equal(dense.double(), _dense_reference(layout, x))
+    torch.testing.assert_close((dense * layout.row_scale).double(), x.double() @ runtime.dequantize(layout).double().T,
+                               rtol=2 ** -8, atol=0)
+
+
+def test_int4_kernel_refuses_what_it_cannot_pack():
+    layout = runtime.from_hptq([encode_hptq(torch.full((4, 64), 100), 1.0, 32)], 64, bits=8)
+    with pytest.raises(ValueError, match="int4 kernel needs ≤ 4-bit codes"):
+        cpu_dense.pack_int4(layout)
+    with pytest.raises(ValueError, match="one scale per row"):
+        cpu_dense.pack_int8(runtime.from_ssqr(_ssqr(8, 64, 4, 32)))
+
+
+# --- the chooser (needs vllm importable, no engine) --------------------------------------------
+
+@pytest.fixture()
+def kernels():
+    return pytest.importorskip("vllm_babai.kernels")
+
+
+def _spec(kernels, tensors, act=torch.bfloat16, bits=4):
+    from vllm_babai.formats import FORMATS, Sibling, shard_layer
+    spec = shard_layer(FORMATS["ssqr"], [Sibling("m.q_proj", tensors, None, tensors["qweight"].shape[1])], 128,
+                       None, torch.device("cpu"), act_dtype=act)
+    spec.bits = bits
+    return spec
+
+
+@pytest.mark.vllm
+def test_chooser_picks_int4_for_bf16_and_lists_every_reason_when_refusing(kernels, monkeypatch):
+    spec = _spec(kernels, _ssqr(16, 128, 3, 32))
+    assert type(kernels.choose_kernel(spec, "m.qkv_proj")).__name__ == "TorchInt4CPU"
+    monkeypatch.setenv("VLLM_DISABLED_KERNELS", ",".join(k.__name__ for k in kernels.KERNELS))
+    with pytest.raises(ValueError) as e:
+        kernels.choose_kernel(spec, "m.qkv_proj")
+    message = str(e.value)
+    assert message.startswith("m.qkv_proj: no babai kernel can serve ssqr 16x128")
+    assert all(f"{k.__name__}: disabled by VLLM_DISABLED_KERNELS" in message for k in kernels.KERNELS)
+
+
+@pytest.mark.vllm
+def test_chooser_reasons_name_what_each_kernel_needs(kernels, monkeypatch):
+    monkeypatch.setenv("VLLM_DISABLED_KERNELS", "TorchReference")
+    with pytest.raises(ValueError) as e:
+        kernels.choose_kernel(_spec(kernels, _ssqr(16, 128, 4, 32), act=torch.float32), "m.o_proj")
+    message = str(e.value)
+    for fragment in ("TorchInt4CPU: needs bfloat16 activations", "TorchInt8CPU: needs bfloat16 activations",
+                     "TritonSSQR: needs a CUDA device", "HuffmanResident: HPTQ with VLLM_BABAI_HPTQ_RUNTIME=huffman",
+                     "VllmMixedPrecision: vLLM's mixed-precision kernels take 16-bit activations",
+                     "TorchReference: disabled by VLLM_DISABLED_KERNELS"):
+        assert fragment in message, fragment
