@@ -84,7 +84,8 @@ def test_vllm_loads_every_kind_of_skip_pattern(model_dir, tmp_path):
     """One checkpoint with a prefix, a suffix and an fnmatch pattern: vLLM's greedy tokens equal
     transformers' on the torch loader's weights, and the plain/quantized split is the expected one."""
     pytest.importorskip("vllm")
-    from tests.test_vllm_engine import NEW_TOKENS, PROMPTS, run_engine
+    from tests.fixtures.vllm_engine import run_engine
+    from tests.test_vllm_engine import NEW_TOKENS, PROMPTS
 
     kinds = ("prefix", "suffix", "fnmatch")
     quantize(model_dir, tmp_path / "ckpt", *(PATTERNS[k][0] for k in kinds))
@@ -93,4 +94,4 @@ def test_vllm_loads_every_kind_of_skip_pattern(model_dir, tmp_path):
     assert plain == skipped and quantized == set(LINEARS) - skipped
     model, _ = load_dequantized(tmp_path / "ckpt", dtype=torch.float32)
     expected = transformers_greedy(tmp_path / "ckpt", model.state_dict(), PROMPTS, NEW_TOKENS)
-    assert run_engine(tmp_path / "ckpt", 1) == expected
+    assert run_engine(tmp_path / "ckpt", 1, PROMPTS, new_tokens=NEW_TOKENS)[0] == expected

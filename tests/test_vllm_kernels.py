@@ -1,0 +1,89 @@
+"""Every kernel path the chooser can pick on this CPU, inside vLLM, against transformers on the same
+dequantized weights (tiny checkpoints; fresh engine per case: tests/fixtures/vllm_engine.py).
+
+bfloat16 paths (TorchInt4CPU, TorchInt8CPU, VllmMixedPrecision): vLLM computes in bf16, so tokens can
+flip at near ties; we compare teacher-forced per-token log-probabilities instead. Tolerance, derived
+per checkpoint: transformers itself in bf16 (weights and activations rounded to bf16, the same
+dequantized values) deviates from its fp32 run by at most d on these tokens. vLLM's bf16 run is
+another bf16 evaluation whose roundings fall elsewhere (kernel accumulation order, fused ops, the
+int4 kernel's bf16 group scales), so it may deviate by about d on its own; the two deviations can
+add, and we keep a factor 2 for the different rounding points: |lp_vllm − lp_fp32| ≤ 4·d.
+float32 path (HuffmanResident on CPU decodes to float32): greedy tokens must be equal.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytest.importorskip("vllm")
+
+from babai_quantizer.dequant_loader import load_dequantized  # noqa: E402
+from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint, transformers_greedy  # noqa: E402
+from tests.fixtures.vllm_engine import kernels_used, run_engine  # noqa: E402
+
+SEQUENCES = [[1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110],
+             [1, 200, 7, 9, 11, 13, 300, 21, 23, 25],
+             [1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]]
+# name -> (format, build_tiny_checkpoint kwargs)
+CHECKPOINTS = {
+    "ssqr-w4": ("ssqr", dict(bits=4)), "ssqr-w3": ("ssqr", dict(bits=3)), "ssqr-w2": ("ssqr", dict(bits=2)),
+    "hptq-4bit-dense": ("hptq", dict(hptq_levels=12)),     # codes ≈ ±12: 4-bit dense + residual wins
+    "hptq-8bit-dense": ("hptq", dict(hptq_levels=100)),    # codes ≈ ±100: 8-bit dense wins
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kernels")
+    out = {}
+    for name, (fmt, kwargs) in CHECKPOINTS.items():
+        build_tiny_checkpoint(root / name, fmt, **kwargs)
+        out[name] = root / name
+    return out
+
+
+def reference_logprobs(folder, dtype: torch.dtype) -> list[list[float]]:
+    """Teacher-forced log p(token_t | tokens_<t) of transformers on the torch loader's weights."""
+    model, _ = load_dequantized(folder, dtype=dtype)
+    out = []
+    with torch.no_grad():
+        for seq in SEQUENCES:
+            logits = model(torch.tensor([seq])).logits[0, :-1].float()
+            out.append(torch.log_softmax(logits, -1).gather(1, torch.tensor(seq[1:])[:, None])[:, 0].tolist())
+    return out
+
+
+def max_deviation(a, b) -> float:
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+@pytest.mark.parametrize("name, tp, env, kernel", [
+    ("ssqr-w4", 1, {}, "TorchInt4CPU"),
+    ("ssqr-w4", 2, {}, "TorchInt4CPU"),
+    ("ssqr-w3", 1, {}, "TorchInt4CPU"),
+    ("ssqr-w2", 1, {}, "TorchInt4CPU"),
+    ("hptq-4bit-dense", 1, {}, "TorchInt4CPU"),
+    ("hptq-4bit-dense", 2, {}, "TorchInt4CPU"),
+    ("hptq-8bit-dense", 1, {}, "TorchInt8CPU"),
+    ("ssqr-w4", 1, {"VLLM_DISABLED_KERNELS": "TorchInt4CPU"}, "VllmMixedPrecision[CPUWNA16LinearKernel]"),
+])
+def test_bf16_kernel_logprobs_match_transformers(checkpoints, name, tp, env, kernel):
+    folder = checkpoints[name]
+    fp32, bf16 = reference_logprobs(folder, torch.float32), reference_logprobs(folder, torch.bfloat16)
+    d = max_deviation(bf16, fp32)
+    assert 0 < d < 0.5, d                      # a sane bf16 reference (not identical, not broken)
+    logprobs, log = run_engine(folder, tp, SEQUENCES, dtype="bfloat16", env=env)
+    assert kernels_used(log) == {kernel}, log[-5:]
+    assert max_deviation(logprobs, fp32) <= 4 * d, (max_deviation(logprobs, fp32), d)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_huffman_resident_hptq_gives_transformers_greedy_tokens(checkpoints, tp):
+    folder = checkpoints["hptq-4bit-dense"]
+    model, _ = load_dequantized(folder, dtype=torch.float32)
+    expected = transformers_greedy(folder, model.state_dict(), [s[:5] for s in SEQUENCES], 10)
+    tokens, log = run_engine(folder, tp, [s[:5] for s in SEQUENCES], new_tokens=10,
+                             env={"VLLM_BABAI_HPTQ_RUNTIME": "huffman"})
+    assert kernels_used(log) == {"HuffmanResident"}
+    assert tokens == expected
