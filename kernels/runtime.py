@@ -12,6 +12,7 @@ resident form and drops the rest (vllm_babai/kernels.py).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -20,37 +21,59 @@ from babai_kernels.hptq.pack import decode_hptq, hptq_meta
 from babai_kernels.ssqr.pack import ssqr_meta, unpack_ssqr
 
 DENSE_BITS = (4, 8)          # dense widths some kernel serves (2/3-bit codes are widened to 4)
-RESIDUAL_ENTRY_BYTES = 12    # row int32 + column int32 + value float32
+RESIDUAL_ENTRY_BYTES = 8     # column int32 + value float32 (CSR; row starts are per row)
 
 
 @dataclass
 class Residual:
-    """Sparse (N, K) float32 matrix in stored column order as sorted (row, col, value) triples."""
+    """Sparse (N, K) float32 matrix in stored column order, CSR with int32 indices."""
 
-    rows: torch.Tensor       # (nnz,) int32, ascending
-    cols: torch.Tensor       # (nnz,) int32
+    crow: torch.Tensor       # (N + 1,) int32 row starts
+    cols: torch.Tensor       # (nnz,) int32, ascending within a row
     vals: torch.Tensor       # (nnz,) float32
     shape: tuple[int, int]
 
     @classmethod
     def from_dense(cls, r: torch.Tensor) -> "Residual":
         rows, cols = r.nonzero(as_tuple=True)               # row-major order
-        return cls(rows.to(torch.int32), cols.to(torch.int32), r[rows, cols].float(), tuple(r.shape))
+        crow = torch.zeros(r.shape[0] + 1, dtype=torch.int64)
+        crow[1:] = torch.bincount(rows, minlength=r.shape[0]).cumsum(0)
+        return cls(crow.to(torch.int32), cols.to(torch.int32), r[rows, cols].float(), tuple(r.shape))
 
     @property
     def nnz(self) -> int:
         return self.vals.numel()
 
     def to_dense(self) -> torch.Tensor:
+        rows = torch.repeat_interleave(torch.arange(self.shape[0]), (self.crow[1:] - self.crow[:-1]).long())
         out = torch.zeros(self.shape, dtype=torch.float32)
-        out[self.rows.long(), self.cols.long()] = self.vals
+        out[rows, self.cols.long()] = self.vals
         return out
 
-    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """y (M, N) float32 += x (M, K) @ Rᵀ, with x in stored order."""
-        if self.nnz:
-            y.index_add_(1, self.rows, x.index_select(1, self.cols).float() * self.vals)
-        return y
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(crow, cols, vals) for `add_residual`, or None when there is nothing to add."""
+        return (self.crow, self.cols, self.vals) if self.nnz else None
+
+
+@torch.library.custom_op("babai::csr_matmul_t", mutates_args=())
+def csr_matmul_t(x: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """x (M, K) @ Rᵀ → (M, N) float32 for R = CSR(crow, cols, vals) of shape (N, K). A custom op, so
+    torch.compile (vLLM's default) treats the sparse product as opaque instead of tracing it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        r = torch.sparse_csr_tensor(crow, cols, vals, (crow.numel() - 1, x.shape[1]), check_invariants=False)
+    return (r @ x.float().T).T.contiguous()
+
+
+@csr_matmul_t.register_fake
+def _(x, crow, cols, vals):
+    return x.new_empty(x.shape[0], crow.shape[0] - 1, dtype=torch.float32)
+
+
+def add_residual(y: torch.Tensor, residual, x: torch.Tensor) -> torch.Tensor:
+    """y (M, N) float32 + x (M, K) @ Rᵀ for `residual` = Residual.parts() (None: nothing to add);
+    x in stored order."""
+    return y if residual is None else y + torch.ops.babai.csr_matmul_t(x, *residual)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from babai_kernels.contract import GPTQ_BITS, SSQR_BITS
+from babai_quantizer.lattice.reduction import parse_method
 
 FORMATS = ("ssqr", "hptq", "hrtn", "gptq", "rtn")
 ORDERINGS = ("act", "min-pivot", "identity")
@@ -32,6 +33,7 @@ class QuantizeOptions:
     skip: tuple[str, ...] = ()              # modules kept in 16 bit (babai_kernels.contract.matches_skip)
     device: str = "cpu"
     dtype: str = "float32"                  # dtype of the quantization sweep
+    reduce: str = "none"                    # hptq: lattice basis reduction before Babai ("lll", "bkz-<B>")
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -58,6 +60,10 @@ class QuantizeOptions:
             raise ValueError(f"row_parallel_blocks: must be ≥ 1, got {self.row_parallel_blocks}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype: {self.dtype!r} not in ['float32', 'float64']")
+        parse_method(self.reduce)
+        if self.reduce != "none" and self.format != "hptq":
+            raise ValueError(f"reduce: {self.reduce!r} needs format 'hptq' (one scale per matrix, so every row "
+                             f"shares the basis), got format {self.format!r}")
 
     @property
     def sweep_group_size(self) -> int:

@@ -138,3 +138,15 @@ def test_signal_while_writing_leaves_nothing_and_no_traceback(model_dir, tmp_pat
     err = capsys.readouterr().err
     assert word in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reduce_option_quantizes_hptq_and_is_refused_elsewhere(model_dir, tmp_path, capsys):
+    pytest.importorskip("fpylll")
+    out = tmp_path / "hptq"
+    assert main(args(model_dir, out, "--format", "hptq", "--target-bits", "4.5", "--reduce", "lll")) == 0
+    report = json.loads((out / "quant_report.json").read_text())
+    assert report["options"]["reduce"] == "lll" and report["totals"]["bound_holds_where_unclipped"]
+    assert main(args(model_dir, tmp_path / "x", "--format", "ssqr", "--reduce", "lll")) == 2
+    assert "--reduce: 'lll' needs format 'hptq'" in capsys.readouterr().err
+    assert main(args(model_dir, tmp_path / "y", "--format", "hptq", "--target-bits", "4", "--reduce", "bkz")) == 2
+    assert "--reduce: expected 'none', 'lll' or 'bkz-<B>'" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """Basis reduction before Babai (quantizer/lattice/reduction.py, quantize_hptq(reduce=)) against the
 paper's Alg. 2 (reference.babai_reduced_reference), the Cholesky-form Babai and fp64 numpy."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -92,12 +94,17 @@ def test_identity_T_equals_plain_hptq_bit_for_bit(monkeypatch):
     assert plain.search["bits_per_step"] == same.search["bits_per_step"]
 
 
-def test_already_reduced_basis_gives_T_identity():
-    """Diagonal H: act-order's Babai order has ascending orthogonal lengths, which LLL keeps."""
+def test_already_reduced_basis_gives_T_identity_and_plain_hptq():
+    """Diagonal H: act-order's Babai order has ascending orthogonal lengths, which LLL/BKZ keep."""
     K = 64
     H = torch.diag(torch.linspace(1.0, 9.0, K, dtype=torch.float64))
     red = reduce_basis(H, ordering(H, "act"), "bkz-4", window=None)
     assert red.stats()["identity"]
+    W = torch.randn(16, K, generator=torch.Generator().manual_seed(0))
+    plain, same = (quantize_hptq(W, H.float(), target_bits=4.3, reduce=r) for r in ("none", "bkz-4"))
+    assert same.search["reduction"]["identity"]
+    assert all(torch.equal(t, same.tensors[n]) for n, t in plain.tensors.items())
+    assert torch.equal(plain.q_dequant.view(torch.int32), same.q_dequant.view(torch.int32))
 
 
 def test_reduced_hptq_meets_target_and_bound_and_stores_z():
@@ -126,3 +133,10 @@ def test_bad_input_gives_clear_errors():
     for bad in ("LLL", "bkz-1", "bkz", "none "):
         with pytest.raises(ValueError, match="reduce: expected 'none', 'lll' or 'bkz-<B>'"):
             quantize_hptq(torch.randn(4, K), H, reduce=bad)
+
+
+def test_missing_fpylll_names_the_extra(monkeypatch):
+    _, _, Hd, perm = damped_layer(4, 32, seed=2)
+    monkeypatch.setitem(sys.modules, "fpylll", None)
+    with pytest.raises(ImportError, match=r"pip install 'vllm-babai\[reduce\]'"):
+        reduce_basis(Hd, perm, "lll")

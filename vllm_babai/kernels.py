@@ -44,7 +44,8 @@ class DenseResidualKernel(BabaiKernel):
 
     def __init__(self, spec: LinearSpec):
         layout = spec.layout
-        self.perm, self.residual, self.row_scale = layout.perm, layout.residual, layout.row_scale
+        self.perm, self.row_scale = layout.perm, layout.row_scale
+        self.residual = layout.residual.parts()
         self.packed = self.pack(layout)
 
     def pack(self, layout: DenseResidual):
@@ -55,7 +56,7 @@ class DenseResidualKernel(BabaiKernel):
 
     def apply(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         xs = runtime.permute_input(x, self.perm)
-        y = self.residual.add_to(self.dense(xs), xs)
+        y = runtime.add_residual(self.dense(xs), self.residual, xs)
         if self.row_scale is not None:
             y = y * self.row_scale
         if bias is not None:
@@ -63,8 +64,7 @@ class DenseResidualKernel(BabaiKernel):
         return y.to(x.dtype)
 
     def resident_bytes(self) -> int:
-        r = self.residual
-        return _bytes([*self.packed.values(), self.perm, self.row_scale, r.rows, r.cols, r.vals])
+        return _bytes([*self.packed.values(), self.perm, self.row_scale, *(self.residual or ())])
 
 
 def _dense_reason(spec: LinearSpec, bits: tuple[int, ...]) -> str | None:

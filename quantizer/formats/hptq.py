@@ -11,7 +11,9 @@ One float32 scale s per matrix, unbounded integer codes z (no clipping), entropy
             |bits − target| ≤ tol
     keep the evaluated s whose bits are closest to the target
 
-Codes are stored in original column order (no permutation).
+With reduce='lll' | 'bkz-<B>' the sweep is Babai on the basis R·T reduced once per layer
+(lattice.reduction: T depends on R only, so it serves every row and every s of the search) and
+z = T·z'. Codes are stored in original column order (no permutation).
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def _ssqr(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:
 
 def _hptq(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:
     return quantize_hptq(W, H, target_bits=options.target_bits, ordering=options.ordering,
-                         row_parallel_blocks=blocks, G_cross=G, **_sweep_kwargs(W, options))
+                         row_parallel_blocks=blocks, G_cross=G, reduce=options.reduce, **_sweep_kwargs(W, options))
 
 
 def _hrtn(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:

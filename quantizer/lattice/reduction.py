@@ -14,10 +14,11 @@ order reverse(0..K-1) (so Babai runs in the reduced basis's own order), then z_t
 
 fplll reduces integer bases. It gets round(c·R) with c = 2^precision_bits / min_j R_jj, i.e. the
 shortest Gram–Schmidt length becomes 2^precision_bits units. T and T⁻¹ are exact whatever the rounding:
-fplll applies each integer row operation on the basis also to U and to U⁻ᵀ (both start as I). The rounding moves each basis vector by ≤ ½√w units (w: window size), i.e. by ≤
-½√w·2^-precision_bits of the shortest Gram–Schmidt length (≤ 3·10⁻⁵ for w ≤ 4096 at 20 bits), far
-inside LLL's slack (δ = 0.99, η = 0.51); the Gram–Schmidt lengths and γ reported are recomputed in
-float64 from R·T itself, not from the integer basis.
+fplll applies each integer row operation on the basis also to U and to U⁻ᵀ (both start as I). The
+rounding moves each basis vector by ≤ ½√w units (w: window size), i.e. by ≤ ½√w·2^-precision_bits of
+the shortest Gram–Schmidt length (≤ 2.2·10⁻⁵ for w ≤ 2048 at 20 bits), far inside LLL's slack
+(δ = 0.99, η = 0.51), so R·T is reduced up to that relative perturbation; the Gram–Schmidt lengths
+and γ reported are recomputed in float64 from R·T itself, not from the integer basis.
 
 Large K: reduction on consecutive windows of the Babai order. Window [a, b) reduces the projected block
 R[a:b, a:b]; T = blockdiag(T_1, …, T_m). A window's operations mix only its own columns, so the span of
@@ -33,7 +34,9 @@ from dataclasses import dataclass
 import torch
 
 DELTA = 0.99                      # Lovász constant
-MAX_WINDOW = {"lll": 2048, "bkz": 1024}   # largest dimension reduced in one piece
+# Largest dimension reduced in one piece (full LLL at K = 1536 already takes 15–30 s on one core;
+# windows keep the cost linear in K).
+MAX_WINDOW = {"lll": 2048, "bkz": 1024}
 MAX_ENTRY_BITS = 60               # integer basis entries must fit int64 with room to spare
 
 
@@ -77,7 +80,8 @@ class BasisReduction:
     blocks, blocks_inv: the windows' (w, w) int64 unimodular T_w and their exact inverses, consecutive
     along the Babai order. The reduced basis is R·T (T = I: no reduction).
     r_before, r_after: (K,) float64 Gram–Schmidt lengths of R and of R·T (D = r², tr(D) = Σ r²).
-    method: 'lll' | 'bkz-<B>'; window: columns reduced together; seconds: reduction wall time.
+    method: 'lll' | 'bkz-<B>'; window: columns reduced together; seconds: wall time of reduce_basis
+    (Cholesky, fplll, Gram–Schmidt of R·T).
     """
 
     order: torch.Tensor
@@ -129,7 +133,11 @@ class BasisReduction:
 
 def _reduce_window(R: torch.Tensor, kind: str, block: int | None, precision_bits: int):
     """(T, T_inv) (w, w) int64 reducing the basis R (w, w) (columns; upper triangular, fp64) with fplll."""
-    from fpylll import BKZ, GSO, LLL, IntegerMatrix
+    try:
+        from fpylll import BKZ, GSO, LLL, IntegerMatrix
+    except ImportError as e:
+        raise ImportError("reduce: lattice reduction needs fpylll and cysignals "
+                          "(pip install 'vllm-babai[reduce]')") from e
 
     w = R.shape[0]
     c = 2.0 ** precision_bits / float(R.diagonal().min())
@@ -175,6 +183,7 @@ def reduce_basis(H: torch.Tensor, perm: torch.Tensor, method: str = "lll", *, wi
                          f"'{kind}' handles ({MAX_WINDOW[kind]}); pass window ≤ {MAX_WINDOW[kind]}")
     if not isinstance(precision_bits, int) or not 8 <= precision_bits <= 40:
         raise ValueError(f"precision_bits: expected an integer in 8..40, got {precision_bits!r}")
+    start = time.perf_counter()
     order = perm.flip(0).cpu()
     H_T = H.detach().double().cpu()[order][:, order]
     R, info = torch.linalg.cholesky_ex(H_T, upper=True)
@@ -185,12 +194,10 @@ def reduce_basis(H: torch.Tensor, perm: torch.Tensor, method: str = "lll", *, wi
     if spread + precision_bits > MAX_ENTRY_BITS:
         raise ValueError(f"H: basis entries span 2^{spread:.0f} of the shortest Gram–Schmidt length; with "
                          f"precision_bits={precision_bits} they exceed 2^{MAX_ENTRY_BITS} (raise the damping)")
-    start = time.perf_counter()
     windows = [R[a:a + width, a:a + width] for a in range(0, K, width)]
     blocks, blocks_inv = zip(*(_reduce_window(Rw, kind, block, precision_bits) for Rw in windows))
-    seconds = time.perf_counter() - start
     # A window's Gram–Schmidt lengths in R·T are those of its projected block R_w·T_w.
     r_after = torch.cat([gram_schmidt_lengths(Rw @ Tw.double()) for Rw, Tw in zip(windows, blocks)])
     return BasisReduction(order=order, blocks=list(blocks), blocks_inv=list(blocks_inv),
                           r_before=R.diagonal().clone(), r_after=r_after, method=method,
-                          window=min(width, K), seconds=seconds)
+                          window=min(width, K), seconds=time.perf_counter() - start)
