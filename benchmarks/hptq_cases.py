@@ -1,4 +1,4 @@
-"""HPTQ benchmark cases for benchmarks/kernels.py: random HPTQ layers near a target bits/weight.
+"""HPTQ benchmark cases for benchmarks/kernel_speed.py: random HPTQ layers near a target bits/weight.
 
 z is a rounded Laplace sample whose width is bisected (on a row sample, with the same chunk
 width) so the layer's honest stored size is close to `target_bits` per weight; the layer is
@@ -11,8 +11,7 @@ import math
 import torch
 
 from babai_kernels.common import stored_bits, use_triton
-from babai_kernels.hptq.decode import hptq_decode
-from babai_kernels.hptq.gemv import GEMV_MAX_M, hptq_gemv
+from babai_kernels.hptq.gemv import GEMV_MAX_M, hptq_decode, hptq_gemv
 from babai_kernels.hptq.pack import choose_chunk_cols, coded_bits, encode_hptq
 from babai_kernels.hptq.prepare import prepare_hptq
 
@@ -43,10 +42,11 @@ def hptq_bench_cases(shapes: list[tuple[int, int]], device: torch.device | str =
                      target_bits: float = 3.125, seed: int = 0) -> list[dict]:
     """One case per (in_features K, out_features N) in `shapes` ("K→N" as in the issue).
 
-    Each case: name, in_features, out_features, bits_per_weight (honest, stored), stored_bytes,
+    Each case: name, in_features, out_features, bits_per_weight (honest, stored), gpu_bits_per_weight
+    (lane words + table + lane starts held on the device), stored_bytes,
     fused(x) → y for x (M, K) with M ≤ fused_max_m (fused decode-GEMV), decode_matmul(x) → y
     (decode to x.dtype, then torch matmul), weight_bf16 (N, K) dequantized (for the dense
-    baseline and correctness checks). y = x · Wqᵀ in x.dtype (fused: float32).
+    baseline and correctness checks). y = x · Wqᵀ in x.dtype.
     """
     device = torch.device(device)
     if not use_triton(device):
@@ -63,6 +63,8 @@ def hptq_bench_cases(shapes: list[tuple[int, int]], device: torch.device | str =
         cases.append({
             "name": f"hptq{target_bits:g} {k}->{n}", "in_features": k, "out_features": n,
             "bits_per_weight": bits / (n * k), "stored_bytes": bits // 8,
+            "gpu_bits_per_weight": sum(t.numel() * 32 for t in (prepared.words, prepared.lut,
+                                                                prepared.starts)) / (n * k),
             "fused": lambda x, p=prepared: hptq_gemv(x, p), "fused_max_m": GEMV_MAX_M,
             "decode_matmul": lambda x, p=prepared: x @ hptq_decode(p, x.dtype).T,
             "weight_bf16": hptq_decode(prepared, torch.bfloat16),

@@ -2,7 +2,7 @@
 
 Rows (SmolLM2-135M-Instruct): bf16 (the unquantized folder), stock vLLM on the project's GPTQ-w4 export
 (`--format gptq --bits 4 --group-size 64`, vLLM's own kernel), babai SSQR-w4 and -w3, HPTQ-4.3 and
--3.3 (dense runtime), and HPTQ-3.3 served Huffman-resident (VLLM_BABAI_HPTQ_RUNTIME=huffman).
+-3.3 (VLLM_BABAI_HPTQ_RUNTIME=dense), and HPTQ-3.3 served Huffman-resident (VLLM_BABAI_HPTQ_RUNTIME=huffman).
 
 Per row: one server on 127.0.0.1 (babai_serve.launch.BabaiServer; the same vLLM settings for every
 row, SERVER_ARGS/SERVER_ENV), then `babai-serve vllm bench serve` at 1 and at 8 concurrent requests
@@ -14,8 +14,9 @@ cross-checks. Resident weight bytes and the kernel per layer shape are parsed fr
 linears, stock GPTQ the on-disk bytes of its qweight/qzeros/scales/g_idx. Ratios to bf16 and to
 GPTQ-w4 use this run's rows only.
 
-Checkpoints are quantized once (`babai-quantize --threads 1`) into
-~/.cache/vllm-babai/serving-ckpts/<model>-<settings>/ and reused. A full run (all rows, not --quick)
+Checkpoints are quantized once (`babai-quantize --threads 1`), before any server starts, into
+~/.cache/vllm-babai/serving-ckpts/<model>-<settings>/ (the asset cache; VLLM_BABAI_CACHE moves it)
+and reused; delete a folder to rebuild it. A full run (all rows, not --quick)
 writes benchmarks/results/serving_cpu.{json,md}; a partial or --quick run writes
 ~/.cache/vllm-babai/serving-logs/serving_cpu_partial.{json,md} (not for publication). Server and
 client logs go to ~/.cache/vllm-babai/serving-logs/.
@@ -46,29 +47,33 @@ CKPTS = assets.cache_dir() / "serving-ckpts"
 LOGS = assets.cache_dir() / "serving-logs"
 RUNTIME_ENV = "VLLM_BABAI_HPTQ_RUNTIME"
 
-# Row name -> babai-quantize settings (None: the unquantized model) and extra server environment.
+# Row name -> babai-quantize settings (None: the unquantized model), extra server environment, and
+# optionally a cap on the requests per concurrency level (a row too slow for the standard count).
 ROWS: dict[str, dict] = {
     "bf16": dict(quantize=None, env={}),
     "gptq-w4": dict(quantize=("--format", "gptq", "--bits", "4", "--group-size", "64"), env={}),
     "ssqr-w4": dict(quantize=("--format", "ssqr", "--bits", "4", "--group-size", "64"), env={}),
     "ssqr-w3": dict(quantize=("--format", "ssqr", "--bits", "3", "--group-size", "64"), env={}),
-    "hptq-4.3": dict(quantize=("--format", "hptq", "--target-bits", "4.3"), env={}),
-    "hptq-3.3": dict(quantize=("--format", "hptq", "--target-bits", "3.3"), env={}),
-    "hptq-3.3-huffman": dict(quantize=("--format", "hptq", "--target-bits", "3.3"), env={RUNTIME_ENV: "huffman"}),
+    "hptq-4.3": dict(quantize=("--format", "hptq", "--target-bits", "4.3"), env={RUNTIME_ENV: "dense"}),
+    "hptq-3.3": dict(quantize=("--format", "hptq", "--target-bits", "3.3"), env={RUNTIME_ENV: "dense"}),
+    # On CPU the Huffman-resident runtime decodes every weight on every forward (~0.2 tok/s at 1 request).
+    "hptq-3.3-huffman": dict(quantize=("--format", "hptq", "--target-bits", "3.3"), env={RUNTIME_ENV: "huffman"},
+                             max_prompts={1: 1, 8: 8}),
 }
 BASELINES = ("bf16", "gptq-w4")
 RATIO_METRICS = ("decode_tok_s", "median_ttft_ms")
 
-SERVER_ARGS = ("--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager", "--seed", "0")
+SERVER_ARGS = ("--dtype", "bfloat16", "--max-model-len", "2048", "--seed", "0")   # vLLM default: torch.compile on
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 CONCURRENCY = (1, 8)
 INPUT_LEN, OUTPUT_LEN = 32, 64
-PROMPTS = {"full": {1: 8, 8: 32}, "quick": {1: 2, 8: 8}}   # requests per concurrency level
+PROMPTS = {"full": {1: 6, 8: 24}, "quick": {1: 2, 8: 8}}   # requests per concurrency level (+1 warm-up)
 STARTUP_TIMEOUT, BENCH_TIMEOUT = 1800, 7200                # seconds
 
 KERNEL_LINE = re.compile(r"babai kernel for (\S+) (\d+)x(\d+): (\S+)")
 RESIDENT_LINE = re.compile(r"babai resident bytes: (\d+) over (\d+) weights \(([\d.]+) bits/weight\)")
 VLLM_KERNEL_LINE = re.compile(r"Using (\w+) for (mixed-precision linear|\w+LinearMethod)")
+PLUGIN_NOTE_LINE = re.compile(r"\] (babai: .*)$", re.MULTILINE)   # e.g. codes widened to a kernel's width
 GPTQ_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
 
 
@@ -145,12 +150,13 @@ def on_disk_linear_bytes(folder: Path, linears: dict[str, int], suffixes: tuple[
 
 def parse_server_log(text: str) -> dict:
     """Kernel choices and resident bytes from a server log (None/[] where the lines are absent)."""
-    kernels = sorted({(m[1], f"{m[2]}x{m[3]}", m[4]) for m in KERNEL_LINE.finditer(text)})
+    kernels = sorted({(m[1], int(m[2]), int(m[3]), m[4]) for m in KERNEL_LINE.finditer(text)})
     vllm_kernels = sorted({(m[1], m[2]) for m in VLLM_KERNEL_LINE.finditer(text)})
     resident = [(int(m[1]), int(m[2])) for m in RESIDENT_LINE.finditer(text)]
     return {
-        "kernels": [{"format": f, "shape_NxK": s, "kernel": k} for f, s, k in kernels],
+        "kernels": [{"format": f, "shape_NxK": f"{n}x{k}", "kernel": kernel} for f, n, k, kernel in kernels],
         "vllm_kernels": [{"kernel": k, "for": what} for k, what in vllm_kernels],
+        "plugin_notes": sorted({m[1].strip() for m in PLUGIN_NOTE_LINE.finditer(text)}),
         "resident_bytes": sum(b for b, _ in resident) if resident else None,
         "resident_weights": sum(w for _, w in resident) if resident else None,
         "resident_lines": len(resident),
@@ -185,7 +191,7 @@ def bench_command(base_url: str, ckpt: Path, concurrency: int, prompts: int, res
             "--dataset-name", "random", "--random-input-len", str(INPUT_LEN),
             "--random-output-len", str(OUTPUT_LEN), "--random-range-ratio", "0", "--ignore-eos",
             "--temperature", "0", "--seed", "0", "--num-prompts", str(prompts),
-            "--max-concurrency", str(concurrency), "--num-warmups", str(concurrency),
+            "--max-concurrency", str(concurrency), "--num-warmups", "1",
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
             "--disable-tqdm", "--save-result", "--result-dir", str(result_file.parent),
             "--result-filename", result_file.name]
@@ -200,10 +206,10 @@ def run_bench(name: str, server: BabaiServer, ckpt: Path, concurrency: int, prom
     start = time.monotonic()
     with open(log_file, "wb") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=BENCH_TIMEOUT).returncode
-    tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-20:])
+    tail = "\n".join(line[:300] for line in log_file.read_text(errors="replace").splitlines()[-12:])
     if rc != 0 or not result_file.is_file():
         raise RuntimeError(f"row {name}: vllm bench serve (concurrency {concurrency}) failed, exit {rc}; "
-                           f"log {log_file}:\n{tail}")
+                           f"server log {server.log_path}; client log {log_file}:\n{tail}")
     raw = json.loads(result_file.read_text())
     if raw.get("completed") != prompts:
         raise RuntimeError(f"row {name}: {raw.get('completed')} of {prompts} requests completed "
@@ -216,15 +222,32 @@ def run_bench(name: str, server: BabaiServer, ckpt: Path, concurrency: int, prom
             **{k: raw[k] for k in keep}, "command": shlex.join(cmd), "result_file": str(result_file)}
 
 
+def row_prompts(name: str, prompts: dict[int, int]) -> dict[int, int]:
+    """Requests per concurrency level for row `name`: the run's counts, capped by the row's max_prompts."""
+    cap = ROWS[name].get("max_prompts", {})
+    return {c: min(n, cap.get(c, n)) for c, n in prompts.items()}
+
+
 def run_row(name: str, prompts: dict[int, int], linears: dict[str, int]) -> dict:
-    """Start the row's server, benchmark every concurrency level, stop it, and collect the log facts."""
+    """The row's measurements; a failure is kept in row['error'] next to whatever was recorded before it."""
+    row: dict = {}
+    try:
+        measure_row(name, row_prompts(name, prompts), linears, row)
+    except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
+        print(f"[{name}] FAILED: {e}", file=sys.stderr, flush=True)
+        row["error"] = str(e)
+    return row
+
+
+def measure_row(name: str, prompts: dict[int, int], linears: dict[str, int], row: dict) -> None:
+    """Start the row's server, benchmark every concurrency level, stop it, and collect the log facts into `row`."""
     ckpt = ensure_checkpoint(name)
     env = {**SERVER_ENV, **ROWS[name]["env"]}
     log_path = LOGS / f"{name}.server.log"
     log_path.unlink(missing_ok=True)
     server = BabaiServer(ckpt, *SERVER_ARGS, env=env, log_path=log_path, startup_timeout=STARTUP_TIMEOUT)
-    row = {"checkpoint": str(ckpt), "server_log": str(log_path), "load_before": os.getloadavg(),
-           "server_command": shlex.join([*(f"{k}={v}" for k, v in env.items()), *server.command])}
+    row.update(checkpoint=str(ckpt), server_log=str(log_path), load_before=os.getloadavg(),
+               server_command=shlex.join([*(f"{k}={v}" for k, v in env.items()), *server.command]))
     if ROWS[name]["quantize"] is not None:
         row["quantize_command"] = shlex.join(quantize_command(name))
         row["checkpoint_built"] = _mtime(ckpt / "config.json")
@@ -241,9 +264,8 @@ def run_row(name: str, prompts: dict[int, int], linears: dict[str, int]) -> dict
                   f"median TTFT {run['median_ttft_ms']:.0f} ms, {run['seconds']} s", flush=True)
     row["load_after"] = os.getloadavg()
     log = parse_server_log(log_path.read_text(errors="replace"))
-    row.update(kernels=log["kernels"], vllm_kernels=log["vllm_kernels"],
+    row.update(kernels=log["kernels"], vllm_kernels=log["vllm_kernels"], plugin_notes=log["plugin_notes"],
                memory=weight_memory(name, ckpt, log, linears))
-    return row
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -251,10 +273,10 @@ def run_row(name: str, prompts: dict[int, int], linears: dict[str, int]) -> dict
 def add_ratios(rows: dict[str, dict]) -> None:
     """row['ratios'][baseline]['<metric>_c<concurrency>'] = row / baseline, for baselines measured in this run."""
     for row in rows.values():
-        if "runs" in row:
+        if "error" not in row:
             row["ratios"] = {base: {f"{key}_c{c}": row["runs"][str(c)][key] / rows[base]["runs"][str(c)][key]
                                     for c in CONCURRENCY for key in RATIO_METRICS}
-                             for base in BASELINES if "runs" in rows.get(base, {})}
+                             for base in BASELINES if base in rows and "error" not in rows[base]}
 
 
 def runtime_notes(rows: dict[str, dict]) -> list[str]:
@@ -325,16 +347,15 @@ def markdown(result: dict) -> str:
             + " ".join(f"{k}={v}" for k, v in SERVER_ENV.items()) + "`, 127.0.0.1; babai rows also get "
             "`--quantization babai` (the launcher's rule), bf16 and GPTQ none (vLLM detects GPTQ).",
             f"- Client: `vllm bench serve` (random dataset, {INPUT_LEN} input / {OUTPUT_LEN} output tokens, "
-            f"ignore_eos, temperature 0, warm-up requests = concurrency); requests per level: "
-            + ", ".join(f"{n} at {c} concurrent" for c, n in result["prompts"].items()) + ".",
+            f"ignore_eos, temperature 0, 1 warm-up request per level); requests: {prompts_text(result)}.",
             "- Decode tok/s = concurrency x 1000 / mean TPOT (vLLM's TPOT: (latency - TTFT) / (output tokens - 1) "
             "per request); TTFT is vLLM's median. Ratios are to this run's bf16 and GPTQ-w4 rows.",
-            f"- Load average (1 min) before/after each row is in the JSON; 'run' = `{result['command']}`.", ""]
+            f"- Run: `{result['command']}`; server/client logs and vLLM's raw result files: paths in the JSON.", ""]
     out += ["| row | decode tok/s @1 | @8 | TTFT ms @1 | @8 | x bf16 @1 | @8 | x GPTQ-w4 @1 | @8 "
             "| resident bits/w | on-disk bits/w |", "|---" * 11 + "|"]
     for name, row in rows.items():
-        if "runs" not in row:
-            out.append(f"| {name} | failed | | | | | | | | | |")
+        if "error" in row:
+            out.append(f"| {name} | failed (see Notes) | | | | | | | | | |")
             continue
         r1, r8 = row["runs"][str(c1)], row["runs"][str(c8)]
         ratios = [_fmt(row.get("ratios", {}).get(base, {}).get(f"decode_tok_s_c{c}"), ".3f")
@@ -346,14 +367,15 @@ def markdown(result: dict) -> str:
     out += ["", "## Resident weight bytes of the quantized linears", "",
             "| row | resident bytes | weights | bits/weight | source | on-disk bytes |", "|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        if "memory" in row:
+        if "error" not in row:
             m = row["memory"]
             out.append(f"| {name} | {_fmt(m['resident_bytes'], ',')} | {m['weights']:,} "
                        f"| {_fmt(m['resident_bits_per_weight'], '.3f')} | {m['source']} | {m['on_disk_bytes']:,} |")
-    out += ["", "## Kernel per layer shape", ""]
+    out += ["", "## Kernel per layer shape (server startup s; 1-min load average before -> after the row)", ""]
     for name, row in rows.items():
-        if "runs" in row:
-            out.append(f"- **{name}**: " + kernel_summary(name, row))
+        if "error" not in row:
+            out.append(f"- **{name}** ({row['startup_s']} s; load {row['load_before'][0]:.1f} -> "
+                       f"{row['load_after'][0]:.1f}): " + kernel_summary(name, row))
     out += ["", "## Commands", ""]
     for name, row in rows.items():
         out.append(f"- **{name}**")
@@ -367,10 +389,19 @@ def markdown(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def prompts_text(result: dict) -> str:
+    """'N at C concurrent, ...' for the run, plus the rows whose max_prompts capped it."""
+    text = lambda counts: ", ".join(f"{n} at {c} concurrent" for c, n in counts.items())
+    capped = [f"{name}: {text(row_prompts(name, result['prompts']))}" for name in result["rows"]
+              if row_prompts(name, result["prompts"]) != result["prompts"]]
+    return text(result["prompts"]) + "".join(f" ({c}: too slow for more)" for c in capped)
+
+
 def kernel_summary(name: str, row: dict) -> str:
     """One line: babai kernels per (format, shape), vLLM's logged kernel choices, or why none."""
     parts = [f"{k['format']} {k['shape_NxK']}: {k['kernel']}" for k in row["kernels"]]
     parts += [f"vLLM: {k['kernel']} (for {k['for']})" for k in row["vllm_kernels"]]
+    parts += row["plugin_notes"]
     if parts:
         return "; ".join(parts)
     return "unquantized (vLLM's default linear)" if name == "bf16" else "n/a (no kernel lines in the server log)"
@@ -388,15 +419,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.rows = list(dict.fromkeys(args.rows))
     if os.environ.pop(RUNTIME_ENV, None) is not None:
         print(f"note: ignoring {RUNTIME_ENV} from the environment; rows set it themselves", flush=True)
     LOGS.mkdir(parents=True, exist_ok=True)
-    for name in args.rows:
-        ensure_checkpoint(name)
+    try:
+        for name in args.rows:   # all quantizing happens before any server is measured
+            ensure_checkpoint(name)
+    except RuntimeError as e:
+        print(f"serving_cpu: {e}", file=sys.stderr)
+        return 2
     if args.checkpoints_only:
         return 0
     prompts = PROMPTS["quick" if args.quick else "full"]
-    complete = not args.quick and list(args.rows) == list(ROWS)
+    complete = not args.quick and set(args.rows) == set(ROWS)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "complete": complete, "command": shlex.join(["python", "-m", "benchmarks.serving_cpu", *(argv or sys.argv[1:])]),
               "device": device(), "versions": versions(), "server_args": list(SERVER_ARGS), "server_env": SERVER_ENV,
@@ -404,11 +440,7 @@ def main(argv=None) -> int:
               "input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "prompts": prompts, "rows": {}}
     linears = linear_weights()
     for name in args.rows:
-        try:
-            result["rows"][name] = run_row(name, prompts, linears)
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-            print(f"[{name}] FAILED: {e}", file=sys.stderr, flush=True)
-            result["rows"][name] = {"error": str(e)}
+        result["rows"][name] = run_row(name, prompts, linears)
     add_ratios(result["rows"])
     result["notes"] = runtime_notes(result["rows"])
     out_dir, stem = (RESULTS, "serving_cpu") if complete else (LOGS, "serving_cpu_partial")

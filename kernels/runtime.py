@@ -12,7 +12,6 @@ resident form and drops the rest (vllm_babai/kernels.py).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -21,59 +20,50 @@ from babai_kernels.hptq.pack import decode_hptq, hptq_meta
 from babai_kernels.ssqr.pack import ssqr_meta, unpack_ssqr
 
 DENSE_BITS = (4, 8)          # dense widths some kernel serves (2/3-bit codes are widened to 4)
-RESIDUAL_ENTRY_BYTES = 8     # column int32 + value float32 (CSR; row starts are per row)
+RESIDUAL_ENTRY_BYTES = 8     # column int32 + value float32 (ELL; padding not counted)
 
 
 @dataclass
 class Residual:
-    """Sparse (N, K) float32 matrix in stored column order, CSR with int32 indices."""
+    """Sparse (N, K) float32 matrix in stored column order, ELL by rows: row n holds
+    vals[n, i] at column cols[n, i] (padding: value 0 at column 0; cap = most entries of a row).
 
-    crow: torch.Tensor       # (N + 1,) int32 row starts
-    cols: torch.Tensor       # (nnz,) int32, ascending within a row
-    vals: torch.Tensor       # (nnz,) float32
-    shape: tuple[int, int]
+    ELL rather than CSR: the product is three plain tensor ops (gather, multiply, row sum) that
+    torch.compile fuses into one loop, ~3x faster than a sparse CSR product at decode sizes here."""
+
+    cols: torch.Tensor       # (N, cap) int32
+    vals: torch.Tensor       # (N, cap) float32
 
     @classmethod
     def from_dense(cls, r: torch.Tensor) -> "Residual":
-        rows, cols = r.nonzero(as_tuple=True)               # row-major order
-        crow = torch.zeros(r.shape[0] + 1, dtype=torch.int64)
-        crow[1:] = torch.bincount(rows, minlength=r.shape[0]).cumsum(0)
-        return cls(crow.to(torch.int32), cols.to(torch.int32), r[rows, cols].float(), tuple(r.shape))
+        present = r != 0
+        cap = int(present.sum(1).max()) if r.numel() else 0
+        order = torch.sort((~present).to(torch.int8), dim=1, stable=True).indices[:, :cap]  # present first
+        used = torch.arange(cap)[None, :] < present.sum(1, keepdim=True)
+        return cls(torch.where(used, order, 0).to(torch.int32).contiguous(),
+                   torch.where(used, r.gather(1, order), 0).float().contiguous())
 
     @property
     def nnz(self) -> int:
-        return self.vals.numel()
+        return int((self.vals != 0).sum())
 
-    def to_dense(self) -> torch.Tensor:
-        rows = torch.repeat_interleave(torch.arange(self.shape[0]), (self.crow[1:] - self.crow[:-1]).long())
-        out = torch.zeros(self.shape, dtype=torch.float32)
-        out[rows, self.cols.long()] = self.vals
-        return out
+    def to_dense(self, k: int) -> torch.Tensor:
+        out = torch.zeros(self.cols.shape[0], k, dtype=torch.float32)
+        return out.scatter_add_(1, self.cols.long(), self.vals)
 
-    def parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(crow, cols, vals) for `add_residual`, or None when there is nothing to add."""
-        return (self.crow, self.cols, self.vals) if self.nnz else None
-
-
-@torch.library.custom_op("babai::csr_matmul_t", mutates_args=())
-def csr_matmul_t(x: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-    """x (M, K) @ Rᵀ → (M, N) float32 for R = CSR(crow, cols, vals) of shape (N, K). A custom op, so
-    torch.compile (vLLM's default) treats the sparse product as opaque instead of tracing it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        r = torch.sparse_csr_tensor(crow, cols, vals, (crow.numel() - 1, x.shape[1]), check_invariants=False)
-    return (r @ x.float().T).T.contiguous()
-
-
-@csr_matmul_t.register_fake
-def _(x, crow, cols, vals):
-    return x.new_empty(x.shape[0], crow.shape[0] - 1, dtype=torch.float32)
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cols, vals) for `add_residual`, or None when there is nothing to add."""
+        return (self.cols, self.vals) if self.cols.shape[1] else None
 
 
 def add_residual(y: torch.Tensor, residual, x: torch.Tensor) -> torch.Tensor:
     """y (M, N) float32 + x (M, K) @ Rᵀ for `residual` = Residual.parts() (None: nothing to add);
     x in stored order."""
-    return y if residual is None else y + torch.ops.babai.csr_matmul_t(x, *residual)
+    if residual is None:
+        return y
+    cols, vals = residual
+    gathered = x.float().index_select(1, cols.view(-1)).view(x.shape[0], *cols.shape)
+    return y + (gathered * vals).sum(-1)
 
 
 @dataclass
@@ -141,7 +131,7 @@ def dequantize(layout: DenseResidual) -> torch.Tensor:
     """(N, K) float32 weight in original column order (exact: every term is a float32 product
     of an fp16/fp32 scale and a small integer, or a value held exactly)."""
     stored = layout.scales.repeat_interleave(layout.group_size, dim=1) * layout.codes.float()
-    stored = stored + layout.residual.to_dense()
+    stored = stored + layout.residual.to_dense(stored.shape[1])
     if layout.row_scale is not None:
         stored = stored * layout.row_scale[:, None]
     if layout.perm is None:

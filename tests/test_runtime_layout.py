@@ -23,6 +23,7 @@ def test_ssqr_transcode_is_lossless(bits):
     tensors = _ssqr(24, 128, bits, 32, seed=bits)
     layout = runtime.from_ssqr(tensors)
     assert layout.bits == 4 and layout.residual.nnz == 2 * 24      # two outliers per row in the fixture
+    assert layout.residual.cols.shape == (24, 2)
     assert torch.equal(runtime.dequantize(layout), dequantize_ssqr(tensors))
 
 
@@ -84,7 +85,7 @@ def test_int4_kernel_plus_residual_on_exact_inputs(group):
     dense = cpu_dense.int4_linear(cpu_dense.pack_int4(layout), xs)
     assert torch.equal(dense.double(), _dense_reference(layout, xs))
     y = runtime.add_residual(dense, layout.residual.parts(), xs)
-    assert torch.equal((y - dense).double(), xs.double() @ layout.residual.to_dense().double().T)
+    assert torch.equal((y - dense).double(), xs.double() @ layout.residual.to_dense(128).double().T)
     dense_exact = xs.double() @ (layout.scales.repeat_interleave(group, 1) * layout.codes).double().T
     error = (y.double() - x.double() @ weight.double().T).abs()
     assert bool((error <= 2 ** -8 * dense_exact.abs()).all())   # half a bf16 ulp of the dense part
@@ -147,3 +148,4 @@ def test_chooser_reasons_name_what_each_kernel_needs(kernels, monkeypatch):
                      "VllmMixedPrecision: vLLM's mixed-precision kernels take 16-bit activations",
                      "TorchReference: disabled by VLLM_DISABLED_KERNELS"):
         assert fragment in message, fragment
+

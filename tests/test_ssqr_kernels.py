@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from babai_kernels.ssqr import pack_ssqr, prepare_ssqr, ssqr_linear, ssqr_linear_reference
+from babai_kernels.ssqr.tiles import block_positions, repack_codes, unpack_kernel_codes
 from tests.test_ssqr_pack import random_layer
-
 
 
 def assert_matches_reference(y, x, tensors, bias):
@@ -34,8 +34,8 @@ def test_custom_op_registration(monkeypatch):
     p = prepare_ssqr(pack_ssqr(*random_layer(8, 64, 4, 32, seed=1), bits=4), "cpu")
     x = torch.randn(3, 64, dtype=torch.bfloat16)
     torch.library.opcheck(torch.ops.babai.ssqr_linear.default,
-                          (x, p.qweight, p.scales, p.perm, p.outlier_src, p.outlier_vals, None,
-                           p.bits, p.group_size, p.has_perm, p.has_outliers))
+                          (x, p.qcodes, p.scales, p.perm, p.outlier_cols, p.outlier_vals, p.locks,
+                           None, p.bits, p.group_size, p.has_perm, p.has_outliers))
 
 
 def test_ssqr_linear_rejects_bad_input():
@@ -54,3 +54,22 @@ def test_ssqr_linear_rejects_bad_input():
     with pytest.raises(ValueError, match="perm"):
         prepare_ssqr(dict(pack_ssqr(*random_layer(8, 64, 4, 32), bits=4),
                           perm=torch.zeros(64, dtype=torch.int32)), "cpu")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_kernel_layout_round_trips_and_fills_every_bit(bits):
+    z = torch.randint(-(1 << (bits - 1)), 1 << (bits - 1), (5, 256))
+    q = repack_codes(z, bits)
+    assert q.dtype == torch.int32 and q.shape == (256 * bits // 32, 5)
+    assert torch.equal(unpack_kernel_codes(q, bits, 256), z.int())
+    places = [(word, bit) for _, _, word, bit in block_positions(bits)]
+    assert len(set(places)) == 32 * bits          # a bijection onto the block's b words
+
+
+def test_kernel_layout_pairs_share_a_field():
+    """Columns 2p and 2p+1 of a 4-bit word sit at bits 4p and 16 + 4p (one LOP3 per pair)."""
+    z = torch.arange(32).remainder(16).reshape(1, 32) - 8      # u = column % 16
+    word = int(repack_codes(z, 4)[1, 0]) & 0xFFFFFFFF           # columns 8..15
+    for p in range(4):
+        assert (word >> (4 * p)) & 15 == 8 + 2 * p
+        assert (word >> (16 + 4 * p)) & 15 == 9 + 2 * p

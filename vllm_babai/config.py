@@ -25,6 +25,7 @@ class BabaiConfig(QuantizationConfig):
         self.checkpoint = checkpoint
         self.format: str = checkpoint.format
         self.modules_to_not_convert: list[str] = list(checkpoint.modules_to_not_convert)
+        self.expected_layers: int | None = None   # babai vLLM layers in the checkpoint (maybe_update_config)
 
     def __repr__(self) -> str:
         return f"BabaiConfig(format={self.format!r}, skip={self.modules_to_not_convert})"
@@ -60,10 +61,8 @@ class BabaiConfig(QuantizationConfig):
         (missing, unknown or skipped-but-quantized tensors fail here, naming layer and tensor), and
         count the vLLM layers they make (fused siblings are one) for the resident-bytes log line."""
         if Path(model_name).is_dir():
-            from .linear import ResidentTally
-
             modules = quantized_modules(safetensors_names(model_name), self.checkpoint, model_name)
-            ResidentTally.expected = len({(m.rpartition(".")[0], next((g[0] for g in FUSED_SIBLINGS
+            self.expected_layers = len({(m.rpartition(".")[0], next((g[0] for g in FUSED_SIBLINGS
                                                                       if m.rpartition(".")[2] in g), m))
                                           for m in modules})
 

@@ -222,6 +222,8 @@ class HuffmanResident(BabaiKernel):
         return (y if bias is None else y + bias).to(x.dtype)
 
     def resident_bytes(self) -> int:
+        if hasattr(self, "prepared"):
+            return sum(_bytes(vars(p).values()) for p in self.prepared)
         return _bytes(t for p in self.parts for t in p.values())
 
 

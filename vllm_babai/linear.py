@@ -24,18 +24,17 @@ from .params import DeferredParameter, load_replicated
 
 
 class ResidentTally:
-    """Resident bytes of this process's babai linears; logged once all of them are loaded
-    (`expected` comes from the checkpoint's tensor names: BabaiConfig.maybe_update_config)."""
+    """Resident bytes of this process's babai linears; logged once all `expected` of them are
+    loaded (BabaiConfig.expected_layers, counted from the checkpoint's tensor names)."""
 
-    expected: int | None = None
     layers = 0
     bytes = 0
     weights = 0
 
     @classmethod
-    def add(cls, resident_bytes: int, weights: int) -> None:
+    def add(cls, resident_bytes: int, weights: int, expected: int | None) -> None:
         cls.layers, cls.bytes, cls.weights = cls.layers + 1, cls.bytes + resident_bytes, cls.weights + weights
-        if cls.layers == cls.expected:
+        if cls.layers == expected:
             logger.info("babai resident bytes: %d over %d weights (%.3f bits/weight)", cls.bytes, cls.weights,
                         8 * cls.bytes / cls.weights)
 
@@ -83,7 +82,8 @@ class BabaiLinearMethod(LinearMethodBase):
             delattr(layer, name)
         layer.babai_kernel = choose_kernel(spec, self.prefix)
         layer.babai_shape = spec.shape
-        ResidentTally.add(layer.babai_kernel.resident_bytes(), spec.shape[0] * spec.shape[1])
+        ResidentTally.add(layer.babai_kernel.resident_bytes(), spec.shape[0] * spec.shape[1],
+                          self.quant_config.expected_layers)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         n, k = layer.babai_shape

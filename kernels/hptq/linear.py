@@ -1,9 +1,10 @@
 """`hptq_linear`: y = x · Wqᵀ (+ bias) for an HPTQ layer, dispatched by device and M.
 
 Triton devices (CUDA, or CPU under TRITON_INTERPRET=1) run the custom op `babai::hptq_linear`
-(opaque to torch.compile and CUDA graphs): the fused decode-GEMV for M ≤ GEMV_MAX_M, else a
-decode into x.dtype followed by a torch matmul. Other devices use the dequantized weight
-kept by `prepare_hptq` (the torch reference path).
+(opaque to torch.compile and CUDA graphs): the fused decode-GEMV (one launch: decode, dot,
+reduction, scale, bias, cast) for M ≤ GEMV_MAX_M, else a decode into x.dtype followed by a torch
+matmul. Layers prepared with a dense weight (other devices, or a code the lane layout cannot
+hold) use it directly (the torch reference path).
 """
 from __future__ import annotations
 
@@ -18,24 +19,19 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @torch.library.custom_op("babai::hptq_linear", mutates_args=())
-def _hptq_linear_op(x: torch.Tensor, stream: torch.Tensor, chunk_starts: torch.Tensor,
-                    lut_value: torch.Tensor, lut_info: torch.Tensor, scale: float,
-                    out_features: int, chunk_cols: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    from babai_kernels.hptq.decode import hptq_decode
-    from babai_kernels.hptq.gemv import GEMV_MAX_M, hptq_gemv
-    p = PreparedHPTQ(out_features, x.shape[1], chunk_cols, scale, stream, chunk_starts,
-                     lut_value, lut_info, None, x.device)
+def _hptq_linear_op(x: torch.Tensor, words: torch.Tensor, starts: torch.Tensor,
+                    lut: torch.Tensor, scale: float, out_features: int, padded_k: int,
+                    bias: Optional[torch.Tensor]) -> torch.Tensor:
+    from babai_kernels.hptq.gemv import GEMV_MAX_M, hptq_decode, hptq_gemv
+    p = PreparedHPTQ(out_features, x.shape[1], scale, words, starts, lut, padded_k, None, x.device)
     if x.shape[0] <= GEMV_MAX_M:
-        y = hptq_gemv(x, p)
-        if bias is not None:
-            y = y + bias.to(torch.float32)
-        return y.to(x.dtype)
+        return hptq_gemv(x, p, bias)
     y = x @ hptq_decode(p, x.dtype).T
     return y + bias.to(x.dtype) if bias is not None else y
 
 
 @_hptq_linear_op.register_fake
-def _(x, stream, chunk_starts, lut_value, lut_info, scale, out_features, chunk_cols, bias):
+def _(x, words, starts, lut, scale, out_features, padded_k, bias):
     return x.new_empty(x.shape[0], out_features)
 
 
@@ -50,13 +46,13 @@ def hptq_linear(x: torch.Tensor, prepared: PreparedHPTQ, bias: torch.Tensor | No
     x2 = x.reshape(-1, p.in_features)
     if x2.shape[0] == 0:
         return x.new_empty(*x.shape[:-1], p.out_features)
-    if use_triton(x.device):
-        y = torch.ops.babai.hptq_linear(x2.contiguous(), p.stream, p.chunk_starts, p.lut_value,
-                                        p.lut_info, p.scale, p.out_features, p.chunk_cols,
-                                        None if bias is None else bias.contiguous())
-    elif p.weight is not None:
+    if p.weight is not None:
         y = x2.to(torch.float32) @ p.weight.T
         y = (y if bias is None else y + bias.to(torch.float32)).to(x.dtype)
+    elif use_triton(x.device):
+        y = torch.ops.babai.hptq_linear(x2.contiguous(), p.words, p.starts, p.lut, p.scale,
+                                        p.out_features, p.padded_k,
+                                        None if bias is None else bias.contiguous())
     else:
         raise ValueError(f"prepared: laid out for Triton, but Triton cannot run on {x.device}")
     return y.reshape(*x.shape[:-1], p.out_features)

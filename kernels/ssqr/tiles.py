@@ -8,13 +8,14 @@ u = z + 2^(b-1) of one 32-column block, by `block_positions`:
   place in both halves, so one LOP3 turns it into two fp16/bf16 bit patterns.
 - b = 3: rows [2·blk, 2·blk + 2) hold the low 2 bits of columns 16i + 2p + h in that layout (word
   i); row K/16 + blk holds the 32 high bits, placed so that after a right rotation by ROT(i, g)
-  the high bits of pair p sit at bit O + 2 of each half, right above the low bits (see `_pair`).
+  = 6g + i the high bits of pair p (group g = p // 3) sit at bit O + 2 of each half, right above
+  the low bits (see `_pair`).
 
 Unpack (`load_codes`): per pair, magic-number conversion on CUDA (`tl.inline_asm_elementwise`):
   v = (w >> SHIFT) & mask | magic     (one LOP3; magic = 1024.0 fp16 / 128.0 bf16 in both halves)
   z = fma(v, 2^-O, -(magic·2^-O + 2^(b-1)))   (one HFMA2, exact: v = magic + 2^O·u)
-O is the field's bit offset inside the shifted word: fields may sit up to 8 (fp16) / 4 (bf16,
-and 3-bit) bits up before the mantissa overflows, so one shift serves 1–4 pairs. The portable
+O is the field's bit offset inside the shifted word: a field (with the 3-bit high bit) must end
+inside the mantissa (10 bits fp16, 7 bits bf16), so one shift serves 1–4 pairs (PER in `_pair`). The portable
 path (TRITON_INTERPRET) extracts the same bits with shifts and masks (float32 codes for bf16).
 """
 from __future__ import annotations
@@ -27,8 +28,9 @@ BLOCK = 32
 
 
 def _rot(i: int, group: int) -> int:
-    """Right rotation of the 3-bit high-bit word for low-bit word i and shift group g."""
-    return 8 * i + (group // 2) * 4 + group % 2
+    """Right rotation of the 3-bit high-bit word for low-bit word i and shift group g (pairs
+    3g..3g+2): the 6 groups' high-bit sets {O + 2 + 16h + rot} partition the word."""
+    return 6 * group + i
 
 
 def block_positions(bits: int) -> list[tuple[int, int, int, int]]:
@@ -44,8 +46,8 @@ def block_positions(bits: int) -> list[tuple[int, int, int, int]]:
         word, rest = divmod(t, per_word)
         p, h = divmod(rest, 2)
         out += [(t, j, word, 16 * h + p * field + j) for j in range(field)]
-        if bits == 3:  # S = 4 bit groups: shift = 4g, offset O = 2p mod 4
-            g, o = divmod(2 * p, 4)
+        if bits == 3:  # three pairs per shift group: shift 6g, offset O = 2 (p mod 3)
+            g, o = p // 3, 2 * (p % 3)
             out.append((t, 2, 2, (o + 2 + 16 * h + _rot(word, g)) % 32))
     return out
 
@@ -114,10 +116,11 @@ def _pair(w, hw, P: tl.constexpr, I: tl.constexpr, BITS: tl.constexpr, BF16: tl.
           USE_ASM: tl.constexpr):
     """Codes of pair P of words w (R1, R2) int32 (hw: 3-bit high words) → (R1, R2, 2) fp16/bf16."""
     F: tl.constexpr = 2 if BITS == 3 else BITS
-    S: tl.constexpr = 4 if (BF16 or BITS == 3) else 8
-    SHIFT: tl.constexpr = (P * F) // S * S
-    O: tl.constexpr = (P * F) % S
-    ROT: tl.constexpr = 8 * I + (SHIFT // S // 2) * 4 + (SHIFT // S) % 2
+    # pairs per shift: fields must stay inside the mantissa (10 bits fp16, 7 bits bf16)
+    PER: tl.constexpr = (1 if BF16 else 2) if BITS == 4 else (3 if (BF16 or BITS == 3) else 4)
+    SHIFT: tl.constexpr = (P // PER) * PER * F
+    O: tl.constexpr = (P % PER) * F
+    ROT: tl.constexpr = 6 * (P // PER) + I
     HALF: tl.constexpr = 1 << (BITS - 1)
     DT = tl.bfloat16 if BF16 else tl.float16
     if USE_ASM:

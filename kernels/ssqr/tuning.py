@@ -22,9 +22,9 @@ INTERPRET = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=2, num_warps=4, num
 SPLITS = (1, 2, 4, 8, 16)
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per M range; BLOCK_K is clipped to G at launch.
 TILES = {
-    "small": ((16, 128, 128, 4, 3), (16, 256, 128, 8, 3), (16, 64, 128, 4, 4)),
+    "small": ((16, 256, 128, 4, 3), (16, 256, 128, 8, 3), (16, 128, 128, 4, 3)),
     "medium": ((32, 128, 128, 4, 3), (64, 128, 64, 4, 3), (64, 256, 64, 8, 3)),
-    "large": ((64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 256, 64, 4, 4)),
+    "large": ((64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3)),
 }
 _cache: dict[str, dict] = {}
 _loaded_for: set[str] = set()

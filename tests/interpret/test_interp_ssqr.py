@@ -1,4 +1,4 @@
-"""SSQR Triton kernels under TRITON_INTERPRET=1 (CPU) against the torch reference.
+"""SSQR Triton kernel under TRITON_INTERPRET=1 (CPU) against the torch reference.
 
 Triton picks the interpreter when a function is decorated — including triton.language's own
 helpers (tl.sum, tl.zeros, ...) at `import triton` — so this module runs only in a process started
@@ -17,16 +17,16 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 
 from babai_kernels.ssqr import pack_ssqr, prepare_ssqr, ssqr_linear, ssqr_linear_reference
 from babai_kernels.ssqr.linear import run_kernel
-from babai_kernels.ssqr.tuning import GEMV_MAX_M, INTERPRET_GEMM, INTERPRET_GEMV
+from babai_kernels.ssqr.tuning import INTERPRET
 from tests.test_ssqr_pack import random_layer
 
-CONFIGS = {
-    "gemv-fused-splitk": ("gemv", INTERPRET_GEMV),
-    "gemv-companion": ("gemv", dict(INTERPRET_GEMV, SPLIT_K=1, FUSE_OUTLIERS=False, BLOCK_K=64)),
-    "gemm-fused": ("gemm", dict(INTERPRET_GEMM, BLOCK_K=64)),
-    "gemm-companion": ("gemm", dict(INTERPRET_GEMM, FUSE_OUTLIERS=False, BLOCK_K=128)),  # > G
+CONFIGS = {  # name: (config, M values)
+    "small-m-split-k": (INTERPRET, (1, 3, 6)),
+    "small-m-one-part": (dict(INTERPRET, SPLIT_K=1, BLOCK_K=64), (2, 5)),
+    "split-more-than-tiles": (dict(INTERPRET, SPLIT_K=16, BLOCK_N=16), (1,)),
+    "two-m-tiles": (dict(INTERPRET, BLOCK_M=16, BLOCK_K=128), (17, 33)),   # BLOCK_K > G
+    "large-m-tile": (dict(INTERPRET, BLOCK_M=32, SPLIT_K=1), (3, 40)),
 }
-M_VALUES = {"gemv": (1, 3, 6), "gemm": (3, 17, 33)}
 
 
 def assert_matches_reference(y, x, tensors, bias):
@@ -41,31 +41,31 @@ def assert_matches_reference(y, x, tensors, bias):
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("case", list(CONFIGS))
 def test_kernel_matches_reference(bits, case):
-    path, cfg = CONFIGS[case]
-    n, k, group = 40, 192, 64  # N ragged for BLOCK_N=32; K spans several groups and tiles
+    cfg, m_values = CONFIGS[case]
+    n, k, group = 40, 192, 64  # N ragged for every BLOCK_N; K spans several groups and tiles
     tensors = pack_ssqr(*random_layer(n, k, bits, group, seed=bits), bits=bits)
     prepared = prepare_ssqr(tensors, DEVICE)
     assert prepared.has_perm and prepared.has_outliers
-    for i, m in enumerate(M_VALUES[path]):
+    for i, m in enumerate(m_values):
         dtype = (torch.float16, torch.bfloat16)[(i + bits) % 2]
         x = torch.randn(m, k).to(dtype).to(DEVICE)
         bias = torch.randn(n).to(dtype).to(DEVICE) if i % 2 == 0 else None
-        assert_matches_reference(run_kernel(x, prepared, bias, path, cfg), x, tensors, bias)
+        assert_matches_reference(run_kernel(x, prepared, bias, cfg), x, tensors, bias)
+        assert not prepared.locks.any()          # the last split-K program reset its counter
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("path", ["gemv", "gemm"])
-def test_kernel_without_outliers_or_permutation(dtype, path):
-    z, scales, _, outliers = random_layer(24, 64, 4, 32, outlier_rate=0.0, permute=False)
-    tensors = pack_ssqr(z, scales, torch.arange(64), outliers, 4)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_kernel_without_outliers_or_permutation(dtype, bits):
+    z, scales, _, outliers = random_layer(24, 64, bits, 32, outlier_rate=0.0, permute=False)
+    tensors = pack_ssqr(z, scales, torch.arange(64), outliers, bits)
     prepared = prepare_ssqr(tensors, DEVICE)
     assert not prepared.has_perm and not prepared.has_outliers
     x = torch.randn(5, 64).to(dtype).to(DEVICE)
-    cfg = INTERPRET_GEMV if path == "gemv" else INTERPRET_GEMM
-    assert_matches_reference(run_kernel(x, prepared, None, path, cfg), x, tensors, None)
+    assert_matches_reference(run_kernel(x, prepared, None, INTERPRET), x, tensors, None)
 
 
-@pytest.mark.parametrize("m", [2, GEMV_MAX_M + 4])
+@pytest.mark.parametrize("m", [2, 19])
 def test_ssqr_linear_dispatches_to_triton(monkeypatch, m):
     tensors = pack_ssqr(*random_layer(16, 96, 3, 32, seed=4), bits=3)
     prepared = prepare_ssqr(tensors, DEVICE)
@@ -74,6 +74,5 @@ def test_ssqr_linear_dispatches_to_triton(monkeypatch, m):
     import babai_kernels.ssqr.linear as linear
     monkeypatch.setattr(linear, "run_kernel", lambda *a: launched.append(a[3]) or run_kernel(*a))
     y = ssqr_linear(x, prepared)
-    assert launched[-1] == ("gemv" if m <= GEMV_MAX_M else "gemm")
-    assert y.shape == (1, m, 16)
+    assert launched and y.shape == (1, m, 16)
     assert_matches_reference(y.reshape(m, 16), x.reshape(m, 96), tensors, None)

@@ -1,0 +1,88 @@
+"""Load-time re-encoding of an HPTQ layer into short lane streams (no format change).
+
+The file's chunk streams decode one chunk per lane, serially, with escapes. For the GPU the
+decoded codes z are re-encoded once, at load time (Marlin's habit):
+- Padding: K up to Kp (a multiple of SPAN = 256), N up to a multiple of 32, with code 0.
+- Lane (row n, span s) holds the codes of row n, columns [256 s, 256 s + 256), in order. The 32
+  lanes of a warp are 32 consecutive rows of one span, so they read the same x element at the
+  same time (one broadcast load), and a row's spans are summed inside one program.
+- Code: an escape-free, length-limited (≤ 12 bits) canonical Huffman code of this layer's
+  histogram (package-merge; at least as short as the file's code, which spends 16 raw bits per
+  escape). Layers it cannot cover (> 4096 distinct codes, or |z| ≥ 2^20) get no lane layout.
+- Stream: the lane streams concatenated MSB-first without padding, in (row, span) order, plus one
+  zero look-ahead word; `starts` int32 holds each lane's first bit (32 bits per 256 codes,
+  0.125 bit/weight).
+- Table `lut` int32 (4096,): entry for the next 12 stream bits = float32 bits of the code's value
+  with its length (1..12) in the 4 low mantissa bits. The decoder multiplies x by the entry read
+  as float32: relative error ≤ 2^-19 per weight (the value's own low mantissa bits are 0 for
+  |z| < 2^20), far below fp16/bf16 output rounding, and saves a shift and a conversion per symbol.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from babai_kernels.hptq.bits import pack_bits
+from babai_kernels.hptq.huffman import MAX_CODE_LEN, canonical_codes, package_merge_lengths
+
+SPAN = 256                 # columns per lane
+ROW_BLOCK = 32             # rows per program (one warp row of lanes)
+MAX_ABS_CODE = 1 << 20
+
+
+@dataclass(frozen=True)
+class LaneLayout:
+    """words int32 (W + 1,); starts int32 (Np · Kp/256,) first bit of every lane, (row, span)
+    order; lut int32 (4096,); padded_k Kp; payload_bits (sum of code lengths)."""
+    words: torch.Tensor
+    starts: torch.Tensor
+    lut: torch.Tensor
+    padded_k: int
+    payload_bits: int
+
+
+def _code(z: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(values, lengths, codes) in canonical order and per-symbol table index, or None."""
+    values, inverse, counts = torch.unique(z, return_inverse=True, return_counts=True)
+    if values.numel() > 1 << MAX_CODE_LEN or int(values.abs().max()) >= MAX_ABS_CODE:
+        return None
+    lengths = package_merge_lengths(counts.numpy(), MAX_CODE_LEN)
+    order = np.lexsort((values.numpy(), lengths))             # by length, then value
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    lengths_c = lengths[order]
+    return values.numpy()[order], lengths_c, canonical_codes(lengths_c), rank[inverse.numpy()]
+
+
+def _lut(values: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> torch.Tensor:
+    entries = np.zeros(1 << MAX_CODE_LEN, dtype=np.int64)
+    bits = values.astype(np.float32).view(np.int32).astype(np.int64) | lengths
+    for code, length, entry in zip(codes, lengths, bits):
+        shift = MAX_CODE_LEN - int(length)
+        entries[int(code) << shift:(int(code) + 1) << shift] = entry
+    return torch.from_numpy(entries).to(torch.int32)
+
+
+def build_lane_layout(z: torch.Tensor) -> LaneLayout | None:
+    """Lane layout of codes z (N, K) (CPU integer tensor), or None if the code cannot cover z."""
+    n, k = z.shape
+    kp = -(-k // SPAN) * SPAN
+    np_rows = -(-n // ROW_BLOCK) * ROW_BLOCK
+    zp = torch.zeros(np_rows, kp, dtype=torch.int64)
+    zp[:n, :k] = z
+    code = _code(zp)
+    if code is None:
+        return None
+    values, lengths, codes, index = code
+    sym = torch.from_numpy(index).reshape(-1)                  # row-major = (row, span) lane order
+    sym_len = torch.from_numpy(lengths)[sym]
+    lane_bits = sym_len.reshape(-1, SPAN).sum(1)
+    starts = torch.cumsum(lane_bits, 0) - lane_bits
+    if int(lane_bits.sum()) >= 2**31 - 64:
+        return None
+    words = pack_bits(torch.from_numpy(codes)[sym], sym_len)
+    words = torch.cat([words, torch.zeros(1, dtype=torch.int32)])   # the look-ahead word
+    return LaneLayout(words, starts.to(torch.int32), _lut(values, lengths, codes), kp,
+                      int(lane_bits.sum()))
