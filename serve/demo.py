@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROMPT = "Who is Mr. Darcy in Pride and Prejudice?"
-DEFAULT_FORMAT = "ssqr"
+DEFAULT_FORMAT = "hptq"      # best quality per bit (quality table) that the fast CPU path serves
 DEFAULT_TARGET_BITS = 4.3
 
 

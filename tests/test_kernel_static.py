@@ -1,7 +1,9 @@
-"""benchmarks/kernel_static: the SASS parser on a known listing, and one real sm_90 compile."""
+"""benchmarks/kernel_static and benchmarks/sass: the SASS parser on a known listing, the verdicts and
+the roofline on made-up rows, and one real sm_90 compile."""
 import pytest
 
-from benchmarks.kernel_static import load_bits, parse_sass, roofline, verdicts
+from benchmarks.kernel_static import verdicts
+from benchmarks.sass import load_bits, parse_sass, roofline
 
 LISTING = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;

@@ -95,3 +95,14 @@ def test_vllm_loads_every_kind_of_skip_pattern(model_dir, tmp_path):
     model, _ = load_dequantized(tmp_path / "ckpt", dtype=torch.float32)
     expected = transformers_greedy(tmp_path / "ckpt", model.state_dict(), PROMPTS, NEW_TOKENS)
     assert run_engine(tmp_path / "ckpt", 1, PROMPTS, new_tokens=NEW_TOKENS)[0] == expected
+
+
+def test_fused_layer_names_and_skip_consistency():
+    from babai_kernels.contract import check_skip_consistent, fused_layer
+
+    assert fused_layer("model.layers.3.self_attn.v_proj") == "model.layers.3.self_attn.q_proj"
+    assert fused_layer("model.layers.3.mlp.up_proj") == "model.layers.3.mlp.gate_proj"
+    assert fused_layer("model.layers.3.mlp.down_proj") == "model.layers.3.mlp.down_proj"
+    check_skip_consistent(LINEARS, ["model.layers.1.mlp", "*.[qkv]_proj"])      # whole groups: fine
+    with pytest.raises(ValueError, match="model.layers.0.mlp.gate_proj"):
+        check_skip_consistent(LINEARS, ["*.up_proj"])

@@ -12,8 +12,8 @@ from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMetho
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
-from babai_kernels.contract import (FUSED_SIBLINGS, BabaiCheckpointConfig, matches_skip, quantized_modules,
-                                    safetensors_names)
+from babai_kernels.common import safetensors_names
+from babai_kernels.contract import BabaiCheckpointConfig, fused_layer, matches_skip, quantized_modules
 
 
 @register_quantization_config("babai")
@@ -62,9 +62,7 @@ class BabaiConfig(QuantizationConfig):
         count the vLLM layers they make (fused siblings are one) for the resident-bytes log line."""
         if Path(model_name).is_dir():
             modules = quantized_modules(safetensors_names(model_name), self.checkpoint, model_name)
-            self.expected_layers = len({(m.rpartition(".")[0], next((g[0] for g in FUSED_SIBLINGS
-                                                                      if m.rpartition(".")[2] in g), m))
-                                          for m in modules})
+            self.expected_layers = len({fused_layer(m) for m in modules})
 
     def apply_vllm_mapper(self, hf_to_vllm_mapper) -> None:
         self.modules_to_not_convert = hf_to_vllm_mapper.apply_list(self.modules_to_not_convert)

@@ -10,11 +10,14 @@ and it says so loudly.
 from __future__ import annotations
 
 import os
+
 import torch
 from vllm.logger import init_logger
 
 from babai_kernels import cpu_dense, runtime
 from babai_kernels.common import triton_available
+from babai_kernels.contract import TENSOR_NAMES
+from babai_kernels.hptq.reference import hptq_decode_matmul
 from babai_kernels.runtime import DenseResidual
 
 from .formats import LinearSpec
@@ -217,8 +220,8 @@ class HuffmanResident(BabaiKernel):
             from babai_kernels.hptq.linear import hptq_linear
             y = torch.cat([hptq_linear(x, p) for p in self.prepared], dim=-1)
         else:
-            from babai_kernels.hptq.pack import dequantize_hptq
-            y = torch.cat([x.float() @ dequantize_hptq(p, self.k).T for p in self.parts], dim=-1)
+            y = torch.cat([hptq_decode_matmul(x, *(p[n] for n in TENSOR_NAMES["hptq"]))
+                           for p in self.parts], dim=-1)
         return (y if bias is None else y + bias).to(x.dtype)
 
     def resident_bytes(self) -> int:

@@ -20,3 +20,18 @@ def hptq_linear_reference(x: torch.Tensor, tensors: dict[str, torch.Tensor],
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.to(x.dtype)
+
+
+@torch.library.custom_op("babai::hptq_decode_matmul", mutates_args=())
+def hptq_decode_matmul(x: torch.Tensor, hptq_scale: torch.Tensor, code_values: torch.Tensor,
+                       code_lengths: torch.Tensor, chunk_bits: torch.Tensor, stream: torch.Tensor) -> torch.Tensor:
+    """x (M, K) → (M, N) in x.dtype, decoding the layer on every call (nothing dense stays resident).
+    A custom op so torch.compile treats the data-dependent decoder as opaque."""
+    tensors = {"hptq_scale": hptq_scale, "code_values": code_values, "code_lengths": code_lengths,
+               "chunk_bits": chunk_bits, "stream": stream}
+    return hptq_linear_reference(x, tensors)
+
+
+@hptq_decode_matmul.register_fake
+def _(x, hptq_scale, code_values, code_lengths, chunk_bits, stream):
+    return x.new_empty(x.shape[0], chunk_bits.shape[0])
