@@ -20,7 +20,7 @@ from babai_kernels.hptq.pack import decode_hptq, hptq_meta
 from babai_kernels.ssqr.pack import ssqr_meta, unpack_ssqr
 
 DENSE_BITS = (4, 8)          # dense widths some kernel serves (2/3-bit codes are widened to 4)
-RESIDUAL_ENTRY_BYTES = 8     # column int32 + value float32 (ELL; padding not counted)
+RESIDUAL_ENTRY_BYTES = 8     # one ELL slot: column int32 + value float32
 
 
 @dataclass
@@ -98,10 +98,12 @@ def from_ssqr(tensors: dict[str, torch.Tensor]) -> DenseResidual:
 
 def hptq_dense_bits(z: torch.Tensor) -> int:
     """The dense width (of DENSE_BITS) that holds integer codes z (N, K) in the fewest resident
-    bytes: b/8 bytes per weight plus RESIDUAL_ENTRY_BYTES per code outside the b-bit range."""
+    bytes: b/8 bytes per weight plus the ELL residual, RESIDUAL_ENTRY_BYTES per slot of N rows ×
+    the most codes outside the b-bit range in any row (HPTQ's large rows make that padding matter)."""
     def resident(bits):
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        return z.numel() * bits / 8 + int(((z < lo) | (z > hi)).sum()) * RESIDUAL_ENTRY_BYTES
+        cap = int(((z < lo) | (z > hi)).sum(1).max())
+        return z.numel() * bits / 8 + z.shape[0] * cap * RESIDUAL_ENTRY_BYTES
     return min(DENSE_BITS, key=resident)
 
 

@@ -51,6 +51,8 @@ def test_hptq_dense_width_is_the_one_with_fewer_resident_bytes():
     z = torch.zeros(64, 64, dtype=torch.int64)
     z[:, :2] = 20                                         # 2/64 = 3% outside 4 bits: 4-bit + residual wins
     assert runtime.hptq_dense_bits(z) == 4
+    z[0, :40] = 20                                        # the same 3% on average, but one row has 40:
+    assert runtime.hptq_dense_bits(z) == 8               # ELL pads every row to 40 slots, 8-bit wins
     z[:, :40] = 20                                        # 62% outside 4 bits: 8-bit wins
     assert runtime.hptq_dense_bits(z) == 8
     layout = runtime.from_hptq([encode_hptq(z, 0.5, 32)], 64)
