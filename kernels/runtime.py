@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from babai_kernels.hptq.pack import decode_hptq, hptq_meta
-from babai_kernels.ssqr.pack import ssqr_meta, unpack_ssqr
+from babai_kernels.ssqr.pack import dense_to_ell, ssqr_meta, unpack_ssqr
 
 DENSE_BITS = (4, 8)          # dense widths some kernel serves (2/3-bit codes are widened to 4)
 RESIDUAL_ENTRY_BYTES = 8     # one ELL slot: column int32 + value float32
@@ -31,17 +31,12 @@ class Residual:
     ELL rather than CSR: the product is three plain tensor ops (gather, multiply, row sum) that
     torch.compile fuses into one loop, ~3x faster than a sparse CSR product at decode sizes here."""
 
-    cols: torch.Tensor       # (N, cap) int32
-    vals: torch.Tensor       # (N, cap) float32
+    cols: torch.Tensor       # (N, cap ≥ 1) int32
+    vals: torch.Tensor       # (N, cap ≥ 1) float32
 
     @classmethod
     def from_dense(cls, r: torch.Tensor) -> "Residual":
-        present = r != 0
-        cap = int(present.sum(1).max()) if r.numel() else 0
-        order = torch.sort((~present).to(torch.int8), dim=1, stable=True).indices[:, :cap]  # present first
-        used = torch.arange(cap)[None, :] < present.sum(1, keepdim=True)
-        return cls(torch.where(used, order, 0).to(torch.int32).contiguous(),
-                   torch.where(used, r.gather(1, order), 0).float().contiguous())
+        return cls(*dense_to_ell(r.float(), torch.int32))
 
     @property
     def nnz(self) -> int:
@@ -53,7 +48,7 @@ class Residual:
 
     def parts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(cols, vals) for `add_residual`, or None when there is nothing to add."""
-        return (self.cols, self.vals) if self.cols.shape[1] else None
+        return (self.cols, self.vals) if self.nnz else None
 
 
 def add_residual(y: torch.Tensor, residual, x: torch.Tensor) -> torch.Tensor:

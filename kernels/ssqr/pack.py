@@ -93,19 +93,20 @@ def check_perm(name: str, perm: torch.Tensor, k: int) -> None:
         raise ValueError(f"{name}: not a permutation of 0..{k - 1}")
 
 
-def dense_to_ell(outliers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense outliers (N, K) float16 (0 = none) -> (outlier_cols int16 (N, cap), outlier_vals float16).
+def dense_to_ell(values: torch.Tensor, col_dtype: torch.dtype = torch.int16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense sparse matrix (N, K) (0 = no entry) -> (cols (N, cap) `col_dtype`, vals (N, cap) in values' dtype).
 
     Columns ascending per row, padded at the end with (col 0, +0.0); cap = max(1, most per row).
+    SSQR's outlier_cols/outlier_vals are this of the float16 outliers.
     """
-    present = outliers != 0
+    present = values != 0
     counts = present.sum(dim=1)
     cap = max(1, int(counts.max()) if counts.numel() else 1)
     # Stable sort puts present columns first, in ascending column order.
     order = torch.sort((~present).to(torch.int8), dim=1, stable=True).indices[:, :cap]
     slot_used = torch.arange(cap)[None, :] < counts[:, None]
-    cols = torch.where(slot_used, order, 0).to(torch.int16)
-    vals = torch.where(slot_used, outliers.gather(1, order), 0).to(torch.float16)
+    cols = torch.where(slot_used, order, 0).to(col_dtype)
+    vals = torch.where(slot_used, values.gather(1, order), 0).to(values.dtype)
     return cols.contiguous(), vals.contiguous()
 
 
