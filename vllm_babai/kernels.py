@@ -46,9 +46,10 @@ class DenseResidualKernel(BabaiKernel):
     """y = (dense(x_stored) + x_stored @ Rᵀ) · row_scale (+ bias): a dense kernel plus the residual."""
 
     def __init__(self, spec: LinearSpec):
-        layout = spec.layout
-        self.perm, self.row_scale = layout.perm, layout.row_scale
-        self.residual = layout.residual.parts()
+        layout, to = spec.layout, (lambda t: None if t is None else t.to(spec.device))
+        self.perm, self.row_scale = to(layout.perm), to(layout.row_scale)
+        residual = layout.residual.parts()
+        self.residual = None if residual is None else tuple(to(t) for t in residual)
         self.packed = self.pack(layout)
 
     def pack(self, layout: DenseResidual):
@@ -160,11 +161,11 @@ class VllmMixedPrecision(DenseResidualKernel):
         self.kernel = choose_mp_linear_kernel(config)(config, "qweight", "scales")
         self.holder = torch.nn.Module()
         unused = lambda *a, **k: None  # noqa: E731
-        qweight = pack_rows((layout.codes.to(torch.int64) + 8).T, 4)        # (K/8, N), GPTQ layout
+        qweight = pack_rows((layout.codes.to(torch.int64) + 8).T, 4).to(self.spec.device)  # (K/8, N), GPTQ layout
         self.holder.register_parameter("qweight", PackedvLLMParameter(
             data=qweight, input_dim=0, output_dim=1, packed_dim=0, packed_factor=8, weight_loader=unused))
         self.holder.register_parameter("scales", GroupQuantScaleParameter(
-            data=layout.scales.T.to(self.spec.act_dtype).contiguous(), input_dim=0, output_dim=1,
+            data=layout.scales.T.to(self.spec.device, self.spec.act_dtype).contiguous(), input_dim=0, output_dim=1,
             weight_loader=unused))
         self.holder.bias = None
         self.kernel.process_weights_after_loading(self.holder)
