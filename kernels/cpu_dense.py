@@ -21,7 +21,7 @@ def int4_group_size(layout: DenseResidual) -> int | None:
     """The group size the int4 kernel would use: the layout's, or — when every scale of a row is
     the same (HPTQ) — the largest supported one dividing K; None when none fits."""
     k = layout.shape[1]
-    if bool((layout.scales == layout.scales[:, :1]).all()):
+    if layout.one_scale_per_row:
         return next((g for g in reversed(INT4_GROUP_SIZES) if k % g == 0), None)
     return layout.group_size if layout.group_size in INT4_GROUP_SIZES and k % layout.group_size == 0 else None
 
@@ -49,7 +49,7 @@ def int4_linear(packed: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tenso
 
 def pack_int8(layout: DenseResidual) -> dict[str, torch.Tensor]:
     """{weight int8 (N, K), scales bfloat16 (N,)} for a layout with one scale per row."""
-    if not bool((layout.scales == layout.scales[:, :1]).all()):
+    if not layout.one_scale_per_row:
         raise ValueError("layout: int8 kernel needs one scale per row (group scales differ)")
     return {"weight": layout.codes.contiguous(), "scales": layout.scales[:, 0].to(torch.bfloat16).contiguous()}
 

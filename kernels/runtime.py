@@ -80,6 +80,11 @@ class DenseResidual:
     def group_size(self) -> int:
         return self.codes.shape[1] // self.scales.shape[1]
 
+    @property
+    def one_scale_per_row(self) -> bool:
+        """Every group scale of a row is the same (HPTQ: all ones), so any group size will do."""
+        return bool((self.scales == self.scales[:, :1]).all())
+
 
 def from_ssqr(tensors: dict[str, torch.Tensor]) -> DenseResidual:
     """SSQR tensors (docs/format.md §2, possibly fused siblings sharing perm) → the runtime layout:

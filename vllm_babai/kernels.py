@@ -109,7 +109,7 @@ class TorchInt8CPU(DenseResidualKernel):
     @classmethod
     def can_implement(cls, spec):
         reason = _dense_reason(spec, (8,))
-        if reason is None and not bool((spec.layout.scales == spec.layout.scales[:, :1]).all()):
+        if reason is None and not spec.layout.one_scale_per_row:
             reason = "needs one scale per row (the layout has group scales)"
         return reason is None, reason
 
