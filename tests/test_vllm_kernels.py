@@ -1,7 +1,7 @@
 """Every kernel path the chooser can pick on this CPU, inside vLLM, against transformers on the same
 dequantized weights (tiny checkpoints; fresh engine per case: tests/fixtures/vllm_engine.py).
 
-bfloat16 paths (TorchInt4CPU, TorchInt8CPU, VllmMixedPrecision): vLLM computes in bf16, so tokens can
+bfloat16 paths (BabaiLutCPU, TorchInt4CPU, TorchInt8CPU, VllmMixedPrecision): vLLM computes in bf16, so tokens can
 flip at near ties; we compare teacher-forced per-token log-probabilities instead. Tolerance, derived
 per checkpoint: transformers itself in bf16 (weights and activations rounded to bf16, the same
 dequantized values) deviates from its fp32 run by at most d on these tokens. vLLM's bf16 run is
@@ -58,15 +58,24 @@ def max_deviation(a, b) -> float:
     return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
 
 
+from babai_kernels import cpu_lut  # noqa: E402
+
+LUT = "BabaiLutCPU" if cpu_lut.load()[0] else "TorchInt4CPU"
+LUT8 = "BabaiLutCPU" if cpu_lut.load()[0] else "TorchInt8CPU"
+NO_LUT = {"VLLM_DISABLED_KERNELS": "BabaiLutCPU"}
+
+
 @pytest.mark.parametrize("name, tp, env, kernel", [
-    ("ssqr-w4", 1, {}, "TorchInt4CPU"),
-    ("ssqr-w4", 2, {}, "TorchInt4CPU"),
-    ("ssqr-w3", 1, {}, "TorchInt4CPU"),
-    ("ssqr-w2", 1, {}, "TorchInt4CPU"),
-    ("hptq-4bit-dense", 1, {}, "TorchInt4CPU"),
-    ("hptq-4bit-dense", 2, {}, "TorchInt4CPU"),
-    ("hptq-8bit-dense", 1, {}, "TorchInt8CPU"),
-    ("ssqr-w4", 1, {"VLLM_DISABLED_KERNELS": "TorchInt4CPU"}, "VllmMixedPrecision[CPUWNA16LinearKernel]"),
+    ("ssqr-w4", 1, {}, LUT),
+    ("ssqr-w4", 2, {}, LUT),
+    ("ssqr-w3", 1, {}, LUT),
+    ("ssqr-w2", 1, {}, LUT),
+    ("hptq-4bit-dense", 1, {}, LUT),
+    ("hptq-4bit-dense", 2, {}, LUT),
+    ("hptq-8bit-dense", 1, {}, LUT8),
+    ("ssqr-w4", 1, NO_LUT, "TorchInt4CPU"),
+    ("hptq-8bit-dense", 1, NO_LUT, "TorchInt8CPU"),
+    ("ssqr-w4", 1, {"VLLM_DISABLED_KERNELS": "BabaiLutCPU,TorchInt4CPU"}, "VllmMixedPrecision[CPUWNA16LinearKernel]"),
 ])
 def test_bf16_kernel_logprobs_match_transformers(checkpoints, name, tp, env, kernel):
     folder = checkpoints[name]

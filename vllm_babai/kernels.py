@@ -14,7 +14,7 @@ import os
 import torch
 from vllm.logger import init_logger
 
-from babai_kernels import cpu_dense, runtime
+from babai_kernels import cpu_dense, cpu_lut, runtime
 from babai_kernels.common import triton_available
 from babai_kernels.contract import TENSOR_NAMES
 from babai_kernels.hptq.reference import hptq_decode_matmul
@@ -81,6 +81,28 @@ def _dense_reason(spec: LinearSpec, bits: tuple[int, ...]) -> str | None:
     if spec.layout.bits not in bits:
         return f"serves {list(bits)}-bit dense codes, the layout has {spec.layout.bits}"
     return None
+
+
+class BabaiLutCPU(BabaiKernel):
+    """The project's CPU kernel (babai_kernels.cpu_lut, C++ AVX-512 BF16): the whole layout in one
+    op — permutation, 4/8-bit codes decoded in registers, group scales, CSR residual, row scale,
+    bias and the bfloat16 output."""
+
+    @classmethod
+    def can_implement(cls, spec):
+        reason = _dense_reason(spec, cpu_lut.BITS) or cpu_lut.check_layout(spec.layout)
+        if reason is None:
+            reason = cpu_lut.load()[1]
+        return reason is None, reason
+
+    def __init__(self, spec: LinearSpec):
+        self.packed = cpu_lut.pack(spec.layout)
+
+    def apply(self, x, bias):
+        return cpu_lut.lut_linear(self.packed, x, bias)
+
+    def resident_bytes(self) -> int:
+        return _bytes(self.packed.tensors())
 
 
 class TorchInt4CPU(DenseResidualKernel):
@@ -251,8 +273,8 @@ class TorchReference(BabaiKernel):
         return _bytes([self.weight])
 
 
-KERNELS: list[type[BabaiKernel]] = [HuffmanResident, TorchInt4CPU, TorchInt8CPU, TritonSSQR, VllmMixedPrecision,
-                                    TorchReference]
+KERNELS: list[type[BabaiKernel]] = [HuffmanResident, BabaiLutCPU, TorchInt4CPU, TorchInt8CPU, TritonSSQR,
+                                    VllmMixedPrecision, TorchReference]
 _logged: set = set()
 
 
