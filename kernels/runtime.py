@@ -19,8 +19,8 @@ import torch
 from babai_kernels.hptq.pack import decode_hptq, hptq_meta
 from babai_kernels.ssqr.pack import ssqr_meta, unpack_ssqr
 
-DENSE_BITS = (4, 8)          # dense widths some kernel serves (2/3-bit codes are widened to 4)
-RESIDUAL_ENTRY_BYTES = 8     # one CSR entry: column int32 + value float32 (+ 4 bytes per row)
+DENSE_BITS = (4, 5, 8)       # dense widths some kernel serves (2/3-bit codes are widened to 4)
+RESIDUAL_ENTRY_BYTES = 4     # one CSR entry as the CPU kernel keeps it: column uint16 + value float16
 
 
 @dataclass

@@ -41,7 +41,7 @@ def test_hptq_transcode_reproduces_the_checkpoint_bit_for_bit():
     g = torch.Generator().manual_seed(1)
     parts = [quantize_hptq(torch.randn(n, 96, generator=g) * s, chunk=48)[0] for n, s in ((16, 1.0), (8, 3.0))]
     expected = torch.cat([dequantize_hptq(p, 96) for p in parts])
-    for bits in (4, 8):
+    for bits in (4, 5, 8):
         layout = runtime.from_hptq(parts, 96, bits)
         assert layout.bits == bits and layout.residual.nnz > 0
         assert torch.equal(runtime.dequantize(layout), expected)
@@ -53,8 +53,11 @@ def test_hptq_dense_width_is_the_one_with_fewer_resident_bytes():
     assert runtime.hptq_dense_bits(z) == 4
     z[0, :40] = 20                                        # one row with 40: CSR has no padding, still 4-bit
     assert runtime.hptq_dense_bits(z) == 4
-    z[:, :40] = 20                                        # 62% outside 4 bits: 8-bit wins
+    z[:, :40] = 20                                        # 62% outside 4 and 5 bits: 8-bit wins
     assert runtime.hptq_dense_bits(z) == 8
+    z[:, :40] = 12                                        # 62% outside 4 bits, all inside 5: 5-bit wins
+    assert runtime.hptq_dense_bits(z) == 5
+    z[:, :40] = 20
     layout = runtime.from_hptq([encode_hptq(z, 0.5, 32)], 64)
     assert layout.bits == 8 and layout.residual.nnz == 0
 

@@ -29,6 +29,7 @@ SEQUENCES = [[1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110],
 CHECKPOINTS = {
     "ssqr-w4": ("ssqr", dict(bits=4)), "ssqr-w3": ("ssqr", dict(bits=3)), "ssqr-w2": ("ssqr", dict(bits=2)),
     "hptq-4bit-dense": ("hptq", dict(hptq_levels=12)),     # codes ≈ ±12: 4-bit dense + residual wins
+    "hptq-5bit-dense": ("hptq", dict(hptq_levels=24)),     # codes ≈ ±24: 5-bit dense + residual wins
     "hptq-8bit-dense": ("hptq", dict(hptq_levels=100)),    # codes ≈ ±100: 8-bit dense wins
 }
 
@@ -72,6 +73,7 @@ NO_LUT = {"VLLM_DISABLED_KERNELS": "BabaiLutCPU"}
     ("ssqr-w2", 1, {}, LUT),
     ("hptq-4bit-dense", 1, {}, LUT),
     ("hptq-4bit-dense", 2, {}, LUT),
+    ("hptq-5bit-dense", 1, {}, LUT8),
     ("hptq-8bit-dense", 1, {}, LUT8),
     ("ssqr-w4", 1, NO_LUT, "TorchInt4CPU"),
     ("hptq-8bit-dense", 1, NO_LUT, "TorchInt8CPU"),

@@ -126,11 +126,12 @@ class TorchInt4CPU(DenseResidualKernel):
 
 
 class TorchInt8CPU(DenseResidualKernel):
-    """PyTorch's CPU int8 weight GEMM (aten._weight_int8pack_mm), one scale per row, + the residual."""
+    """PyTorch's CPU int8 weight GEMM (aten._weight_int8pack_mm), one scale per row, + the residual
+    (5-bit codes are held as int8 too)."""
 
     @classmethod
     def can_implement(cls, spec):
-        reason = _dense_reason(spec, (8,))
+        reason = _dense_reason(spec, (5, 8))
         if reason is None and not spec.layout.one_scale_per_row:
             reason = "needs one scale per row (the layout has group scales)"
         return reason is None, reason
