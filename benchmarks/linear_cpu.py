@@ -36,10 +36,12 @@ FUSED = {"qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj")), "o_proj": ("
 
 def init_vllm_single_process() -> None:
     """vLLM's parallel state for one CPU process (its parameter classes ask for the TP rank)."""
+    from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
-    init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                 distributed_init_method="tcp://127.0.0.1:29533")
-    initialize_model_parallel(1, 1)
+    with set_current_vllm_config(VllmConfig()):
+        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                     distributed_init_method="tcp://127.0.0.1:29533")
+        initialize_model_parallel(1, 1)
 
 
 def layer_specs(row: str, layer: int):
@@ -50,7 +52,7 @@ def layer_specs(row: str, layer: int):
     folder = checkpoint_path(row)
     tensors = load_file(folder / "model.safetensors")
     config = json.loads((folder / "config.json").read_text())
-    qc = BabaiCheckpointConfig.from_dict(config["quantization_config"])
+    qc = BabaiCheckpointConfig.from_dict(config["quantization_config"], str(folder / "config.json"))
     fmt = FORMATS[qc.format]
     specs = {}
     for fused, (block, modules) in FUSED.items():

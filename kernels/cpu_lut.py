@@ -119,6 +119,9 @@ def pack(layout: DenseResidual) -> LutPacked:
     reason = check_layout(layout)
     if reason:
         raise ValueError(f"layout: {reason}")
+    ok, why = load()
+    if not ok:
+        raise RuntimeError(f"babai CPU kernel: {why}")
     n, k = layout.shape
     group = k if layout.one_scale_per_row else layout.group_size
     scales = layout.scales[:, :1] if group == k else layout.scales
