@@ -33,9 +33,10 @@ TARGETS = {"ssqr_instr_per_weight": {4: 2.5, 3: 3.0, 2: 2.5}, "hptq_instr_per_sy
 HPTQ_TABLE_BYTES = 4096 * 4
 NOTES = [
     "SSQR bf16 4-bit: bf16 has 7 mantissa bits, so the magic-number conversion takes one nibble "
-    "pair per shift (3 SHF per word, +0.375 instr/weight over fp16, which takes two pairs per "
-    "shift); the tensor-core B operand goes through shared memory (STS + LDSM ≈ 0.3 instr/weight) "
-    "because Triton chooses the dot-operand layout.",
+    "pair per shift (3 SHF per word); the HFMA2 that would turn 128 + u into z is skipped and the "
+    "kernel subtracts 136·Σx per K tile from the fp32 dot instead (tiles.offset_codes), so a word "
+    "of 8 codes costs 3 SHF + 4 LOP3. The tensor-core B operand goes through shared memory "
+    "(STS + LDSM ≈ 0.3 instr/weight) because Triton chooses the dot-operand layout.",
     "SSQR M=128: the loop counts are per weight per 64/128-row tile (each M tile decodes the "
     "weights again); the group scale is applied to the fp32 accumulator per K tile (exact), which "
     "costs BLOCK_M·BLOCK_N/threads FFMA per tile.",

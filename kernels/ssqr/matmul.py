@@ -22,7 +22,7 @@ import triton.language as tl
 
 from babai_kernels.common import triton_interpret
 from babai_kernels.ssqr.outliers import outlier_slabs, spread_rows
-from babai_kernels.ssqr.tiles import load_codes
+from babai_kernels.ssqr.tiles import load_codes, offset_codes
 
 SPLIT_MAX_M_TILES = 4   # split-K is used for at most this many M tiles (sizes the locks buffer)
 
@@ -53,6 +53,8 @@ def _ssqr_kernel(x_ptr, qw_ptr, sc_ptr, ocol_ptr, oval_ptr, cap, bias_ptr, out_p
             part = tl.dot(xs.to(tl.float32), tl.trans(codes.to(tl.float32)), input_precision="ieee")
         else:
             part = tl.dot(xs, tl.trans(codes))
+        if offset_codes(BITS, BF16):   # codes are 128 + u = z + 136
+            part -= 136.0 * tl.sum(xs.to(tl.float32), axis=1)[:, None]
         scale = tl.load(sc_ptr + (k0 // GROUP) * N + offs_n, mask=mask_n, other=0.0)
         acc += part * scale.to(tl.float32)[None, :]
     if HAS_OUTLIERS:

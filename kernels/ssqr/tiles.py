@@ -14,6 +14,9 @@ u = z + 2^(b-1) of one 32-column block, by `block_positions`:
 Unpack (`load_codes`): per pair, magic-number conversion on CUDA (`tl.inline_asm_elementwise`):
   v = (w >> SHIFT) & mask | magic     (one LOP3; magic = 1024.0 fp16 / 128.0 bf16 in both halves)
   z = fma(v, 2^-O, -(magic·2^-O + 2^(b-1)))   (one HFMA2, exact: v = magic + 2^O·u)
+4-bit bf16 skips the HFMA2 (`offset_codes`): it returns v = 128 + u itself, and the kernel subtracts
+(128 + 8)·Σx per K tile from the float32 dot (products exact; the cancellation costs ~2^-20
+relative, far below bf16's 2^-9), so a word of 8 codes costs 3 SHF + 4 LOP3.
 O is the field's bit offset inside the shifted word: a field (with the 3-bit high bit) must end
 inside the mantissa (10 bits fp16, 7 bits bf16), so one shift serves 1–4 pairs (PER in `_pair`). The portable
 path (TRITON_INTERPRET) extracts the same bits with shifts and masks (float32 codes for bf16).
@@ -100,6 +103,13 @@ ASM2_F16: tl.constexpr = tl.constexpr(_ASM_2[False])
 ASM2_BF16: tl.constexpr = tl.constexpr(_ASM_2[True])
 ASM3_F16: tl.constexpr = tl.constexpr(_ASM_3[False])
 ASM3_BF16: tl.constexpr = tl.constexpr(_ASM_3[True])
+ASM_LOP3: tl.constexpr = tl.constexpr("lop3.b32 $0, $1, $3, $5, 0xea;")   # (w, w, mask, mask, magic, magic)
+
+
+@triton.constexpr_function
+def offset_codes(bits, bf16):
+    """Whether `load_codes` returns 128 + u (4-bit bf16) instead of z = u − 8; see the module docstring."""
+    return bits == 4 and bool(bf16)
 
 
 @triton.jit
@@ -116,6 +126,7 @@ def _pair(w, hw, P: tl.constexpr, I: tl.constexpr, BITS: tl.constexpr, BF16: tl.
           USE_ASM: tl.constexpr):
     """Codes of pair P of words w (R1, R2) int32 (hw: 3-bit high words) → (R1, R2, 2) fp16/bf16."""
     F: tl.constexpr = 2 if BITS == 3 else BITS
+    OFFSET: tl.constexpr = offset_codes(BITS, BF16)
     # pairs per shift: fields must stay inside the mantissa (10 bits fp16, 7 bits bf16)
     PER: tl.constexpr = (1 if BF16 else 2) if BITS == 4 else (3 if (BF16 or BITS == 3) else 4)
     SHIFT: tl.constexpr = (P // PER) * PER * F
@@ -136,6 +147,10 @@ def _pair(w, hw, P: tl.constexpr, I: tl.constexpr, BITS: tl.constexpr, BF16: tl.
                     args[2], args[3], args[4]]
             asm: tl.constexpr = ASM3_BF16 if BF16 else ASM3_F16
             cons: tl.constexpr = "=r,r,r,r,r,r,r,r,r,r,r,r,r"
+        elif OFFSET:   # O == 0 (PER == 1): the LOP3 result 128 + u is the code the dot takes
+            args = args[:3]
+            asm: tl.constexpr = ASM_LOP3
+            cons: tl.constexpr = "=r,r,r,r,r,r,r"
         else:
             asm: tl.constexpr = ASM2_BF16 if BF16 else ASM2_F16
             cons: tl.constexpr = "=r,r,r,r,r,r,r,r,r"
@@ -147,7 +162,7 @@ def _pair(w, hw, P: tl.constexpr, I: tl.constexpr, BITS: tl.constexpr, BF16: tl.
             lo |= ((hw >> ((O + 2 + ROT) % 32)) & 1) << 2
             hi |= ((hw >> ((O + 18 + ROT) % 32)) & 1) << 2
         # The interpreter converts int → bfloat16 wrongly; its tl.dot runs in float32 anyway.
-        codes = (tl.join(lo, hi) - HALF).to(tl.float32 if BF16 else tl.float16)
+        codes = (tl.join(lo, hi) + (128 if OFFSET else -HALF)).to(tl.float32 if BF16 else tl.float16)
     return codes
 
 
