@@ -1,28 +1,34 @@
-"""Quality benchmark: perplexity vs effective bits on SmolLM2-135M-Instruct + Austen.
+"""Quality benchmark: perplexity against bits on SmolLM2-135M-Instruct + Austen (issue 15).
 
-Rows: base (bf16 weights), RTN, GPTQ (act-order, fp64 sweep), Babai back-to-front (fp64, same
-scales and grid as GPTQ: it must give the same integers), SSQR (1 % and 3 % outliers), HPTQ and
-HRTN, at 3 and 4 bits, group size 64. HPTQ/HRTN target the GPTQ rows' honest bits (MATCHED_BITS)
-so they compare at equal size; SSQR lands where its outliers put it. Calibration on the Austen calib
-split (CLI default 16 × 512 tokens), perplexity on the eval split (Pride and Prejudice) in
-1024-token windows, computed in float32 with the exact dequantized weights (as `babai-eval`).
+Rows (ROWS): base (bf16 weights); RTN and GPTQ (act-order, fp64 sweep) at 3 and 4 bits with group
+sizes 32, 64 and 192 (GPTQ's ppl-vs-bits curve); Babai back-to-front at g64 (same integers as
+GPTQ); HPTQ at four sizes between 3.1 and 4.4 bits, HRTN at two; SSQR: the earlier g64 rows
+(block-local order, rate closest to the target), the best settings of benchmarks/ssqr_layers.py
+(global order, g192, rate_mode 'cap', scale_init 'rms'), and two `ssqr-v2sim-*` rows that simulate
+a proposed format v2 (int8 outlier codes, benchmarks/ssqr_v2sim.py; not a checkpoint). Calibration on the
+Austen calib split (CLI default 16 × 512 tokens), perplexity on the eval split (Pride and
+Prejudice), default the first 32 windows of 1024 tokens, float32 with the exact dequantized weights.
 
-Resumable: each row's result is cached (keyed by its settings) under
-~/.cache/vllm-babai/quality-rows/, so re-running skips finished rows; rows can be run by several
-processes at once (`--rows`), and a final run over all rows assembles the table. GPTQ and
-Babai rows also cache their integer codes, and the table reports how many differ per layer.
-Writes benchmarks/results/quality.{json,md}. Run it from the repository root as a module.
+Each row reports effective bits (every stored byte, as `quant_report.json`) and resident bits
+under the serving runtime (benchmarks/quality_bits.py), and each SSQR/HPTQ/HRTN row the ratio of
+its perplexity increase over base to GPTQ's, interpolated at the same bits (quality_report.py).
 
-    python -m benchmarks.quality [--rows NAME ...] [--max-windows N] [--nsamples N] [--seqlen N] [--threads N]
+Cached and resumable, under ~/.cache/vllm-babai/quality-rows/:
+  <row>-<qkey>.weights.pt  the dequantized weights {linear: (N, K) float32} + quantization facts,
+                           keyed by the non-default QuantizeOptions, calibration and a hash of the
+                           source files that decide the weights (`code_version`);
+  <row>-<key>.json         the row's result: qkey + eval windows + evaluation code.
+So a re-run after an unrelated change, or with more windows, re-uses the quantized weights.
+
+    python -m benchmarks.quality [--rows NAME ...] [--max-windows 32] [--threads 1] [--report-only]
 """
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import hashlib
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -33,164 +39,209 @@ import torch
 from babai_quantizer import assets
 from babai_quantizer.calibration import calibration_windows, load_causal_lm
 from babai_quantizer.driver import quantize_model
-from babai_quantizer.options import QuantizeOptions
 from babai_quantizer.evaluate import evaluate_text
-from babai_kernels.gptq import unpack_rows
+from babai_quantizer.options import QuantizeOptions
+from benchmarks.quality_bits import RESIDENT_VERSION, model_resident_bits
+from benchmarks.quality_report import write_results
+from benchmarks.ssqr_v2sim import simulated_v2, v2_bits
 
-RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
 CACHE = assets.cache_dir() / "quality-rows"
-G = 64
-# GPTQ/RTN w{b}g64 store b + 16/64 (fp16 scale) + b/64 (packed zero) bits: 3.297 / 4.312.
-# HPTQ/HRTN aim at the same totals so that every 3-bit (4-bit) row but SSQR has equal size.
-MATCHED_BITS = {3: 3 + 16 / G + 3 / G, 4: 4 + 16 / G + 4 / G}
-ROWS: dict[str, dict | None] = {
-    "base": None,
-    "rtn-w3": dict(format="rtn", bits=3, group_size=G),
-    "rtn-w4": dict(format="rtn", bits=4, group_size=G),
-    "gptq-w3": dict(format="gptq", bits=3, group_size=G, dtype="float64"),
-    "gptq-w4": dict(format="gptq", bits=4, group_size=G, dtype="float64"),
-    "babai-w3": dict(format="gptq", bits=3, group_size=G, dtype="float64", algorithm="babai"),
-    "babai-w4": dict(format="gptq", bits=4, group_size=G, dtype="float64", algorithm="babai"),
-    "ssqr-w3-1%": dict(format="ssqr", bits=3, group_size=G, outlier_rate=0.01),
-    "ssqr-w3-3%": dict(format="ssqr", bits=3, group_size=G, outlier_rate=0.03),
-    "ssqr-w4-1%": dict(format="ssqr", bits=4, group_size=G, outlier_rate=0.01),
-    "ssqr-w4-3%": dict(format="ssqr", bits=4, group_size=G, outlier_rate=0.03),
-    "hptq-3": dict(format="hptq", target_bits=MATCHED_BITS[3]),
-    "hptq-4": dict(format="hptq", target_bits=MATCHED_BITS[4]),
-    "hrtn-3": dict(format="hrtn", target_bits=MATCHED_BITS[3]),
-    "hrtn-4": dict(format="hrtn", target_bits=MATCHED_BITS[4]),
-}
-BABAI_PAIRS = {"babai-w3": "gptq-w3", "babai-w4": "gptq-w4"}
 
 
-def versions() -> dict:
-    import transformers
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
+def gptq_bits(bits: int, g: int) -> float:
+    """Effective bits of the GPTQ layout: b-bit codes + fp16 scale and b-bit zero per group of g."""
+    return bits + (16 + bits) / g
+
+
+def _rows() -> dict[str, dict | None]:
+    rows: dict[str, dict | None] = {"base": None}
+    for g in (32, 64, 192):
+        for b in (3, 4):
+            rows[f"gptq-w{b}g{g}"] = dict(format="gptq", bits=b, group_size=g, dtype="float64")
+            rows[f"rtn-w{b}g{g}"] = dict(format="rtn", bits=b, group_size=g)
+    for b in (3, 4):
+        rows[f"babai-w{b}g64"] = dict(format="gptq", bits=b, group_size=64, dtype="float64", algorithm="babai")
+    for t in (3.15, 3.3, 3.8, 4.3):      # 3.3 / 4.3: GPTQ w3g64 / w4g64's exact size
+        exact = {3.3: gptq_bits(3, 64), 4.3: gptq_bits(4, 64)}.get(t, t)
+        rows[f"hptq-{t}"] = dict(format="hptq", target_bits=exact)
+        if t in (3.3, 4.3):
+            rows[f"hrtn-{t}"] = dict(format="hrtn", target_bits=exact)
+    for b, g, rate in ((3, 64, 0.01), (3, 64, 0.03), (4, 64, 0.01), (4, 64, 0.03)):
+        rows[f"ssqr-w{b}g{g}-{rate:.0%}"] = dict(format="ssqr", bits=b, group_size=g, outlier_rate=rate)
+    # The best settings of benchmarks/ssqr_layers.py: global act-order, g192, capped 1 % rate, rms scale shape.
+    for b in (3, 4):
+        rows[f"ssqr-w{b}g192-1%-cap-rms"] = dict(format="ssqr", bits=b, group_size=192, outlier_rate=0.01,
+                                                 row_parallel_blocks=1, rate_mode="cap", scale_init="rms")
+    # Not a checkpoint: SSQR with outliers as int8 codes (a proposed v2, benchmarks/ssqr_v2sim.py).
+    for b, rate in ((3, 0.02), (4, 0.01)):
+        rows[f"ssqr-v2sim-w{b}g192-{rate:.0%}-cap"] = dict(format="ssqr", bits=b, group_size=192, outlier_rate=rate,
+                                                           row_parallel_blocks=1, rate_mode="cap", simulate="v2")
+    return rows
+
+
+ROWS = _rows()
+# The order of a full run: what the comparison needs first (issue 15's priorities).
+DEFAULT_ORDER = ["base", "gptq-w3g64", "gptq-w4g64", "hptq-3.3", "hptq-4.3",
+                 "ssqr-w3g192-1%-cap-rms", "ssqr-w4g192-1%-cap-rms", "gptq-w3g32", "gptq-w4g32",
+                 "gptq-w3g192", "gptq-w4g192", "ssqr-v2sim-w3g192-2%-cap", "rtn-w3g64", "rtn-w4g64",
+                 "hptq-3.15", "hptq-3.8", "ssqr-v2sim-w4g192-1%-cap"]
+DEFAULT_ORDER += [r for r in ROWS if r not in DEFAULT_ORDER]
+
+COMMON_SOURCES = ["quantizer/driver.py", "quantizer/calibration.py", "quantizer/hessian_capture.py",
+                  "quantizer/formats/layer.py", "quantizer/formats/result.py", "quantizer/lattice/*.py"]
+FORMAT_SOURCES = {"ssqr": ["quantizer/formats/ssqr.py", "quantizer/formats/bisection.py", "kernels/ssqr/pack.py"],
+                  "hptq": ["quantizer/formats/hptq.py", "quantizer/formats/bisection.py", "kernels/hptq/pack.py",
+                           "kernels/hptq/huffman.py"],
+                  "gptq": ["quantizer/formats/registry.py", "quantizer/babai_layer.py", "kernels/gptq.py"]}
+FORMAT_SOURCES["hrtn"] = FORMAT_SOURCES["hptq"]
+FORMAT_SOURCES["rtn"] = FORMAT_SOURCES["gptq"]
+EVAL_SOURCES = ["quantizer/evaluate.py"]
+
+
+def code_version(patterns: list[str]) -> str:
+    """16-hex hash of the named source files (globs relative to the repository root)."""
+    h = hashlib.sha256()
+    for pattern in patterns:
+        for path in sorted(ROOT.glob(pattern)):
+            h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def quant_key(spec: dict, args) -> str:
+    """Key of a row's quantized weights: the options that differ from QuantizeOptions' defaults
+    (so adding an option does not invalidate the cache), calibration, code."""
+    default = dataclasses.asdict(QuantizeOptions())
+    options = {k: v for k, v in dataclasses.asdict(QuantizeOptions(**_options(spec))).items() if v != default[k]}
+    if "simulate" in spec:
+        options["simulate"] = spec["simulate"]
+    return _hash([options, args.nsamples, args.seqlen, args.seed,
+                  code_version(COMMON_SOURCES + FORMAT_SOURCES[spec["format"]])])
 
 
 def row_key(name: str, args) -> str:
-    return hashlib.sha256(json.dumps([name, ROWS[name], args.nsamples, args.seqlen, args.max_windows, args.seed],
-                                     sort_keys=True).encode()).hexdigest()[:16]
-
-
-def codes_path(name: str, args) -> Path:
-    return CACHE / f"{name}-{row_key(name, args)}.codes.pt"
-
-
-def stored_codes(tensors: dict[str, torch.Tensor], bits: int) -> torch.Tensor:
-    """(K, N) uint8 stored codes of one GPTQ-layout linear (code + 2^(b-1); the zero point is constant)."""
-    cols = tensors["qweight"].shape[0] * 32 // bits
-    return unpack_rows(tensors["qweight"], bits, cols).to(torch.uint8)
-
-
-def run_row(name: str, args, model_dir: Path, texts: dict) -> dict:
     spec = ROWS[name]
-    cached = CACHE / f"{name}-{row_key(name, args)}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    start = time.perf_counter()
-    model, tokenizer = load_causal_lm(model_dir)
-    row = {"row": name, "spec": spec, "load_at_start": os.getloadavg()}
-    model.float()   # evaluate in float32: exact for bf16 weights and for the dequantized ones
-    if spec is not None:
-        windows = calibration_windows(tokenizer, texts["calib"], args.nsamples, args.seqlen, args.seed)
-        result = quantize_model(model, windows, QuantizeOptions(**spec), progress=True)
-        for lname, q in result.linears.items():
-            model.get_submodule(lname).weight.data = q.weight
-        report = result.report()
-        totals = report["totals"]
-        row.update(effective_bits=totals["effective_bits"], quantize_seconds=totals["seconds"],
-                   bound_holds_where_unclipped=totals["bound_holds_where_unclipped"])
-        if spec.get("algorithm") == "babai":
-            row["gptq_code_mismatches_same_inputs"] = sum(r["gptq_code_mismatches"] for r in report["layers"].values())
-        if spec["format"] == "gptq":
-            CACHE.mkdir(parents=True, exist_ok=True)
-            torch.save({n: stored_codes(q.tensors, spec["bits"]) for n, q in result.linears.items()},
-                       codes_path(name, args))
+    quant = "base" if spec is None else quant_key(spec, args)
+    return _hash([quant, args.max_windows, code_version(EVAL_SOURCES)])
+
+
+def quantized_weights(name: str, model, tokenizer, args, texts) -> dict:
+    """{"weights": {linear: (N, K) float32}, "facts": {...}} of a row (cached; see module docstring)."""
+    spec = ROWS[name]
+    path = CACHE / f"{name}-{quant_key(spec, args)}.weights.pt"
+    if path.is_file():
+        saved = torch.load(path)
     else:
-        row.update(effective_bits=16.0)
-    ppl = evaluate_text(model, tokenizer, texts["eval"], window=1024, max_windows=args.max_windows, progress=True)
-    row.update(ppl=ppl.ppl, scored_tokens=ppl.scored_tokens, eval_windows=ppl.windows,
-               seconds=time.perf_counter() - start, load_at_end=os.getloadavg())
-    CACHE.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(row, indent=1))
+        windows = calibration_windows(tokenizer, texts["calib"], args.nsamples, args.seqlen, args.seed)
+        options = QuantizeOptions(**_options(spec))
+        with simulated_v2(spec.get("simulate") == "v2"):
+            result = quantize_model(model, windows, options, progress=True)
+        report = result.report()
+        facts = dict(effective_bits=_effective_bits(spec, result), quantize_seconds=report["totals"]["seconds"],
+                     bound_holds_where_unclipped=report["totals"]["bound_holds_where_unclipped"],
+                     clipped_rows=report["totals"]["clipped_rows"], options=dataclasses.asdict(options),
+                     outlier_rate=_mean_outlier_rate(report["layers"]))
+        saved = {"weights": {n: q.weight for n, q in result.linears.items()},
+                 "tensors": {n: q.tensors for n, q in result.linears.items()}, "facts": facts}
+        CACHE.mkdir(parents=True, exist_ok=True)
+        torch.save(saved, path)       # before the resident count: a failure there loses no quantization
+    if saved["facts"].get("resident_version") != RESIDENT_VERSION:
+        bits = spec.get("bits", 4) if spec["format"] in ("gptq", "rtn") else None
+        saved["facts"].update(resident_bits=model_resident_bits(spec["format"], saved["weights"], saved["tensors"], bits),
+                              resident_version=RESIDENT_VERSION)
+        torch.save(saved, path)
+    return saved
+
+
+def _options(spec: dict) -> dict:
+    """QuantizeOptions fields of a row spec (without the benchmark's own "simulate")."""
+    return {k: v for k, v in spec.items() if k != "simulate"}
+
+
+def _effective_bits(spec: dict, result) -> float:
+    """Stored bits/weight of the model's quantized linears; a "v2" simulation counts v2's storage."""
+    if spec.get("simulate") != "v2":
+        return result.report()["totals"]["effective_bits"]
+    total = sum(v2_bits(q.tensors, *q.weight.shape, q.report["effective_bits"]) * q.weight.numel()
+                for q in result.linears.values())
+    return total / sum(q.weight.numel() for q in result.linears.values())
+
+
+def _mean_outlier_rate(layers: dict) -> float | None:
+    rated = [(r["outlier_rate"], r["rows"] * r["cols"]) for r in layers.values() if r["outlier_rate"] is not None]
+    return sum(r * w for r, w in rated) / sum(w for _, w in rated) if rated else None
+
+
+def cached_row(name: str, args) -> dict | None:
+    """The row's cached result, its resident bits recounted (from the cached weights) when the
+    resident formula or the runtime changed since."""
+    path = CACHE / f"{name}-{row_key(name, args)}.json"
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    weights = ROWS[name] is not None and (CACHE / f"{name}-{quant_key(ROWS[name], args)}.weights.pt").is_file()
+    if weights and row.get("resident_version") != RESIDENT_VERSION:
+        facts = quantized_weights(name, None, None, args, None)["facts"]
+        row.update(resident_bits=facts["resident_bits"], resident_version=RESIDENT_VERSION)
+        path.write_text(json.dumps(row, indent=1))
     return row
 
 
-def code_differences(babai: str, gptq: str, args) -> dict | None:
-    """Per linear, how many integer codes differ between two independent whole-model runs."""
-    a, b = codes_path(babai, args), codes_path(gptq, args)
-    if not (a.is_file() and b.is_file()):
-        return None
-    ca, cb = torch.load(a), torch.load(b)
-    per_layer = {n: int((ca[n] != cb[n]).sum()) for n in ca}
-    return {"total": sum(per_layer.values()), "codes": sum(t.numel() for t in ca.values()),
-            "layers_with_differences": sum(v > 0 for v in per_layer.values()), "per_layer": per_layer}
-
-
-def write_results(rows: list[dict], args, command: str) -> None:
-    meta = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions(), "device": f"cpu ({platform.processor() or platform.machine()}, "
-                                              f"{os.cpu_count()} cores shared)",
-            "model": "SmolLM2-135M-Instruct (bf16 weights, evaluated in float32)",
-            "calibration": "Austen calib split",
-            "evaluation": "Austen eval split (Pride and Prejudice), 1024-token windows",
-            "nsamples": args.nsamples, "seqlen": args.seqlen, "max_windows": args.max_windows, "group_size": G}
-    done = {r["row"] for r in rows}
-    diffs = {b: code_differences(b, g, args) for b, g in BABAI_PAIRS.items() if {b, g} <= done}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps({**meta, "rows": rows, "babai_vs_gptq_codes": diffs},
-                                                     indent=1) + "\n")
-    base = next((r["ppl"] for r in rows if r["row"] == "base"), None)
-    evaluated = f"{rows[0]['scored_tokens']} tokens ({rows[0]['eval_windows']} windows)" if rows else "?"
-    lines = ["# Quality: SmolLM2-135M-Instruct on Austen (Pride and Prejudice)", "",
-             f"Command: `{command}`  ", f"Date: {meta['date']}  ", f"Versions: {meta['versions']}  ",
-             f"Device: {meta['device']}  ",
-             f"Calibration: {args.nsamples} × {args.seqlen} tokens of the calib split; eval: first {evaluated} "
-             f"of the eval split in 1024-token windows" + (f" (--max-windows {args.max_windows})" if args.max_windows
-                                                          else "") + ", float32, exact dequantized weights.", "",
-             "| row | effective bits | perplexity | Δ vs base | quantize s | bound ≥ error (unclipped layers) |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        delta = f"{r['ppl'] - base:+.3f}" if base is not None else ""
-        fmt = (r["spec"] or {}).get("format")
-        bound = {None: "", "rtn": "n/a (clipped)", "gptq": "n/a (clipped)", "hrtn": "n/a (no bound)"}.get(
-            fmt, r.get("bound_holds_where_unclipped"))
-        lines.append(f"| {r['row']} | {r['effective_bits']:.3f} | {r['ppl']:.3f} | {delta} | "
-                     f"{r.get('quantize_seconds', 0):.0f} | {bound} |")
-    for b, d in diffs.items():
-        same = next(r for r in rows if r["row"] == b).get("gptq_code_mismatches_same_inputs")
-        if d is not None:
-            first = next((n for n, v in d["per_layer"].items() if v), None)
-            lines += ["", f"{b} vs {BABAI_PAIRS[b]} (both fp64): on identical inputs (each linear's Babai codes vs "
-                          f"the GPTQ sweep on the same W, H, scales; counted inside the Babai run) {same} of "
-                          f"{d['codes']} codes differ. Between the two independent whole-model runs {d['total']} "
-                          f"differ in {d['layers_with_differences']} of {len(d['per_layer'])} linears: the first "
-                          f"differences ({first}) change the next layers' inputs and H, and the runs drift apart."]
-    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
+def run_row(name: str, args, model_dir: Path, texts: dict) -> dict:
+    """One row's result (cached as <row>-<key>.json)."""
+    row = cached_row(name, args)
+    if row is not None:
+        return row
+    start = time.perf_counter()
+    model, tokenizer = load_causal_lm(model_dir)
+    model.float()   # evaluate in float32: exact for bf16 weights and for the dequantized ones
+    spec = ROWS[name]
+    row = {"row": name, "spec": spec, "load_at_start": os.getloadavg()}
+    if spec is None:
+        row.update(effective_bits=16.0, resident_bits=16.0)
+    else:
+        saved = quantized_weights(name, model, tokenizer, args, texts)
+        for lname, weight in saved["weights"].items():
+            model.get_submodule(lname).weight.data = weight
+        row.update(saved["facts"])
+    ppl = evaluate_text(model, tokenizer, texts["eval"], window=1024, max_windows=args.max_windows, progress=True)
+    row.update(ppl=ppl.ppl, scored_tokens=ppl.scored_tokens, eval_windows=ppl.windows,
+               seconds=time.perf_counter() - start, load_at_end=os.getloadavg(),
+               key=row_key(name, args), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / f"{name}-{row['key']}.json").write_text(json.dumps(row, indent=1))
+    return row
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", nargs="*", choices=list(ROWS), default=list(ROWS), help="rows to run (default: all)")
+    p.add_argument("--rows", nargs="*", choices=list(ROWS), default=DEFAULT_ORDER,
+                   help="rows to run, in this order (default: all, most needed first)")
     p.add_argument("--nsamples", type=int, default=16, help="calibration windows (CLI default)")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window (CLI default)")
-    p.add_argument("--max-windows", type=int, default=None, help="eval windows of 1024 tokens (default: all)")
+    p.add_argument("--max-windows", type=int, default=32, help="eval windows of 1024 tokens (0: all 164)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch CPU threads; use 1 on a busy shared machine (OpenMP spins when oversubscribed)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the table, plot and JSON from the cached rows (missing rows marked)")
     args = p.parse_args(argv)
+    args.max_windows = args.max_windows or None
     torch.set_num_threads(args.threads)
     command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    model_dir = assets.model_dir()
     texts = {s: assets.text_path(s).read_text(encoding="utf-8") for s in ("calib", "eval")}
-    rows = []
+    model_dir = None if args.report_only else assets.model_dir()
+    rows: dict[str, dict] = {}
     for name in args.rows:
-        rows.append(run_row(name, args, model_dir, texts))
-        print(json.dumps(rows[-1]))
-        write_results(rows, args, command)
+        row = cached_row(name, args) if args.report_only else run_row(name, args, model_dir, texts)
+        if row is not None:
+            rows[name] = row
+            print(json.dumps({k: row[k] for k in ("row", "effective_bits", "resident_bits", "ppl")}), flush=True)
+        write_results(rows, [n for n in args.rows if n not in rows], args, command)
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from babai_quantizer.options import ALGORITHMS, FORMATS, ORDERINGS, QuantizeOptions
+from babai_quantizer.options import ALGORITHMS, FORMATS, ORDERINGS, RATE_MODES, SCALE_INITS, QuantizeOptions
 
 DESCRIPTION = """Quantize a Llama-family causal LM (Llama, Mistral, Qwen2, Qwen3) layer by layer with
 GPTQ/Babai and write a Hugging Face checkpoint folder (config.json quantization_config per
@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="columns per scale group (ssqr, gptq, rtn); must divide every layer's input size")
     p.add_argument("--outlier-rate", type=float, default=0.01,
                    help="ssqr: target fraction of 16-bit outliers per row (the scale search aims at it)")
+    p.add_argument("--scale-init", choices=SCALE_INITS, default="mse",
+                   help="ssqr: shape of the group scales the per-row multiplier scales: mse = GPTQ's "
+                        "clipping-tuned MSE scales; rms = each group's root mean square; absmax")
+    p.add_argument("--rate-mode", choices=RATE_MODES, default="closest",
+                   help="ssqr: closest = each row's outlier count closest to rate·K; cap = round(rate·K) is a "
+                        "hard per-row limit (the stored ELL width) and each row keeps its least-error point "
+                        "within it")
     p.add_argument("--ordering", choices=ORDERINGS, default="act",
                    help="quantization order: act = descending diag(H) (GPTQ act-order); min-pivot = greedy "
                         "pivoted LDL minimizing tr(D); identity = original column order")
@@ -93,7 +100,7 @@ def options_from_args(args: argparse.Namespace) -> QuantizeOptions:
         outlier_rate=args.outlier_rate, ordering=args.ordering, algorithm=args.algorithm, damping=args.damping,
         float_target=args.float_target, true_sequential=args.true_sequential,
         row_parallel_blocks=args.row_parallel_blocks, skip=tuple(args.skip), device=args.device,
-        dtype=args.dtype, reduce=args.reduce)
+        dtype=args.dtype, reduce=args.reduce, scale_init=args.scale_init, rate_mode=args.rate_mode)
     try:
         options.validate()
     except ValueError as e:

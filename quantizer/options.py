@@ -11,6 +11,8 @@ ORDERINGS = ("act", "min-pivot", "identity")
 ALGORITHMS = ("gptq", "babai")
 BITS = {"ssqr": SSQR_BITS, "gptq": GPTQ_BITS, "rtn": GPTQ_BITS}   # formats with integer bits
 TARGET_BITS_FORMATS = ("hptq", "hrtn")
+SCALE_INITS = ("mse", "rms", "absmax")      # ssqr (formats/ssqr.py)
+RATE_MODES = ("closest", "cap")             # ssqr (formats/ssqr.py)
 GROUPED_FORMATS = ("ssqr", "gptq", "rtn")
 
 
@@ -34,6 +36,8 @@ class QuantizeOptions:
     device: str = "cpu"
     dtype: str = "float32"                  # dtype of the quantization sweep
     reduce: str = "none"                    # hptq: lattice basis reduction before Babai ("lll", "bkz-<B>")
+    scale_init: str = "mse"                 # ssqr: group-scale shape before the row multiplier (SCALE_INITS)
+    rate_mode: str = "closest"              # ssqr: outlier count closest to rate·K, or capped at it (RATE_MODES)
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -60,6 +64,10 @@ class QuantizeOptions:
             raise ValueError(f"row_parallel_blocks: must be ≥ 1, got {self.row_parallel_blocks}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype: {self.dtype!r} not in ['float32', 'float64']")
+        if self.scale_init not in SCALE_INITS:
+            raise ValueError(f"scale_init: {self.scale_init!r} not in {list(SCALE_INITS)}")
+        if self.rate_mode not in RATE_MODES:
+            raise ValueError(f"rate_mode: {self.rate_mode!r} not in {list(RATE_MODES)}")
         parse_method(self.reduce)
         if self.reduce != "none" and self.format != "hptq":
             raise ValueError(f"reduce: {self.reduce!r} needs format 'hptq' (one scale per matrix, so every row "

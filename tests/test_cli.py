@@ -51,7 +51,7 @@ def test_help_explains_every_option(capsys):
     for opt in ("--model", "--calib-text", "--output", "--format", "--bits", "--target-bits", "--group-size",
                 "--outlier-rate", "--ordering", "--damping", "--float-target", "--nsamples", "--seqlen",
                 "--device", "--seed", "--skip", "--row-parallel-blocks", "--overwrite", "--dtype", "--algorithm",
-                "--threads"):
+                "--threads", "--rate-mode", "--scale-init"):
         assert opt in text
 
 
@@ -150,3 +150,20 @@ def test_reduce_option_quantizes_hptq_and_is_refused_elsewhere(model_dir, tmp_pa
     assert "--reduce: 'lll' needs format 'hptq'" in capsys.readouterr().err
     assert main(args(model_dir, tmp_path / "y", "--format", "hptq", "--target-bits", "4", "--reduce", "bkz")) == 2
     assert "--reduce: expected 'none', 'lll' or 'bkz-<B>'" in capsys.readouterr().err
+
+
+def test_ssqr_search_options_reach_the_quantizer(model_dir, tmp_path, capsys):
+    out = tmp_path / "ssqr"
+    assert main(args(model_dir, out, "--format", "ssqr", "--bits", "3", "--outlier-rate", "0.03",
+                     "--rate-mode", "cap", "--scale-init", "rms", "--row-parallel-blocks", "1")) == 0
+    report = json.loads((out / "quant_report.json").read_text())
+    assert report["options"]["rate_mode"] == "cap" and report["options"]["scale_init"] == "rms"
+    from safetensors.torch import load_file
+    tensors = load_file(str(out / "model.safetensors"))
+    for name, cols in tensors.items():
+        if name.endswith("outlier_cols"):       # ELL width ≤ the cap round(rate·K)
+            k = tensors[name.replace("outlier_cols", "perm")].numel()
+            assert cols.shape[1] <= max(round(0.03 * k), 1)
+    with pytest.raises(SystemExit):
+        main(args(model_dir, tmp_path / "x", "--format", "ssqr", "--rate-mode", "exact"))
+    assert "--rate-mode" in capsys.readouterr().err

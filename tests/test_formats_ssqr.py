@@ -121,6 +121,26 @@ def test_outlier_rate_meets_target_per_row(target):
     assert r.tensors["outlier_cols"].shape[1] == int((outliers != 0).sum(1).max())   # cap
 
 
+@pytest.mark.parametrize("scale_init", ["mse", "rms"])
+def test_rate_mode_cap_keeps_every_row_within_the_cap(scale_init):
+    W, H = correlated_layer(64, 512, seed=1)
+    rate = 0.01
+    cap = round(rate * W.shape[1])
+    closest = quantize_ssqr(W, H, bits=3, group_size=64, outlier_rate=rate)
+    r = quantize_ssqr(W, H, bits=3, group_size=64, outlier_rate=rate, rate_mode="cap", scale_init=scale_init)
+    _, _, _, outliers = unpack_ssqr(r.tensors)
+    counts = (outliers != 0).sum(1)
+    assert int(counts.max()) <= cap and r.tensors["outlier_cols"].shape[1] <= cap      # ELL width = cap
+    assert float(counts.double().mean()) >= cap - 2            # the slots below the cap are used
+    assert torch.equal(dequantize_ssqr(r.tensors), r.q_dequant)
+    assert r.effective_bits <= closest.effective_bits
+    assert r.search["rate_mode"] == "cap" and r.search["scale_init"] == scale_init
+    error, _ = numpy_error_and_inlier_bound(W, H, r)
+    np.testing.assert_allclose(r.error.numpy(), error, rtol=1e-6)
+    ok = ~r.bound.isnan()
+    assert bool((r.error[ok] <= r.bound[ok] * (1 + 1e-6)).all())
+
+
 def test_block_local_permutation_for_row_parallel_layers(layer):
     W, H = layer
     P = 4
@@ -139,7 +159,8 @@ def test_block_local_permutation_for_row_parallel_layers(layer):
 @pytest.mark.parametrize("kwargs, name", [
     ({"bits": 5}, "bits"), ({"outlier_rate": 0.2}, "outlier_rate"),
     ({"group_size": 48}, "group_size"), ({"row_parallel_blocks": 3}, "row_parallel_blocks"),
-    ({"ordering": "random"}, "ordering"),
+    ({"ordering": "random"}, "ordering"), ({"scale_init": "median"}, "scale_init"),
+    ({"rate_mode": "exact"}, "rate_mode"),
 ])
 def test_bad_arguments_name_themselves(layer, kwargs, name):
     W, H = layer

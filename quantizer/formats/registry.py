@@ -30,7 +30,8 @@ def _sweep_kwargs(W: torch.Tensor, options: QuantizeOptions) -> dict:
 
 def _ssqr(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:
     return quantize_ssqr(W, H, bits=options.bits, group_size=options.group_size, outlier_rate=options.outlier_rate,
-                         ordering=options.ordering, row_parallel_blocks=blocks, G_cross=G, **_sweep_kwargs(W, options))
+                         ordering=options.ordering, row_parallel_blocks=blocks, G_cross=G,
+                         scale_init=options.scale_init, rate_mode=options.rate_mode, **_sweep_kwargs(W, options))
 
 
 def _hptq(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:

@@ -14,6 +14,13 @@ Search (paper §5; per output row, all rows in one batched sweep per step):
         where GPTQ with clipping at s0 does better on that row, the row is stored clipped
         (0 outliers, scales s0; no bound applies to it)
 
+Options (same format; issue 15): scale_init 'mse' (default, GPTQ's clipping-tuned scales) |
+'rms' | 'absmax' sets the per-group scale shape s0 that the row multiplier scales (the rescue and
+its bound still use the MSE scales). rate_mode 'closest' (default) keeps the point whose outlier
+count is closest to rate·K; 'cap' makes cap = round(rate·K) a hard per-row limit (it is the
+ELL width, so every slot below it is already paid for) and keeps, per row, the evaluated point of
+least sweep loss with at most cap outliers (the closest point where none was found).
+
 Rows are independent in GPTQ (they share only H and the order), so a row's evaluation at
 its chosen m is exactly its result; no final sweep is needed. The rescue exists for ill-conditioned
 layers (e.g. SmolLM2's late down_proj at 3 bits), where error propagation makes the outlier count
@@ -30,6 +37,8 @@ from babai_kernels.contract import BLOCK, MAX_K, SSQR_BITS
 from babai_kernels.ssqr.pack import pack_ssqr
 from babai_quantizer.lattice import (ClippedGrid, OverflowGrid, achieved_error, babai_bound, coordinate_scales,
                                group_scales, step_group_index, sweep)
+
+from babai_quantizer.options import RATE_MODES, SCALE_INITS
 
 from .bisection import LogBisection
 from .layer import check_row_parallel_blocks, prepare_layer, validate_common
@@ -59,11 +68,45 @@ def rtn_start_multiplier(W_q: torch.Tensor, s0_cols: torch.Tensor, bits: int,
     return torch.quantile(a, 1.0 - outlier_rate, dim=1).cpu()
 
 
+
+
+def initial_scales(Wd: torch.Tensor, bits: int, group_size: int, perm: torch.Tensor, scale_init: str) -> torch.Tensor:
+    """(N, K/G) float16-valued float32 group scales (groups contiguous in `perm`) before the row
+    multiplier: 'mse' | 'absmax' (lattice.group_scales), 'rms' (root mean square of the group; only
+    the shape across a row's groups matters, the multiplier search sets the level)."""
+    if scale_init in ("mse", "absmax"):
+        return group_scales(Wd, bits, group_size, order=perm, method=scale_init)
+    rms = Wd[:, perm].double().reshape(Wd.shape[0], -1, group_size).square().mean(-1).sqrt()
+    return rms.to(torch.float16).to(torch.float32).clamp_min(FP16_TINY)
+
+
 def outlier_rounding_bound(q: torch.Tensor, outlier: torch.Tensor, perm: torch.Tensor,
                            D: torch.Tensor) -> torch.Tensor:
     """(N,) float64 bound on the error terms Σ_outliers D_k (w̃_k − float16(w̃_k))² (original order)."""
     r = (FP16_ROUNDING * q.double().abs() + 2.0 ** -24) * outlier
     return (r[:, perm].square() * D.double().to(q.device)[None, :]).sum(1)
+
+
+class CappedChoice:
+    """rate_mode 'cap': per row, the evaluated point of least sweep loss with ≤ cap outliers
+    (until a row has one, the bisection's closest point). x: (N,) float64 chosen log m."""
+
+    def __init__(self, n: int, cap: int):
+        self.cap = cap
+        self.loss = torch.full((n,), math.inf, dtype=torch.float64)
+        self.found = torch.zeros(n, dtype=torch.bool)
+        self.x = torch.full((n,), math.nan, dtype=torch.float64)
+
+    def update(self, log_m: torch.Tensor, counts: torch.Tensor, loss: torch.Tensor,
+               closest: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: keep this evaluation for the row (log_m, counts, loss, closest: (N,) CPU)."""
+        ok = counts <= self.cap
+        take = ok & (loss.double() < self.loss)
+        keep = torch.where(self.found | ok, take, closest)
+        self.loss = torch.where(take, loss.double(), self.loss)
+        self.x = torch.where(keep, log_m.double(), self.x)
+        self.found |= ok
+        return keep
 
 
 def rescue_rows(Wd: torch.Tensor, prep, s0: torch.Tensor, gidx: torch.Tensor, bits: int,
@@ -88,7 +131,11 @@ def rescue_rows(Wd: torch.Tensor, prep, s0: torch.Tensor, gidx: torch.Tensor, bi
     return clipped
 
 
-def _check_ssqr_args(K: int, bits, group_size, outlier_rate, steps, rate_tol) -> None:
+def _check_ssqr_args(K: int, bits, group_size, outlier_rate, steps, rate_tol, scale_init, rate_mode) -> None:
+    if scale_init not in SCALE_INITS:
+        raise ValueError(f"scale_init: {scale_init!r} not in {list(SCALE_INITS)}")
+    if rate_mode not in RATE_MODES:
+        raise ValueError(f"rate_mode: {rate_mode!r} not in {list(RATE_MODES)}")
     if bits not in SSQR_BITS:
         raise ValueError(f"bits: SSQR inliers are {SSQR_BITS} bits, got {bits!r}")
     if not isinstance(group_size, int) or group_size <= 0 or group_size % BLOCK or K % group_size:
@@ -107,7 +154,7 @@ def quantize_ssqr(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size
                   outlier_rate: float = 0.01, ordering: str = "act", damping: float = 0.01,
                   row_parallel_blocks: int = 1, G_cross: torch.Tensor | None = None,
                   steps: int = 24, rate_tol: float = 0.0025, block_size: int = 128, dtype: torch.dtype = torch.float32,
-                  device=None) -> FormatResult:
+                  device=None, scale_init: str = "mse", rate_mode: str = "closest") -> FormatResult:
     """Quantize W (N, K) float with Hessian H = XᵀX (K, K) to SSQR (docs/format.md §2).
 
     bits: inlier bits 2/3/4. group_size: columns per float16 scale, contiguous in quantization
@@ -115,35 +162,43 @@ def quantize_ssqr(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size
     'act' | 'min-pivot' | 'identity', block-local over `row_parallel_blocks` column blocks.
     G_cross: (K, K) X̂ᵀX for the float target. steps: most batched sweeps in the search;
     a row is done once |rate − outlier_rate| ≤ rate_tol (or within half an outlier).
-    dtype/device: sweep precision and device. Returns FormatResult with outlier_rate (N,) and
+    dtype/device: sweep precision and device. scale_init, rate_mode: see the module docstring. Returns FormatResult with outlier_rate (N,) and
     bound = Babai bound on the inliers + float16 rounding bound of the outliers (NaN on the
     rows stored clipped by the rescue; their indices are in search["clipped_rows"]).
     """
     validate_common(W, H, G_cross, damping)
     N, K = W.shape
-    _check_ssqr_args(K, bits, group_size, outlier_rate, steps, rate_tol)
+    _check_ssqr_args(K, bits, group_size, outlier_rate, steps, rate_tol, scale_init, rate_mode)
     check_row_parallel_blocks(K, row_parallel_blocks, group_size)
     start = time.perf_counter()
     Wd, prep = prepare_layer(W, H, ordering=ordering, damping=damping,
                              row_parallel_blocks=row_parallel_blocks, G_cross=G_cross,
                              dtype=dtype, device=device)
     gidx = step_group_index(prep.perm, group_size, "quant_order")
-    s0 = group_scales(Wd, bits, group_size, order=prep.perm, method="mse")
+    s_mse = group_scales(Wd, bits, group_size, order=prep.perm, method="mse")
+    s0 = s_mse if scale_init == "mse" else initial_scales(Wd, bits, group_size, prep.perm, scale_init)
     grid = OverflowGrid(bits)
 
     m0 = rtn_start_multiplier(Wd[:, prep.perm], s0[:, gidx], bits, outlier_rate)
+    tol = max(0.5, rate_tol * K)
+    cap = round(outlier_rate * K)
+    target, tol = (outlier_rate * K, tol) if rate_mode == "closest" else (max(cap - tol / 2, 0.0), tol / 2)
     search = LogBisection(torch.log(m0.clamp_min(MULTIPLIER_RANGE[0])),
-                          torch.full((N,), outlier_rate * K), tol=max(0.5, rate_tol * K),
+                          torch.full((N,), float(target)), tol=tol,
                           step=math.log(1.1), x_tol=1e-3,
                           x_min=math.log(MULTIPLIER_RANGE[0]), x_max=math.log(MULTIPLIER_RANGE[1]))
     best = None
     trace = []
+    chosen = CappedChoice(N, cap) if rate_mode == "cap" else None
     while not search.done() and search.steps < steps:
         log_m = search.propose()
         scales = multiplied_scales(s0, log_m)
         res = sweep(Wd, prep, scales, gidx, grid, block_size=block_size)
         counts = res.outlier.sum(1).cpu()
-        better = search.update(log_m, counts).to(res.codes.device)
+        better = search.update(log_m, counts)
+        if chosen is not None:
+            better = chosen.update(log_m, counts, res.loss.cpu(), better)
+        better = better.to(res.codes.device)
         trace.append((float(counts.double().mean() / K), int((~search.done_mask()).sum())))
         if best is None:
             best = {"codes": res.codes, "q": res.q, "outlier": res.outlier, "scales": scales}
@@ -154,7 +209,7 @@ def quantize_ssqr(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size
 
     perm = prep.perm
     error = achieved_error(Wd, best["q"], prep.H)
-    clipped = rescue_rows(Wd, prep, s0, gidx, bits, error, best, block_size)
+    clipped = rescue_rows(Wd, prep, s_mse, gidx, bits, error, best, block_size)
     q = best["q"].to(torch.float32) + 0.0                   # −0.0 → +0.0, as the dequantizer gives
     outliers = torch.where(best["outlier"], q, torch.zeros_like(q)).to(torch.float16)
     tensors = pack_ssqr(best["codes"][:, perm], best["scales"].to(torch.float16), perm,
@@ -163,7 +218,7 @@ def quantize_ssqr(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size
     bound = babai_bound(S, perm, prep.D, include=~best["outlier"]) \
         + outlier_rounding_bound(q, best["outlier"], perm, prep.D)
     bound[clipped] = math.nan
-    log_m = search.best_x
+    log_m = search.best_x if chosen is None else chosen.x
     return FormatResult(
         format="ssqr", tensors=tensors, q_dequant=q.cpu(),
         error=error.cpu(), bound=bound.cpu(),
@@ -171,8 +226,9 @@ def quantize_ssqr(W: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size
         outlier_rate=best["outlier"].sum(1).double().cpu() / K,
         search={"steps": search.steps, "seconds": time.perf_counter() - start,
                 "mean_rate_and_active_rows_per_step": trace, "trace_D": prep.trace_D,
-                "damping_used": prep.damping, "row_parallel_blocks": row_parallel_blocks,
+                "damping_used": prep.damping, "scale_init": scale_init, "rate_mode": rate_mode, "row_parallel_blocks": row_parallel_blocks,
                 "multiplier_min": math.exp(float(log_m.min())),
                 "multiplier_max": math.exp(float(log_m.max())),
+                "multiplier_median": math.exp(float(log_m.median())),
                 "rows_converged": int(search.done_mask().sum()),
                 "clipped_rows": clipped.nonzero().flatten().tolist()})

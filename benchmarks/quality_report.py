@@ -1,0 +1,163 @@
+"""Tables, ratios and plot of benchmarks.quality: benchmarks/results/quality.{json,md,png}.
+
+The acceptance metric of issue 15: for a row at b bits with perplexity increase Δ = ppl − base,
+ratio = Δ / Δ_GPTQ(b), Δ_GPTQ(b) linear in bits between GPTQ's points (all group sizes, the lower
+envelope: a GPTQ point that a smaller GPTQ point beats is dropped). Computed at effective bits
+(stored bytes) and at resident bits (serving runtime, quality_bits.py); None outside GPTQ's range.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+COMPARED = ("ssqr", "hptq", "hrtn")
+
+
+def family(row: dict) -> str:
+    """Plot line of a row: its format (babai: 'babai'); SSQR split by group size and ordering."""
+    spec = row["spec"] or {}
+    fmt = spec.get("format", "base")
+    if spec.get("algorithm") == "babai":
+        return "babai"
+    if fmt == "ssqr":
+        if spec.get("simulate"):
+            return f"ssqr {spec['simulate']} (simulated)"
+        blocks = spec.get("row_parallel_blocks", 8)
+        return f"ssqr g{spec.get('group_size', 64)}" + (" global" if blocks == 1 else f" blocks{blocks}")
+    return fmt
+
+
+def gptq_envelope(rows: dict, bits_key: str) -> list[tuple[float, float]]:
+    """[(bits, Δppl)] of the GPTQ rows sorted by bits, each better than every smaller one."""
+    base = rows["base"]["ppl"]
+    pts = sorted((r[bits_key], r["ppl"] - base) for r in rows.values()
+                 if family(r) == "gptq" and r.get(bits_key) is not None)
+    env: list[tuple[float, float]] = []
+    for b, d in pts:
+        if not env or d < env[-1][1]:
+            env.append((b, d))
+    return env
+
+
+SLACK = 0.02     # bits: a row this close outside GPTQ's range is compared on the nearest segment
+
+
+def interpolate(env: list[tuple[float, float]], bits: float) -> float | None:
+    """Δ_GPTQ at `bits`, linear between envelope points (extended by SLACK bits at both ends);
+    None farther outside."""
+    if not env or not env[0][0] - SLACK <= bits <= env[-1][0] + SLACK:
+        return None
+    if len(env) == 1:
+        return env[0][1]
+    i = next((i for i in range(len(env) - 1) if bits <= env[i + 1][0]), len(env) - 2)
+    (b0, d0), (b1, d1) = env[i], env[i + 1]
+    return d0 + (d1 - d0) * (bits - b0) / (b1 - b0)
+
+
+def ratios(rows: dict) -> dict[str, dict]:
+    """{row: {"effective": ratio | None, "resident": ratio | None}} for the SSQR/HPTQ/HRTN rows."""
+    if "base" not in rows:
+        return {}
+    base = rows["base"]["ppl"]
+    out = {}
+    for key in ("effective_bits", "resident_bits"):
+        env = gptq_envelope(rows, key)
+        for name, r in rows.items():
+            if (r["spec"] or {}).get("format") in COMPARED and env:
+                ref = interpolate(env, r[key])
+                out.setdefault(name, {})[key.split("_")[0]] = \
+                    None if ref is None or ref <= 0 else (r["ppl"] - base) / ref
+    return out
+
+
+def _fmt(x, spec=".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def markdown(rows: dict, missing: list[str], meta: dict, rat: dict) -> str:
+    base = rows.get("base", {}).get("ppl")
+    first = next(iter(rows.values()), None)
+    evaluated = f"{first['scored_tokens']} tokens ({first['eval_windows']} windows)" if first else "?"
+    lines = ["# Quality: SmolLM2-135M-Instruct on Austen (Pride and Prejudice)", "",
+             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ", f"Versions: {meta['versions']}  ",
+             f"Device: {meta['device']}  ",
+             f"Calibration: {meta['nsamples']} × {meta['seqlen']} tokens of the calib split; eval: first {evaluated}"
+             " of the eval split in 1024-token windows, float32, exact dequantized weights.", "",
+             "Effective bits: every stored byte. Resident bits: what the serving runtime holds "
+             "(benchmarks/quality_bits.py). Ratio: Δppl / GPTQ's Δppl interpolated at the same bits "
+             "(lower envelope of all GPTQ group sizes, linear in bits; – more than 0.02 bits outside GPTQ's range). Plot: "
+             "[quality.png](quality.png).", "",
+             "| row | effective bits | resident bits | perplexity | Δ vs base | ratio @eff | ratio @res "
+             "| outliers | quantize s | bound ≥ error (unclipped layers) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        fmt = (r["spec"] or {}).get("format")
+        bound = {None: "", "rtn": "n/a (clipped)", "gptq": "n/a (clipped)", "hrtn": "n/a (no bound)"}.get(
+            fmt, r.get("bound_holds_where_unclipped"))
+        rr = rat.get(name, {})
+        lines.append(f"| {name} | {r['effective_bits']:.3f} | {_fmt(r.get('resident_bits'))} | {r['ppl']:.3f} | "
+                     f"{_fmt(None if base is None else r['ppl'] - base, '+.3f')} | {_fmt(rr.get('effective'), '.0%')} | "
+                     f"{_fmt(rr.get('resident'), '.0%')} | {_fmt(r.get('outlier_rate'), '.2%')} | "
+                     f"{r.get('quantize_seconds', 0):.0f} | {bound} |")
+    if missing:
+        lines += ["", f"Not run yet (no cached result for these settings and code): {', '.join(missing)}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict, path: Path) -> bool:
+    """Perplexity against effective and resident bits, one line per family; False without matplotlib."""
+    try:
+        import matplotlib
+        import matplotlib.ticker
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fams: dict[str, list[dict]] = {}
+    for r in rows.values():
+        if r["spec"] is not None:
+            fams.setdefault(family(r), []).append(r)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, key, title in zip(axes, ("effective_bits", "resident_bits"), ("effective (stored)", "resident (runtime)")):
+        for fam, rs in sorted(fams.items()):
+            rs = sorted(rs, key=lambda r: r[key])
+            # Resident bits: markers only (GPTQ w3 and w4 hold the same 4-bit codes, so a line would zigzag).
+            ax.plot([r[key] for r in rs], [r["ppl"] for r in rs], marker="o", label=fam,
+                    ls="-" if key == "effective_bits" else "none")
+        if "base" in rows:
+            ax.axhline(rows["base"]["ppl"], color="k", ls="--", lw=1, label=f"base {rows['base']['ppl']:.2f}")
+        ax.set_xlabel(f"{title} bits per weight")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.0f"))
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("perplexity (eval split, log scale)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M-Instruct: perplexity against bits per weight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_results(rows: dict, missing: list[str], args, command: str) -> None:
+    """quality.json (all rows, ratios, settings), quality.md (table) and quality.png (plot)."""
+    import transformers
+    meta = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__, "threads": torch.get_num_threads()},
+            "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared)",
+            "nsamples": args.nsamples, "seqlen": args.seqlen, "max_windows": args.max_windows}
+    rat = ratios(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "quality.json").write_text(json.dumps({**meta, "rows": list(rows.values()), "ratios": rat,
+                                                      "missing": missing}, indent=1) + "\n")
+    (RESULTS / "quality.md").write_text(markdown(rows, missing, meta, rat))
+    if not plot(rows, RESULTS / "quality.png"):
+        print("matplotlib is not installed (pip install matplotlib): quality.png not written")

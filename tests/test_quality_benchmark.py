@@ -1,0 +1,68 @@
+"""benchmarks.quality's bit accounting and comparison (issue 15): resident bits from the runtime
+layout, GPTQ interpolation and the ratio of perplexity increases."""
+import math
+
+import pytest
+import torch
+
+from babai_kernels.runtime import RESIDUAL_ENTRY_BYTES
+from babai_quantizer.formats.registry import FORMAT_QUANTIZERS
+from babai_quantizer.options import QuantizeOptions
+from benchmarks.quality import ROWS, gptq_bits
+from benchmarks.quality_bits import resident_bytes
+from benchmarks.quality_report import gptq_envelope, interpolate, ratios
+
+
+@pytest.fixture(scope="module")
+def layer():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(512, 192, generator=g) @ (torch.eye(192) + 0.1 * torch.randn(192, 192, generator=g))
+    return torch.randn(64, 192, generator=g) * 0.02, X.T @ X / 512
+
+
+def quantize(layer, **spec):
+    W, H = layer
+    options = QuantizeOptions(**spec)
+    return FORMAT_QUANTIZERS[options.format](W, H, None, options, 1), options
+
+
+def test_gptq_resident_bits_widen_codes_and_zeros_to_four(layer):
+    r, o = quantize(layer, format="gptq", bits=3, group_size=64)
+    assert r.effective_bits == pytest.approx(gptq_bits(3, 64))
+    assert resident_bytes("gptq", r.tensors, 64, 192, 3) * 8 / (64 * 192) == pytest.approx(gptq_bits(4, 64))
+
+
+def test_ssqr_resident_bits_follow_the_formula(layer):
+    r, o = quantize(layer, format="ssqr", bits=3, group_size=64, outlier_rate=0.02, rate_mode="cap")
+    n, k = 64, 192
+    nnz = int((r.tensors["outlier_vals"] != 0).sum())
+    perm = 0 if torch.equal(r.tensors["perm"].long(), torch.arange(k)) else 4 * k
+    expected = n * k * 4 / 8 + n * (k // 64) * 2 + (RESIDUAL_ENTRY_BYTES * nnz + 4 * (n + 1) if nnz else 0) + perm
+    assert resident_bytes("ssqr", r.tensors, n, k) == pytest.approx(expected)
+
+
+def test_hptq_resident_bits_count_one_scale_per_row(layer):
+    r, o = quantize(layer, format="hptq", target_bits=3.3)
+    got = resident_bytes("hptq", r.tensors, 64, 192)
+    assert 64 * 192 * 4 / 8 + 64 * (2 + 4) <= got < 64 * 192 * 8 / 8 + 64 * (2 + 4) + 4 * 65 + 8 * 64 * 192
+
+
+def test_ratio_interpolates_gptq_linearly_in_bits():
+    def row(fmt, bits, ppl):
+        return {"spec": {"format": fmt}, "effective_bits": bits, "resident_bits": bits, "ppl": ppl}
+    rows = {"base": {"spec": None, "effective_bits": 16, "resident_bits": 16, "ppl": 10.0},
+            "g3": row("gptq", 3.0, 20.0), "g4": row("gptq", 4.0, 12.0),
+            "g-worse": row("gptq", 3.5, 30.0),                   # dominated: not on the envelope
+            "s": row("ssqr", 3.5, 13.0), "far": row("hptq", 5.0, 11.0)}
+    assert gptq_envelope(rows, "effective_bits") == [(3.0, 10.0), (4.0, 2.0)]
+    assert interpolate(gptq_envelope(rows, "effective_bits"), 3.5) == pytest.approx(6.0)
+    r = ratios(rows)
+    assert r["s"]["effective"] == pytest.approx(3.0 / 6.0)
+    assert r["far"]["effective"] is None
+
+
+def test_rows_are_valid_options():
+    for name, spec in ROWS.items():
+        if spec is not None:
+            QuantizeOptions(**{k: v for k, v in spec.items() if k != "simulate"}).validate()
+    assert math.isclose(gptq_bits(4, 64), 4.3125)
