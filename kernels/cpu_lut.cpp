@@ -196,14 +196,12 @@ at::Tensor lut_linear(const at::Tensor& x, const at::Tensor& packed, int64_t bit
   return out;
 }
 
-bool lut_supported() { return supported(); }
-
 }  // namespace
 
 TORCH_LIBRARY(babai_cpu, m) {
   m.def("lut_linear(Tensor x, Tensor packed, int bits, Tensor scales, int group_size, Tensor perm, "
         "Tensor offsets, Tensor cols, Tensor vals, Tensor row_scale, Tensor bias) -> Tensor");
-  m.def("supported() -> bool", &lut_supported);
+  m.def("supported() -> bool", &supported);
 }
 
 TORCH_LIBRARY_IMPL(babai_cpu, CPU, m) { m.impl("lut_linear", &lut_linear); }

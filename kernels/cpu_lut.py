@@ -23,7 +23,6 @@ from babai_kernels.runtime import DenseResidual
 SOURCE = Path(__file__).with_suffix(".cpp")
 ROWS = 16          # output rows per block (one AVX-512 register of float32)
 BITS = (4, 5, 8)
-PAIR_BYTES = {4: 16, 5: 20, 8: 32}     # bytes per 16 rows × 2 columns
 FP16_TERMS = 3
 
 
@@ -37,7 +36,7 @@ def load() -> tuple[bool, str | None]:
     except Exception as e:  # noqa: BLE001 — compiler missing or failing: the chooser reports it
         return False, f"could not build the C++ extension {SOURCE.name}: {str(e).strip().splitlines()[-1][:200]}"
     if not torch.ops.babai_cpu.supported():
-        return False, "this CPU has no AVX-512 (the extension was built without it)"
+        return False, "this CPU has no AVX-512 BF16 (the extension was built without it)"
     torch.library.register_fake("babai_cpu::lut_linear")(_fake)
     return True, None
 
@@ -50,7 +49,7 @@ def _fake(x, packed, bits, scales, group_size, perm, offsets, cols, vals, row_sc
 class LutPacked:
     """The op's resident tensors (block layout: kernels/cpu_lut.cpp) and its two integers."""
 
-    packed: torch.Tensor      # (N/16, K/2, PAIR_BYTES[bits]) uint8 (8 bits: int8)
+    packed: torch.Tensor      # (N/16, K/2, 16 | 20 | 32 bytes for 4 | 5 | 8 bits) uint8 (8 bits: int8)
     scales: torch.Tensor      # (N/16, K/G, 16) float16, or empty when all are 1 (G = K)
     offsets: torch.Tensor     # (N + 1,) int32, CSR residual
     cols: torch.Tensor        # (nnz,) int16 holding uint16 columns
