@@ -59,3 +59,17 @@ def test_real_compile_of_the_ssqr_small_m_kernel():
     assert r["has"]["HMMA"] and r["has"]["LDGSTS"]
     assert r["spill_bytes"] == 0 and r["weight_load_bits"] >= 64
     assert 0 < r["instr_per_weight"] <= 3.0        # 35 before issue 14's redesign
+
+
+def test_real_compile_of_the_hptq_gluon_kernel():
+    """Compiles the Gluon decode-GEMV for sm_90 (CPU only): table and x read from shared memory,
+    one LDS per decoded symbol plus one LDS.128 of x per four, no spills."""
+    pytest.importorskip("triton")
+    from benchmarks.kernel_static import hptq_kernel_stats, verdicts
+    r = hptq_kernel_stats()
+    ops = r["loop_opcodes"]
+    assert ops.get("LDS", 0) == r["symbols_per_thread_iter"]
+    assert ops.get("LDS.128", 0) == r["symbols_per_thread_iter"] / 4
+    assert not any(o.startswith("LDG") and o != "LDG.E" for o in ops)   # only the stream words
+    assert r["spill_bytes"] == 0 and r["shared_bytes"] >= 4096
+    assert any(v.startswith("HPTQ") and v.endswith("PASS") for v in verdicts([r]))

@@ -1,99 +1,140 @@
-"""Triton HPTQ kernel over lane streams (kernels/hptq/lanes.py): fused decode-GEMV, or decode.
+"""Gluon HPTQ kernel over lane streams (kernels/hptq/lanes.py): fused decode-GEMV, or decode.
 
 Program: 32 consecutive rows × all 256-column spans of those rows, a (SPANS, 32) tensor of lanes
-(lane = one row's span; a warp = 32 rows of one span, so x loads are warp-uniform broadcasts).
-Each lane decodes its own stream from its bit position pos (int32, from `starts`):
-  w0, w1 = stream words pos/32 and pos/32 + 1 (L1 hits) → peek = (w0:w1) << (pos mod 32) →
-  entry = lut[peek >> 20] (16 KB table, L1-resident) → value = entry as float32, length =
-  entry & 15; the same window serves a second symbol (≤ 31 + 24 bits in), so two symbols cost
-  one pair of word loads.
-Arithmetic is 32-bit, branch-free. GEMV mode: acc[span, row, m] += value · x[m, col]; at the end
-the spans are summed, scaled, bias added and the 32 rows stored in x's dtype (one launch, no
-partials). DECODE mode writes scale · z into a dense (N, K) weight instead (the large-M path:
-decode, then a torch matmul). The stream ends with a zero look-ahead word: no read out of bounds.
+(lane = one row's span; a warp = 32 rows of one span, so x reads are warp-wide broadcasts).
+Shared memory holds the 4 KB code table (1024 int32 entries, loaded once per program) and, for
+the GEMV, x converted to float32 once, laid out [group g][span][column 4g..4g+3][m] so that one
+128-bit read gives a lane the x of its next four columns.
+
+Each lane decodes four symbols per step from three stream words w0, w1, w2 at its bit position
+pos (int32; lane codes are ≤ 10 bits, so four symbols end ≤ 31 + 40 bits in):
+  hi:lo = (w0:w1:w2) << (pos mod 32)        two funnel shifts (SHF.L.W)
+  e_j = table[peek_j >> 22], peek_0 = hi, peek_j = funnel(hi, lo, c_j), c_j = e_0 + … + e_{j-1}
+  pos += (c_3 + e_3) & 63
+An entry is the float32 value with the code length in its 4 low mantissa bits; bits 4–5 are 0
+(|z| < 2^17), so the raw running sum c_j has the bit offset in its low 5 bits (what a wrapping
+funnel shift reads, offsets ≤ 30) and the step's length in its low 6 bits: no masking per symbol.
+GEMV: acc[span, row, j, m] += e_j (read as float32) · x[m, col]; at the end the spans and j are
+summed, scaled, bias added and the 32 rows stored in x's dtype (one launch, no partials).
+DECODE writes scale · z into a dense (N, K) weight instead (the large-M path: decode, then a
+torch matmul). The stream ends with two zero look-ahead words: no read out of bounds.
+
+Written in Gluon (explicit layouts and shared memory: Triton's tl.gather would re-store the table
+before every lookup). Under TRITON_INTERPRET=1 the same source runs on triton.language through
+kernels/gluon_interp.py, with a portable funnel shift instead of the PTX one.
 """
-from __future__ import annotations
 
 import torch
 import triton
-import triton.language as tl
+import triton.language as tl  # parameter annotations; the interpreter patches it for gluon_interp
 
 from babai_kernels.common import triton_interpret
-from babai_kernels.hptq.lanes import ROW_BLOCK, SPAN
+from babai_kernels.hptq.lanes import LANE_CODE_LEN, ROW_BLOCK, SPAN
 from babai_kernels.hptq.prepare import PreparedHPTQ
+
+if triton_interpret():
+    from babai_kernels import gluon_interp as gl
+    jit = triton.jit
+else:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    jit = gluon.jit
 
 GEMV_MAX_M = 8
 NUM_WARPS = 4
+STEP = 4                                   # symbols per lane per step
+TABLE = gl.constexpr(1 << LANE_CODE_LEN)   # int32 entries
+PEEK_SHIFT = gl.constexpr(32 - LANE_CODE_LEN)
+X_SMEM_BYTES = 160 * 1024                  # x staged as float32: Kp · M_pad · 4 bytes at most
 
 
-@triton.jit
-def _window(w0, w1, shift, USE_ASM: tl.constexpr):
-    """Upper 32 bits of the 64-bit (w0:w1) << shift, shift in [0, 64) (int32 tensors, uint32 words)."""
+@jit
+def _funnel(hi, lo, shift, USE_ASM: tl.constexpr):
+    """Upper 32 bits of (hi:lo) << (shift mod 32) (int32 tensors holding uint32 words)."""
     if USE_ASM:
-        out = tl.inline_asm_elementwise(
-            "{ .reg .b64 t; .reg .b32 lo; mov.b64 t, {$2, $1}; shl.b64 t, t, $3; mov.b64 {lo, $0}, t; }",
-            "=r,r,r,r", [w0, w1, shift], dtype=tl.int32, is_pure=True, pack=1)
+        out = gl.inline_asm_elementwise("shf.l.wrap.b32 $0, $2, $1, $3;", "=r,r,r,r",
+                                        [hi, lo, shift], dtype=gl.int32, is_pure=True, pack=1)
     else:
-        wide = ((w0.to(tl.int64) & 0xFFFFFFFF) << 32) | (w1.to(tl.int64) & 0xFFFFFFFF)
-        out = ((wide << shift) >> 32).to(tl.int32)
+        wide = ((hi.to(gl.int64) & 0xFFFFFFFF) << 32) | (lo.to(gl.int64) & 0xFFFFFFFF)
+        out = ((wide << (shift & 31).to(gl.int64)) >> 32).to(gl.int32)
     return out
 
 
-@triton.jit
-def _two_symbols(lut_ptr, words_ptr, pos, USE_ASM: tl.constexpr):
-    """Decode the two symbols at bit `pos` of each lane → (entry, entry, next pos).
-
-    One window of two words holds both: the second symbol ends at most 31 + 2·12 = 55 bits in."""
-    words = words_ptr + (pos >> 5)
-    w0, w1 = tl.load(words), tl.load(words + 1)
-    first = pos & 31
-    entry0 = tl.load(lut_ptr + (_window(w0, w1, first, USE_ASM).to(tl.uint32, bitcast=True) >> 20))
-    second = first + (entry0 & 15)
-    entry1 = tl.load(lut_ptr + (_window(w0, w1, second, USE_ASM).to(tl.uint32, bitcast=True) >> 20))
-    return entry0, entry1, pos + (entry0 & 15) + (entry1 & 15)
+@jit
+def _lookup(table, peek, SPANS: tl.constexpr, LANE: tl.constexpr):
+    """Table entry for the top LANE_CODE_LEN bits of each lane's peek (SPANS, 32) int32."""
+    index = (peek.to(gl.uint32, bitcast=True) >> PEEK_SHIFT).to(gl.int32)
+    entry = table.gather(gl.reshape(index, [SPANS * 32]), 0)
+    return gl.convert_layout(gl.reshape(entry, [SPANS, 32]), LANE)
 
 
-@triton.jit
-def _use(entry, col, live, rows, acc, x_ptr, out_ptr, scale, M, N, K, BLOCK_M: tl.constexpr,
-         EVEN_K: tl.constexpr, DECODE: tl.constexpr):
-    """GEMV: acc += value · x[:, col]; DECODE: W[row, col] = scale · value. Returns acc."""
-    ok = live & ((col < K) | EVEN_K)                         # (SPANS, 1)
-    if DECODE:  # exact: clear the length bits
-        value = (entry & -16).to(tl.float32, bitcast=True)
-        dst = out_ptr + rows.to(tl.int64)[None, :] * K + col
-        tl.store(dst, (value * scale).to(out_ptr.dtype.element_ty), mask=ok & (rows < N)[None, :])
-    else:
-        ms = tl.arange(0, BLOCK_M)
-        xv = tl.load(x_ptr + ms[None, :] * K + col, mask=ok & (ms < M)[None, :], other=0.0)
-        acc += entry.to(tl.float32, bitcast=True)[:, :, None] * xv.to(tl.float32)[:, None, :]
-    return acc
-
-
-@triton.jit
+@jit
 def _hptq_lanes_kernel(x_ptr, words_ptr, starts_ptr, lut_ptr, bias_ptr, out_ptr, scale, M, N, K,
-                       spans, SPANS: tl.constexpr, BLOCK_M: tl.constexpr, EVEN_K: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, DECODE: tl.constexpr, USE_ASM: tl.constexpr):
-    rows = tl.program_id(0) * 32 + tl.arange(0, 32)                    # ROW_BLOCK = 32
-    span = tl.arange(0, SPANS)
-    live = (span < spans)[:, None]
-    pos = tl.load(starts_ptr + rows[None, :] * spans + span[:, None], mask=live, other=0)
-    acc = tl.zeros((SPANS, 32, BLOCK_M), dtype=tl.float32)
-    col = span[:, None] * 256                                           # SPAN = 256
-    for _ in range(0, 256, 4):
-        for _pair in tl.static_range(2):
-            entry0, entry1, pos = _two_symbols(lut_ptr, words_ptr, pos, USE_ASM)
-            acc = _use(entry0, col, live, rows, acc, x_ptr, out_ptr, scale, M, N, K, BLOCK_M,
-                       EVEN_K, DECODE)
-            acc = _use(entry1, col + 1, live, rows, acc, x_ptr, out_ptr, scale, M, N, K, BLOCK_M,
-                       EVEN_K, DECODE)
-            col += 2
+                       spans, SPANS: tl.constexpr, BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       DECODE: tl.constexpr, USE_ASM: tl.constexpr, NUM_WARPS: tl.constexpr):
+    # (span, row, j, m): a thread holds the four steps' symbols of its lanes and all m
+    P: gl.constexpr = gl.BlockedLayout([1, 1, 4, BLOCK_M], [1, 32, 1, 1], [NUM_WARPS, 1, 1, 1],
+                                       [3, 2, 1, 0])
+    V: gl.constexpr = gl.SliceLayout(3, P)                   # (SPANS, 32, 4) values
+    LANE: gl.constexpr = gl.SliceLayout(2, V)                # (SPANS, 32) lanes
+    FLAT: gl.constexpr = gl.BlockedLayout([4], [32], [NUM_WARPS], [0])
+    FLAT_SMEM: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    table = gl.allocate_shared_memory(gl.int32, [TABLE], FLAT_SMEM,
+                                      gl.load(lut_ptr + gl.arange(0, TABLE, FLAT)))
+    rows = gl.program_id(0) * 32 + gl.arange(0, 32, gl.SliceLayout(0, LANE))     # ROW_BLOCK
+    span = gl.arange(0, SPANS, gl.SliceLayout(1, LANE))
+    pos = gl.load(starts_ptr + rows[None, :] * spans + span[:, None], mask=(span < spans)[:, None],
+                  other=0)
+    jj = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, V)))[None, None, :]
+    col = span[:, None, None] * 256 + jj                                         # SPAN, STEP
+    if DECODE:
+        dst = out_ptr + rows.to(gl.int64)[None, :, None] * K
+        keep = (rows < N)[None, :, None]
+    else:
+        # x as float32 in shared memory: row (g, span), column (j, m) = x[m, 256 span + 4 g + j]
+        XL: gl.constexpr = gl.BlockedLayout([1, 4 * BLOCK_M], [32, 1], [NUM_WARPS, 1], [1, 0])
+        r = gl.arange(0, 64 * SPANS, gl.SliceLayout(1, XL))[:, None]
+        c = gl.arange(0, 4 * BLOCK_M, gl.SliceLayout(0, XL))[None, :]
+        xcol = (r % SPANS) * 256 + (r // SPANS) * 4 + c // BLOCK_M
+        xv = gl.load(x_ptr + (c % BLOCK_M) * K + xcol, mask=(xcol < K) & (c % BLOCK_M < M),
+                     other=0.0)
+        X_SMEM: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        xs = gl.allocate_shared_memory(gl.float32, [64 * SPANS, 4 * BLOCK_M], X_SMEM,
+                                       xv.to(gl.float32))
+        X_STEP: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
+        xsteps = xs.reinterpret(gl.float32, [64, SPANS, 4, BLOCK_M], X_STEP)
+        acc = gl.zeros([SPANS, 32, 4, BLOCK_M], gl.float32, P)
+    for g in range(0, 64):                                                       # SPAN / STEP
+        at = words_ptr + (pos >> 5)
+        w0 = gl.load(at)
+        w1 = gl.load(at + 1)
+        w2 = gl.load(at + 2)
+        hi = _funnel(w0, w1, pos, USE_ASM)
+        lo = _funnel(w1, w2, pos, USE_ASM)
+        e0 = _lookup(table, hi, SPANS, LANE)
+        e1 = _lookup(table, _funnel(hi, lo, e0, USE_ASM), SPANS, LANE)
+        c2 = e0 + e1
+        e2 = _lookup(table, _funnel(hi, lo, c2, USE_ASM), SPANS, LANE)
+        c3 = c2 + e2
+        e3 = _lookup(table, _funnel(hi, lo, c3, USE_ASM), SPANS, LANE)
+        pos += (c3 + e3) & 63
+        # (SPANS, 32, 4): value j of this step in column j
+        v = gl.convert_layout(gl.reshape(gl.join(gl.join(e0, e2), gl.join(e1, e3)), [SPANS, 32, 4]), V)
+        if DECODE:  # exact: clear the length bits
+            w = (v & -16).to(gl.float32, bitcast=True) * scale
+            gl.store(dst + col + g * 4, w.to(out_ptr.dtype.element_ty), mask=keep & (col + g * 4 < K))
+        else:
+            xt = xsteps.index(g).load(gl.SliceLayout(1, P))                      # (SPANS, 4, M)
+            acc += v.to(gl.float32, bitcast=True)[:, :, :, None] * xt[:, None, :, :]
     if not DECODE:
-        ms = tl.arange(0, BLOCK_M)
-        y = tl.sum(acc, axis=0) * scale                                 # (32, BLOCK_M)
+        Y: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, P))               # (32, M)
+        y = gl.convert_layout(gl.sum(gl.sum(acc, axis=2), axis=0), Y) * scale
+        yr = gl.program_id(0) * 32 + gl.arange(0, 32, gl.SliceLayout(1, Y))
+        ym = gl.arange(0, BLOCK_M, gl.SliceLayout(0, Y))
         if HAS_BIAS:
-            y += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[:, None]
-        tl.store(out_ptr + ms[None, :] * N + rows[:, None], y.to(out_ptr.dtype.element_ty),
-                 mask=(rows < N)[:, None] & (ms < M)[None, :])
+            y += gl.load(bias_ptr + yr, mask=yr < N, other=0.0).to(gl.float32)[:, None]
+        gl.store(out_ptr + ym[None, :] * N + yr[:, None], y.to(out_ptr.dtype.element_ty),
+                 mask=(yr < N)[:, None] & (ym < M)[None, :])
 
 
 def _launch(x, p: PreparedHPTQ, bias, out, decode: bool) -> None:
@@ -102,16 +143,22 @@ def _launch(x, p: PreparedHPTQ, bias, out, decode: bool) -> None:
     _hptq_lanes_kernel[(triton.cdiv(p.out_features, ROW_BLOCK),)](
         x, p.words, p.starts, p.lut, bias if bias is not None else out, out, p.scale, m,
         p.out_features, p.in_features, spans, SPANS=triton.next_power_of_2(spans),
-        BLOCK_M=triton.next_power_of_2(m), EVEN_K=p.in_features == p.padded_k,
-        HAS_BIAS=bias is not None, DECODE=decode, USE_ASM=not triton_interpret(),
-        num_warps=NUM_WARPS)
+        BLOCK_M=triton.next_power_of_2(m), HAS_BIAS=bias is not None, DECODE=decode,
+        USE_ASM=not triton_interpret(), NUM_WARPS=NUM_WARPS, num_warps=NUM_WARPS)
+
+
+def gemv_fits(m: int, padded_k: int) -> bool:
+    """Whether the fused GEMV takes M = m rows at K padded to padded_k (x staged in shared memory)."""
+    spans = triton.next_power_of_2(padded_k // SPAN)
+    return 1 <= m <= GEMV_MAX_M and spans * SPAN * triton.next_power_of_2(m) * 4 <= X_SMEM_BYTES
 
 
 def hptq_gemv(x: torch.Tensor, prepared: PreparedHPTQ, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (M, K) contiguous fp16/bf16/fp32, 1 ≤ M ≤ GEMV_MAX_M → (M, N) = x · Wqᵀ (+ bias) in x.dtype."""
+    """x (M, K) contiguous fp16/bf16/fp32 with gemv_fits(M, Kp) → (M, N) = x · Wqᵀ (+ bias) in x.dtype."""
     m = x.shape[0]
-    if not 1 <= m <= GEMV_MAX_M:
-        raise ValueError(f"x: fused GEMV takes 1..{GEMV_MAX_M} rows, got {m}")
+    if not gemv_fits(m, prepared.padded_k):
+        raise ValueError(f"x: fused GEMV takes 1..{GEMV_MAX_M} rows with Kp · M · 4 ≤ "
+                         f"{X_SMEM_BYTES} bytes, got M={m}, Kp={prepared.padded_k}")
     out = torch.empty(m, prepared.out_features, dtype=x.dtype, device=x.device)
     _launch(x, prepared, bias, out, decode=False)
     return out
@@ -127,15 +174,21 @@ def hptq_decode(prepared: PreparedHPTQ, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def static_compile(compile_fn, in_features: int = 4096) -> tuple[object, float]:
-    """Compile the decode-GEMV at M = 1, K = in_features with `compile_fn`
-    (benchmarks/kernel_static.compile_sm90) → (kernel, symbols each thread decodes per iteration)."""
-    spans = -(-in_features // SPAN)
+def static_compile(in_features: int = 4096) -> tuple[object, float]:
+    """Compile the decode-GEMV for sm_90 at M = 1, K = in_features (no GPU needed)
+    → (kernel, symbols each thread decodes per loop iteration)."""
+    from triton.backends.compiler import GPUTarget
+    spans = triton.next_power_of_2(-(-in_features // SPAN))
     sig = dict(x_ptr="*bf16", words_ptr="*i32", starts_ptr="*i32", lut_ptr="*i32", bias_ptr="*bf16",
                out_ptr="*bf16", scale="fp32", M="constexpr", N="i32", K="i32", spans="i32")
-    consts = dict(M=1, SPANS=triton.next_power_of_2(spans), BLOCK_M=1,
-                  EVEN_K=in_features % SPAN == 0, HAS_BIAS=False, DECODE=False, USE_ASM=True)
-    kernel = compile_fn(_hptq_lanes_kernel, sig, consts, NUM_WARPS, 3,
-                        ("x_ptr", "words_ptr", "starts_ptr", "lut_ptr", "out_ptr", "N", "K"))
-    lanes_per_thread = triton.next_power_of_2(spans) * 32 / (32 * NUM_WARPS)
-    return kernel, 4 * lanes_per_thread
+    consts = dict(M=1, SPANS=spans, BLOCK_M=1, HAS_BIAS=False, DECODE=False, USE_ASM=True,
+                  NUM_WARPS=NUM_WARPS)
+    sig.update({k: "constexpr" for k in consts})
+    names = list(sig)
+    attrs = {(names.index(a),): [["tt.divisibility", 16]]
+             for a in ("x_ptr", "words_ptr", "starts_ptr", "lut_ptr", "out_ptr", "N", "K")}
+    src = gluon._runtime.GluonASTSource(fn=_hptq_lanes_kernel, signature=sig, constexprs=consts,
+                                        attrs=attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                            options=dict(num_warps=NUM_WARPS))
+    return kernel, STEP * spans * 32 / (32 * NUM_WARPS)

@@ -6,16 +6,18 @@ decoded codes z are re-encoded once, at load time (Marlin's habit):
 - Lane (row n, span s) holds the codes of row n, columns [256 s, 256 s + 256), in order. The 32
   lanes of a warp are 32 consecutive rows of one span, so they read the same x element at the
   same time (one broadcast load), and a row's spans are summed inside one program.
-- Code: an escape-free, length-limited (≤ 12 bits) canonical Huffman code of this layer's
-  histogram (package-merge; at least as short as the file's code, which spends 16 raw bits per
-  escape). Layers it cannot cover (> 4096 distinct codes, or |z| ≥ 2^20) get no lane layout.
-- Stream: the lane streams concatenated MSB-first without padding, in (row, span) order, plus one
-  zero look-ahead word; `starts` int32 holds each lane's first bit (32 bits per 256 codes,
+- Code: an escape-free, length-limited (≤ LANE_CODE_LEN = 10 bits) canonical Huffman code of
+  this layer's histogram (package-merge, optimal under the limit): four codes fit the 64-bit
+  window the kernel reads per step, and the table is 4 KB of shared memory. Layers it cannot
+  cover (> 1024 distinct codes, or |z| ≥ 2^17) get no lane layout.
+- Stream: the lane streams concatenated MSB-first without padding, in (row, span) order, plus two
+  zero look-ahead words; `starts` int32 holds each lane's first bit (32 bits per 256 codes,
   0.125 bit/weight).
-- Table `lut` int32 (4096,): entry for the next 12 stream bits = float32 bits of the code's value
-  with its length (1..12) in the 4 low mantissa bits. The decoder multiplies x by the entry read
-  as float32: relative error ≤ 2^-19 per weight (the value's own low mantissa bits are 0 for
-  |z| < 2^20), far below fp16/bf16 output rounding, and saves a shift and a conversion per symbol.
+- Table `lut` int32 (1024,): entry for the next 10 stream bits = float32 bits of the code's value
+  with its length (1..10) in the 4 low mantissa bits; bits 4-5 are 0 (the value's low mantissa
+  bits are 0 for |z| < 2^17), so a running sum of entries carries the bit offset in its low 6
+  bits. The decoder multiplies x by the entry read as float32: relative error ≤ 2^-19 per weight,
+  far below fp16/bf16 output rounding, and saves a shift and a conversion per symbol.
 """
 from __future__ import annotations
 
@@ -25,17 +27,19 @@ import numpy as np
 import torch
 
 from babai_kernels.hptq.bits import pack_bits
-from babai_kernels.hptq.huffman import MAX_CODE_LEN, canonical_codes, package_merge_lengths
+from babai_kernels.hptq.huffman import canonical_codes, package_merge_lengths
 
 SPAN = 256                 # columns per lane
 ROW_BLOCK = 32             # rows per program (one warp row of lanes)
-MAX_ABS_CODE = 1 << 20
+LANE_CODE_LEN = 10         # longest lane code: table of 2^10 entries
+MAX_ABS_CODE = 1 << 17
+LOOK_AHEAD_WORDS = 2
 
 
 @dataclass(frozen=True)
 class LaneLayout:
-    """words int32 (W + 1,); starts int32 (Np · Kp/256,) first bit of every lane, (row, span)
-    order; lut int32 (4096,); padded_k Kp; payload_bits (sum of code lengths)."""
+    """words int32 (W + 2,); starts int32 (Np · Kp/256,) first bit of every lane, (row, span)
+    order; lut int32 (1024,); padded_k Kp; payload_bits (sum of code lengths)."""
     words: torch.Tensor
     starts: torch.Tensor
     lut: torch.Tensor
@@ -46,9 +50,9 @@ class LaneLayout:
 def _code(z: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """(values, lengths, codes) in canonical order and per-symbol table index, or None."""
     values, inverse, counts = torch.unique(z, return_inverse=True, return_counts=True)
-    if values.numel() > 1 << MAX_CODE_LEN or int(values.abs().max()) >= MAX_ABS_CODE:
+    if values.numel() > 1 << LANE_CODE_LEN or int(values.abs().max()) >= MAX_ABS_CODE:
         return None
-    lengths = package_merge_lengths(counts.numpy(), MAX_CODE_LEN)
+    lengths = package_merge_lengths(counts.numpy(), LANE_CODE_LEN)
     order = np.lexsort((values.numpy(), lengths))             # by length, then value
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
@@ -57,10 +61,10 @@ def _code(z: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 
 def _lut(values: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> torch.Tensor:
-    entries = np.zeros(1 << MAX_CODE_LEN, dtype=np.int64)
+    entries = np.zeros(1 << LANE_CODE_LEN, dtype=np.int64)
     bits = values.astype(np.float32).view(np.int32).astype(np.int64) | lengths
     for code, length, entry in zip(codes, lengths, bits):
-        shift = MAX_CODE_LEN - int(length)
+        shift = LANE_CODE_LEN - int(length)
         entries[int(code) << shift:(int(code) + 1) << shift] = entry
     return torch.from_numpy(entries).to(torch.int32)
 
@@ -83,6 +87,6 @@ def build_lane_layout(z: torch.Tensor) -> LaneLayout | None:
     if int(lane_bits.sum()) >= 2**31 - 64:
         return None
     words = pack_bits(torch.from_numpy(codes)[sym], sym_len)
-    words = torch.cat([words, torch.zeros(1, dtype=torch.int32)])   # the look-ahead word
+    words = torch.cat([words, torch.zeros(LOOK_AHEAD_WORDS, dtype=torch.int32)])
     return LaneLayout(words, starts.to(torch.int32), _lut(values, lengths, codes), kp,
                       int(lane_bits.sum()))

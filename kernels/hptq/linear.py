@@ -2,7 +2,7 @@
 
 Triton devices (CUDA, or CPU under TRITON_INTERPRET=1) run the custom op `babai::hptq_linear`
 (opaque to torch.compile and CUDA graphs): the fused decode-GEMV (one launch: decode, dot,
-reduction, scale, bias, cast) for M ≤ GEMV_MAX_M, else a decode into x.dtype followed by a torch
+reduction, scale, bias, cast) for M ≤ GEMV_MAX_M (x staged in shared memory: gemv_fits), else a decode into x.dtype followed by a torch
 matmul. Layers prepared with a dense weight (other devices, or a code the lane layout cannot
 hold) use it directly (the torch reference path).
 """
@@ -22,9 +22,9 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def _hptq_linear_op(x: torch.Tensor, words: torch.Tensor, starts: torch.Tensor,
                     lut: torch.Tensor, scale: float, out_features: int, padded_k: int,
                     bias: Optional[torch.Tensor]) -> torch.Tensor:
-    from babai_kernels.hptq.gemv import GEMV_MAX_M, hptq_decode, hptq_gemv
+    from babai_kernels.hptq.gemv import gemv_fits, hptq_decode, hptq_gemv
     p = PreparedHPTQ(out_features, x.shape[1], scale, words, starts, lut, padded_k, None, x.device)
-    if x.shape[0] <= GEMV_MAX_M:
+    if gemv_fits(x.shape[0], padded_k):
         return hptq_gemv(x, p, bias)
     y = x @ hptq_decode(p, x.dtype).T
     return y + bias.to(x.dtype) if bias is not None else y

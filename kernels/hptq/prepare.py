@@ -3,10 +3,10 @@
 Design (new ground; no published kernel): the file's chunk streams are decoded once (reference
 decoder, kernels/hptq/pack.py, which also validates every chunk) and re-encoded into interleaved
 lane streams of 256 codes (kernels/hptq/lanes.py) that a program decodes side by side for 32
-rows with a 16 KB table (kernels/hptq/gemv.py). No format change: the checkpoint keeps its version-1 layout.
+rows with a 4 KB table in shared memory (kernels/hptq/gemv.py). No format change: the checkpoint keeps its version-1 layout.
 
-On a device where Triton cannot run — or for a layer the lane code cannot cover (more than 4096
-distinct codes, or |z| ≥ 2^20) — `prepare_hptq` keeps the dequantized float32 weight instead
+On a device where Triton cannot run — or for a layer the lane code cannot cover (more than 1024
+distinct codes, or |z| ≥ 2^17) — `prepare_hptq` keeps the dequantized float32 weight instead
 (the torch reference path), decoded once rather than per call.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from babai_kernels.hptq.pack import decode_hptq, hptq_meta
 class PreparedHPTQ:
     """An HPTQ layer laid out for `hptq_linear` on `device`.
 
-    Lane layout (None when `weight` is used): words int32 (W + 1,), starts int32 (lanes,),
-    lut int32 (4096,), padded_k (K rounded up to 256); weight: (N, K) float32 dequantized
+    Lane layout (None when `weight` is used): words int32 (W + 2,), starts int32 (lanes,),
+    lut int32 (1024,), padded_k (K rounded up to 256); weight: (N, K) float32 dequantized
     weight, or None.
     """
 
