@@ -41,8 +41,8 @@ ASSUMPTIONS = {
              "+ the x[:, perm] gather (read + write x, its own launch); split-K partials stay in "
              "L2 and are not counted. HPTQ (M = 1 only): 3.3 bits/weight in GPU memory, "
              "instructions per symbol x N x K, one launch, and a third bound: each lane is a "
-             "serial chain (~100 cycles per symbol pair assumed), lanes = N K / 256, so "
-             "time >= 256 / 2 x 100 cycles / 1.755 GHz x max(1, lanes / (132 SMs x 2048 "
+             "serial chain of L symbols (L = 128; ~100 cycles per symbol pair assumed), lanes = N K / L, "
+             "so time >= L / 2 x 100 cycles / 1.755 GHz x max(1, lanes / (132 SMs x 2048 "
              "threads))."),
 }
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
@@ -133,9 +133,11 @@ def roofline(rows: list[dict]) -> list[dict]:
     """Predicted speedup over bf16 per (shape, M, bits, dtype) with the best compiled tile."""
     out = []
     for r in rows:
-        if r["kernel"] != "hptq":
+        if r["kernel"] != "hptq" or r["m_tile_for"] != 1:
             continue
         for shape, (k, n) in SHAPES.items():
+            if k != r["in_features"]:
+                continue
             for gpu in ("H100", "H200"):
                 a = ASSUMPTIONS[gpu]
                 t_mem = (n * k * HPTQ_BITS / 8 + 2 * (k + n)) / a["bandwidth_Bps"]

@@ -66,7 +66,7 @@ def test_real_compile_of_the_hptq_gluon_kernel():
     one LDS per decoded symbol plus one LDS.128 of x per four, no spills."""
     pytest.importorskip("triton")
     from benchmarks.kernel_static import hptq_kernel_stats, verdicts
-    r = hptq_kernel_stats()
+    r = hptq_kernel_stats(4096, 1)
     ops = r["loop_opcodes"]
     assert ops.get("LDS", 0) == r["symbols_per_thread_iter"]
     assert ops.get("LDS.128", 0) == r["symbols_per_thread_iter"] / 4

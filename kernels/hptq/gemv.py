@@ -1,7 +1,8 @@
 """Gluon HPTQ kernel over lane streams (kernels/hptq/lanes.py): fused decode-GEMV, or decode.
 
-Program: 32 consecutive rows × all 256-column spans of those rows, a (SPANS, 32) tensor of lanes
-(lane = one row's span; a warp = 32 rows of one span, so x reads are warp-wide broadcasts).
+Program: 32 consecutive rows × all 128-column spans of those rows, a (SPANS, 32) tensor of lanes
+(lane = one row's span; a warp = 32 rows of one span, so x reads are warp-wide broadcasts; warps
+grow with K so that a thread keeps about four lanes).
 Shared memory holds the 4 KB code table (1024 int32 entries, loaded once per program) and, for
 the GEMV, x converted to float32 once, laid out [group g][span][column 4g..4g+3][m] so that one
 128-bit read gives a lane the x of its next four columns.
@@ -41,7 +42,7 @@ else:
     jit = gluon.jit
 
 GEMV_MAX_M = 8
-NUM_WARPS = 4
+LANES_PER_THREAD = 4       # warps = spans / 4 (4..16): about four independent chains per thread
 STEP = 4                                   # symbols per lane per step
 TABLE = gl.constexpr(1 << LANE_CODE_LEN)   # int32 entries
 PEEK_SHIFT = gl.constexpr(32 - LANE_CODE_LEN)
@@ -69,7 +70,8 @@ def _lookup(table, peek, SPANS: tl.constexpr, LANE: tl.constexpr):
 
 
 @jit
-def _hptq_lanes_kernel(x_ptr, words_ptr, starts_ptr, lut_ptr, bias_ptr, out_ptr, scale, M, N, K,
+def _hptq_lanes_kernel(x_ptr, words_ptr, bases_ptr, offsets_ptr, lut_ptr, bias_ptr, out_ptr, scale,
+                       M, N, K,
                        spans, SPANS: tl.constexpr, BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr,
                        DECODE: tl.constexpr, USE_ASM: tl.constexpr, NUM_WARPS: tl.constexpr):
     # (span, row, j, m): a thread holds the four steps' symbols of its lanes and all m
@@ -83,28 +85,30 @@ def _hptq_lanes_kernel(x_ptr, words_ptr, starts_ptr, lut_ptr, bias_ptr, out_ptr,
                                       gl.load(lut_ptr + gl.arange(0, TABLE, FLAT)))
     rows = gl.program_id(0) * 32 + gl.arange(0, 32, gl.SliceLayout(0, LANE))     # ROW_BLOCK
     span = gl.arange(0, SPANS, gl.SliceLayout(1, LANE))
-    pos = gl.load(starts_ptr + rows[None, :] * spans + span[:, None], mask=(span < spans)[:, None],
-                  other=0)
+    live = (span < spans)[:, None]
+    groups = (spans + 15) // 16                                                  # LANE_GROUP
+    pos = gl.load(bases_ptr + rows[None, :] * groups + span[:, None] // 16, mask=live, other=0)
+    pos += gl.load(offsets_ptr + rows[None, :] * spans + span[:, None], mask=live, other=0).to(gl.int32)
     jj = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, V)))[None, None, :]
-    col = span[:, None, None] * 256 + jj                                         # SPAN, STEP
+    col = span[:, None, None] * 128 + jj                                         # SPAN, STEP
     if DECODE:
         dst = out_ptr + rows.to(gl.int64)[None, :, None] * K
         keep = (rows < N)[None, :, None]
     else:
-        # x as float32 in shared memory: row (g, span), column (j, m) = x[m, 256 span + 4 g + j]
+        # x as float32 in shared memory: row (g, span), column (j, m) = x[m, 128 span + 4 g + j]
         XL: gl.constexpr = gl.BlockedLayout([1, 4 * BLOCK_M], [32, 1], [NUM_WARPS, 1], [1, 0])
-        r = gl.arange(0, 64 * SPANS, gl.SliceLayout(1, XL))[:, None]
+        r = gl.arange(0, 32 * SPANS, gl.SliceLayout(1, XL))[:, None]
         c = gl.arange(0, 4 * BLOCK_M, gl.SliceLayout(0, XL))[None, :]
-        xcol = (r % SPANS) * 256 + (r // SPANS) * 4 + c // BLOCK_M
+        xcol = (r % SPANS) * 128 + (r // SPANS) * 4 + c // BLOCK_M
         xv = gl.load(x_ptr + (c % BLOCK_M) * K + xcol, mask=(xcol < K) & (c % BLOCK_M < M),
                      other=0.0)
         X_SMEM: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-        xs = gl.allocate_shared_memory(gl.float32, [64 * SPANS, 4 * BLOCK_M], X_SMEM,
+        xs = gl.allocate_shared_memory(gl.float32, [32 * SPANS, 4 * BLOCK_M], X_SMEM,
                                        xv.to(gl.float32))
         X_STEP: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
-        xsteps = xs.reinterpret(gl.float32, [64, SPANS, 4, BLOCK_M], X_STEP)
+        xsteps = xs.reinterpret(gl.float32, [32, SPANS, 4, BLOCK_M], X_STEP)
         acc = gl.zeros([SPANS, 32, 4, BLOCK_M], gl.float32, P)
-    for g in range(0, 64):                                                       # SPAN / STEP
+    for g in range(0, 32):                                                       # SPAN / STEP
         at = words_ptr + (pos >> 5)
         w0 = gl.load(at)
         w1 = gl.load(at + 1)
@@ -137,14 +141,20 @@ def _hptq_lanes_kernel(x_ptr, words_ptr, starts_ptr, lut_ptr, bias_ptr, out_ptr,
                  mask=(yr < N)[:, None] & (ym < M)[None, :])
 
 
+def num_warps(spans_pow2: int) -> int:
+    """Warps per program for a power-of-two span count (each warp takes whole spans)."""
+    return min(16, max(4, spans_pow2 // LANES_PER_THREAD))
+
+
 def _launch(x, p: PreparedHPTQ, bias, out, decode: bool) -> None:
     spans = p.padded_k // SPAN
     m = 1 if decode else x.shape[0]
+    warps = num_warps(triton.next_power_of_2(spans))
     _hptq_lanes_kernel[(triton.cdiv(p.out_features, ROW_BLOCK),)](
-        x, p.words, p.starts, p.lut, bias if bias is not None else out, out, p.scale, m,
+        x, p.words, p.bases, p.offsets, p.lut, bias if bias is not None else out, out, p.scale, m,
         p.out_features, p.in_features, spans, SPANS=triton.next_power_of_2(spans),
         BLOCK_M=triton.next_power_of_2(m), HAS_BIAS=bias is not None, DECODE=decode,
-        USE_ASM=not triton_interpret(), NUM_WARPS=NUM_WARPS, num_warps=NUM_WARPS)
+        USE_ASM=not triton_interpret(), NUM_WARPS=warps, num_warps=warps)
 
 
 def gemv_fits(m: int, padded_k: int) -> bool:
@@ -174,21 +184,26 @@ def hptq_decode(prepared: PreparedHPTQ, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def static_compile(in_features: int = 4096) -> tuple[object, float]:
-    """Compile the decode-GEMV for sm_90 at M = 1, K = in_features (no GPU needed)
-    → (kernel, symbols each thread decodes per loop iteration)."""
+def static_compile(in_features: int = 4096, m: int = 1) -> tuple[object, float]:
+    """Compile the decode-GEMV for sm_90 at M = m, K = in_features (no GPU needed) → (kernel,
+    real symbols each thread decodes per loop iteration: lanes of the power-of-two padding of
+    the span count decode too but are not counted)."""
     from triton.backends.compiler import GPUTarget
-    spans = triton.next_power_of_2(-(-in_features // SPAN))
-    sig = dict(x_ptr="*bf16", words_ptr="*i32", starts_ptr="*i32", lut_ptr="*i32", bias_ptr="*bf16",
-               out_ptr="*bf16", scale="fp32", M="constexpr", N="i32", K="i32", spans="i32")
-    consts = dict(M=1, SPANS=spans, BLOCK_M=1, HAS_BIAS=False, DECODE=False, USE_ASM=True,
-                  NUM_WARPS=NUM_WARPS)
+    spans = -(-in_features // SPAN)
+    warps = num_warps(triton.next_power_of_2(spans))
+    sig = dict(x_ptr="*bf16", words_ptr="*i32", bases_ptr="*i32", offsets_ptr="*i16",
+               lut_ptr="*i32", bias_ptr="*bf16", out_ptr="*bf16", scale="fp32", M="i32", N="i32",
+               K="i32", spans="i32")
+    consts = dict(SPANS=triton.next_power_of_2(spans), BLOCK_M=triton.next_power_of_2(m),
+                  HAS_BIAS=False, DECODE=False, USE_ASM=True, NUM_WARPS=warps)
+    if m == 1:
+        consts["M"] = 1
     sig.update({k: "constexpr" for k in consts})
     names = list(sig)
     attrs = {(names.index(a),): [["tt.divisibility", 16]]
-             for a in ("x_ptr", "words_ptr", "starts_ptr", "lut_ptr", "out_ptr", "N", "K")}
+             for a in ("x_ptr", "words_ptr", "bases_ptr", "offsets_ptr", "lut_ptr", "out_ptr", "N", "K")}
     src = gluon._runtime.GluonASTSource(fn=_hptq_lanes_kernel, signature=sig, constexprs=consts,
                                         attrs=attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options=dict(num_warps=NUM_WARPS))
-    return kernel, STEP * spans * 32 / (32 * NUM_WARPS)
+                            options=dict(num_warps=warps))
+    return kernel, STEP * spans * 32 / (32 * warps)

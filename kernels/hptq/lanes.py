@@ -2,8 +2,9 @@
 
 The file's chunk streams decode one chunk per lane, serially, with escapes. For the GPU the
 decoded codes z are re-encoded once, at load time (Marlin's habit):
-- Padding: K up to Kp (a multiple of SPAN = 256), N up to a multiple of 32, with code 0.
-- Lane (row n, span s) holds the codes of row n, columns [256 s, 256 s + 256), in order. The 32
+- Padding: K up to Kp (a multiple of SPAN = 128), N up to a multiple of 32, with code 0.
+- Lane (row n, span s) holds the codes of row n, columns [128 s, 128 s + 128), in order: short
+  lanes make short serial decode chains (the latency bound of the GPU kernel). The 32
   lanes of a warp are 32 consecutive rows of one span, so they read the same x element at the
   same time (one broadcast load), and a row's spans are summed inside one program.
 - Code: an escape-free, length-limited (≤ LANE_CODE_LEN = 10 bits) canonical Huffman code of
@@ -11,8 +12,9 @@ decoded codes z are re-encoded once, at load time (Marlin's habit):
   window the kernel reads per step, and the table is 4 KB of shared memory. Layers it cannot
   cover (> 1024 distinct codes, or |z| ≥ 2^17) get no lane layout.
 - Stream: the lane streams concatenated MSB-first without padding, in (row, span) order, plus two
-  zero look-ahead words; `starts` int32 holds each lane's first bit (32 bits per 256 codes,
-  0.125 bit/weight).
+  zero look-ahead words. A lane's first bit = bases[row, span // 16] (int32, the first bit of
+  its group of 16 lanes) + offsets[row, span] (int16: a group holds ≤ 16 · 128 · 10 < 2^15
+  bits), 16 + 2 bits per 128 codes = 0.14 bit/weight.
 - Table `lut` int32 (1024,): entry for the next 10 stream bits = float32 bits of the code's value
   with its length (1..10) in the 4 low mantissa bits; bits 4-5 are 0 (the value's low mantissa
   bits are 0 for |z| < 2^17), so a running sum of entries carries the bit offset in its low 6
@@ -29,7 +31,8 @@ import torch
 from babai_kernels.hptq.bits import pack_bits
 from babai_kernels.hptq.huffman import canonical_codes, package_merge_lengths
 
-SPAN = 256                 # columns per lane
+SPAN = 128                 # columns per lane
+LANE_GROUP = 16            # lanes per int32 base (offsets within a group fit int16)
 ROW_BLOCK = 32             # rows per program (one warp row of lanes)
 LANE_CODE_LEN = 10         # longest lane code: table of 2^10 entries
 MAX_ABS_CODE = 1 << 17
@@ -38,10 +41,12 @@ LOOK_AHEAD_WORDS = 2
 
 @dataclass(frozen=True)
 class LaneLayout:
-    """words int32 (W + 2,); starts int32 (Np · Kp/256,) first bit of every lane, (row, span)
-    order; lut int32 (1024,); padded_k Kp; payload_bits (sum of code lengths)."""
+    """words int32 (W + 2,); bases int32 (Np · ⌈S/16⌉,) and offsets int16 (Np · S,), S = Kp/128
+    spans per row: lane (row, span) starts at bit bases[row, span // 16] + offsets[row, span];
+    lut int32 (1024,); padded_k Kp; payload_bits (sum of code lengths)."""
     words: torch.Tensor
-    starts: torch.Tensor
+    bases: torch.Tensor
+    offsets: torch.Tensor
     lut: torch.Tensor
     padded_k: int
     payload_bits: int
@@ -83,10 +88,13 @@ def build_lane_layout(z: torch.Tensor) -> LaneLayout | None:
     sym = torch.from_numpy(index).reshape(-1)                  # row-major = (row, span) lane order
     sym_len = torch.from_numpy(lengths)[sym]
     lane_bits = sym_len.reshape(-1, SPAN).sum(1)
-    starts = torch.cumsum(lane_bits, 0) - lane_bits
     if int(lane_bits.sum()) >= 2**31 - 64:
         return None
+    starts = (torch.cumsum(lane_bits, 0) - lane_bits).reshape(np_rows, kp // SPAN)
+    group = torch.arange(kp // SPAN) // LANE_GROUP
+    bases = starts[:, ::LANE_GROUP]                                     # (Np, ⌈S/16⌉)
+    offsets = starts - bases[:, group]
     words = pack_bits(torch.from_numpy(codes)[sym], sym_len)
     words = torch.cat([words, torch.zeros(LOOK_AHEAD_WORDS, dtype=torch.int32)])
-    return LaneLayout(words, starts.to(torch.int32), _lut(values, lengths, codes), kp,
-                      int(lane_bits.sum()))
+    return LaneLayout(words, bases.reshape(-1).to(torch.int32), offsets.reshape(-1).to(torch.int16),
+                      _lut(values, lengths, codes), kp, int(lane_bits.sum()))

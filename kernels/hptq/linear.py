@@ -19,11 +19,12 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @torch.library.custom_op("babai::hptq_linear", mutates_args=())
-def _hptq_linear_op(x: torch.Tensor, words: torch.Tensor, starts: torch.Tensor,
-                    lut: torch.Tensor, scale: float, out_features: int, padded_k: int,
-                    bias: Optional[torch.Tensor]) -> torch.Tensor:
+def _hptq_linear_op(x: torch.Tensor, words: torch.Tensor, bases: torch.Tensor,
+                    offsets: torch.Tensor, lut: torch.Tensor, scale: float, out_features: int,
+                    padded_k: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
     from babai_kernels.hptq.gemv import gemv_fits, hptq_decode, hptq_gemv
-    p = PreparedHPTQ(out_features, x.shape[1], scale, words, starts, lut, padded_k, None, x.device)
+    p = PreparedHPTQ(out_features, x.shape[1], scale, words, bases, offsets, lut, padded_k, None,
+                     x.device)
     if gemv_fits(x.shape[0], padded_k):
         return hptq_gemv(x, p, bias)
     y = x @ hptq_decode(p, x.dtype).T
@@ -31,7 +32,7 @@ def _hptq_linear_op(x: torch.Tensor, words: torch.Tensor, starts: torch.Tensor,
 
 
 @_hptq_linear_op.register_fake
-def _(x, words, starts, lut, scale, out_features, padded_k, bias):
+def _(x, words, bases, offsets, lut, scale, out_features, padded_k, bias):
     return x.new_empty(x.shape[0], out_features)
 
 
@@ -50,8 +51,8 @@ def hptq_linear(x: torch.Tensor, prepared: PreparedHPTQ, bias: torch.Tensor | No
         y = x2.to(torch.float32) @ p.weight.T
         y = (y if bias is None else y + bias.to(torch.float32)).to(x.dtype)
     elif use_triton(x.device):
-        y = torch.ops.babai.hptq_linear(x2.contiguous(), p.words, p.starts, p.lut, p.scale,
-                                        p.out_features, p.padded_k,
+        y = torch.ops.babai.hptq_linear(x2.contiguous(), p.words, p.bases, p.offsets, p.lut,
+                                        p.scale, p.out_features, p.padded_k,
                                         None if bias is None else bias.contiguous())
     else:
         raise ValueError(f"prepared: laid out for Triton, but Triton cannot run on {x.device}")

@@ -2,7 +2,7 @@
 
 Design (new ground; no published kernel): the file's chunk streams are decoded once (reference
 decoder, kernels/hptq/pack.py, which also validates every chunk) and re-encoded into interleaved
-lane streams of 256 codes (kernels/hptq/lanes.py) that a program decodes side by side for 32
+lane streams of 128 codes (kernels/hptq/lanes.py) that a program decodes side by side for 32
 rows with a 4 KB table in shared memory (kernels/hptq/gemv.py). No format change: the checkpoint keeps its version-1 layout.
 
 On a device where Triton cannot run — or for a layer the lane code cannot cover (more than 1024
@@ -24,16 +24,17 @@ from babai_kernels.hptq.pack import decode_hptq, hptq_meta
 class PreparedHPTQ:
     """An HPTQ layer laid out for `hptq_linear` on `device`.
 
-    Lane layout (None when `weight` is used): words int32 (W + 2,), starts int32 (lanes,),
-    lut int32 (1024,), padded_k (K rounded up to 256); weight: (N, K) float32 dequantized
-    weight, or None.
+    Lane layout (None when `weight` is used, kernels/hptq/lanes.py): words int32 (W + 2,),
+    bases int32 (Np · ⌈S/16⌉,), offsets int16 (Np · S,), lut int32 (1024,), padded_k (K rounded
+    up to 128, S = padded_k / 128); weight: (N, K) float32 dequantized weight, or None.
     """
 
     out_features: int
     in_features: int
     scale: float
     words: torch.Tensor | None
-    starts: torch.Tensor | None
+    bases: torch.Tensor | None
+    offsets: torch.Tensor | None
     lut: torch.Tensor | None
     padded_k: int
     weight: torch.Tensor | None
@@ -49,7 +50,8 @@ def prepare_hptq(tensors: dict[str, torch.Tensor], in_features: int,
     lanes = build_lane_layout(z) if use_triton(device) else None
     if lanes is None:
         weight = (tensors["hptq_scale"].cpu() * z.to(torch.float32)).to(device)
-        return PreparedHPTQ(meta["out_features"], in_features, meta["scale"], None, None, None, 0,
-                            weight, device)
+        return PreparedHPTQ(meta["out_features"], in_features, meta["scale"], None, None, None, None,
+                            0, weight, device)
     return PreparedHPTQ(meta["out_features"], in_features, meta["scale"], lanes.words.to(device),
-                        lanes.starts.to(device), lanes.lut.to(device), lanes.padded_k, None, device)
+                        lanes.bases.to(device), lanes.offsets.to(device), lanes.lut.to(device),
+                        lanes.padded_k, None, device)

@@ -80,7 +80,8 @@ def test_fused_gemv_is_one_kernel_with_bias_and_cast():
 def test_lane_code_is_the_optimal_10_bit_code():
     z, tensors = layer(32, 512, 256, 4.0, 6)
     lanes = build_lane_layout(z)
-    assert lanes.padded_k == 512 and lanes.starts.shape == (32 * 2,)   # (row, 256-column span)
+    assert lanes.padded_k == 512 and lanes.offsets.shape == (32 * 4,)   # (row, 128-column span)
+    assert lanes.bases.shape == (32,)                                    # one group of 16 spans
     counts = torch.unique(z, return_counts=True)[1].numpy()
     assert lanes.payload_bits == int((package_merge_lengths(counts, LANE_CODE_LEN) * counts).sum())
     # the 10-bit limit (four codes per 64-bit window) costs little against the file's 12-bit code
@@ -101,7 +102,8 @@ def test_custom_op_has_a_fake_impl():
     p = prepare_hptq(tensors, 32, DEVICE)
     x = torch.randn(2, 32, device=DEVICE)
     torch.library.opcheck(torch.ops.babai.hptq_linear.default,
-                          (x, p.words, p.starts, p.lut, p.scale, p.out_features, p.padded_k, None),
+                          (x, p.words, p.bases, p.offsets, p.lut, p.scale, p.out_features, p.padded_k,
+                           None),
                           test_utils=("test_schema", "test_faketensor"))
 
 
