@@ -30,6 +30,18 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.lru_cache(maxsize=None)
+def gluon_available() -> bool:
+    """True if Triton has the Gluon API the HPTQ GPU kernel uses (Triton ≥ 3.9: shared-memory
+    gather and reinterpret). Under TRITON_INTERPRET the kernel runs without it (kernels/gluon_interp.py)."""
+    try:
+        from triton.experimental.gluon import language as gl
+    except Exception:
+        return False
+    desc = gl.shared_memory_descriptor
+    return hasattr(desc, "gather") and hasattr(desc, "reinterpret")
+
+
 def use_triton(device: torch.device) -> bool:
     """Whether a Triton kernel can run on tensors of `device` (CUDA, or CPU under the interpreter)."""
     if not triton_available():

