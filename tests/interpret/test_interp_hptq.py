@@ -107,6 +107,22 @@ def test_custom_op_has_a_fake_impl():
                           test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("k,m", [(2200, 5), (4600, 8)])
+def test_wide_layers_several_lane_groups(k, m):
+    """K > 2048: lanes start from several int32 bases (16 lanes each); where x does not fit
+    shared memory (K = 4600, M = 8) hptq_linear decodes, then multiplies."""
+    from babai_kernels.hptq.gemv import gemv_fits
+    _, tensors = layer(5, k, 200, 6.0, k)
+    prepared = prepare_hptq(tensors, k, DEVICE)
+    assert prepared.bases.numel() == 32 * -(-prepared.padded_k // 2048)
+    assert gemv_fits(m, prepared.padded_k) == (k < 4096)
+    assert torch.equal(hptq_decode(prepared, torch.float32).cpu(), dequantize_hptq(tensors, k))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(k))
+    got = hptq_linear(x.to(DEVICE), prepared).cpu()
+    want = hptq_linear_reference(x, tensors)
+    assert (got - want).abs().max() <= TOL[torch.float32] * want.abs().max()
+
+
 def test_bad_inputs_raise_value_errors():
     _, tensors = layer(6, 32, 16, 2.0, 2)
     prepared = prepare_hptq(tensors, 32, DEVICE)
