@@ -1,6 +1,7 @@
 """HPTQ: one scale per matrix, canonical length-limited Huffman codes in row chunks
-(docs/format.md §3). Pack/decode/reference/TP import torch and numpy only; the Triton
-kernels live in decode.py and gemv.py, dispatched by linear.py."""
+(docs/format.md §3). Pack/decode/reference/TP import torch and numpy only; the GPU kernel
+(Gluon: decode-GEMV and decode) lives in gemv.py over the load-time lane layout of lanes.py /
+prepare.py, dispatched by linear.py."""
 from babai_kernels.hptq.pack import (check_hptq_tensors, choose_chunk_cols, coded_bits, decode_hptq,
                                dequantize_hptq, encode_hptq, hptq_meta)
 from babai_kernels.hptq.linear import hptq_linear
