@@ -46,7 +46,7 @@ NOTES = [
     "float32 live in shared memory; per step a lane loads three stream words, makes a 64-bit "
     "window with two funnel shifts and decodes four symbols (SHF + SHF + LOP3 + LDS each, the "
     "offset is the raw running sum of table entries), then one LDS.128 gives x for the four "
-    "columns and four FFMA accumulate. Stream words are 32-bit loads at a bit-aligned position "
+    "columns and four FFMA accumulate; one barrier after the prologue, none in the loop. Stream words are 32-bit loads at a bit-aligned position "
     "(L1 hits: a lane's next step reads the same or the next words), so the 64-bit weight-load "
     "criterion applies to SSQR only. Lanes are 128 codes of one row (short serial chains); a "
     "lane starts at an int32 base per 16 lanes + an int16 offset (0.14 bit/weight). The 10-bit "
@@ -54,7 +54,7 @@ NOTES = [
     "code (measured on the serving checkpoints), so HPTQ-3.3 holds ~3.41 bits/weight on the GPU; "
     "the roofline's 3.3 bits in GPU memory is HPTQ-3.15's. Warps grow with K (spans / 4, 4..16) "
     "so a thread keeps four chains; spans round up to a power of two, and the padding lanes "
-    "decode too (counted against the real symbols: 9.6 instr/symbol at K = 14336).",
+    "decode too (counted against the real symbols: 9.5 instr/symbol at K = 14336).",
     "Speed targets the design cannot reach (estimates): SSQR 4-bit/3-bit at M = 1 and 16 are "
     "memory-bound, and the 4.45 stored bits (4 + fp16 scale per 128 + 1 % outliers at 32 bits) cap "
     "any kernel at 16 / 4.45 = 3.6x before launches; the model adds two launches (x[:, perm] gather "

@@ -62,6 +62,10 @@ def sum(x, axis):  # noqa: A001  (Gluon's name)
     return tl.sum(x, axis)
 
 
+def barrier():
+    return tl.debug_barrier()
+
+
 def inline_asm_elementwise(*args, **kwargs):
     raise NotImplementedError("inline PTX does not run under TRITON_INTERPRET: pass USE_ASM=False")
 

@@ -71,5 +71,6 @@ def test_real_compile_of_the_hptq_gluon_kernel():
     assert ops.get("LDS", 0) == r["symbols_per_thread_iter"]
     assert ops.get("LDS.128", 0) == r["symbols_per_thread_iter"] / 4
     assert not any(o.startswith("LDG") and o != "LDG.E" for o in ops)   # only the stream words
+    assert not any(o.startswith("BAR") for o in ops)        # warps never wait for each other
     assert r["spill_bytes"] == 0 and r["shared_bytes"] >= 4096
     assert any(v.startswith("HPTQ") and v.endswith("PASS") for v in verdicts([r]))

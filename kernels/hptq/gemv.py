@@ -108,6 +108,7 @@ def _hptq_lanes_kernel(x_ptr, words_ptr, bases_ptr, offsets_ptr, lut_ptr, bias_p
         X_STEP: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
         xsteps = xs.reinterpret(gl.float32, [32, SPANS, 4, BLOCK_M], X_STEP)
         acc = gl.zeros([SPANS, 32, 4, BLOCK_M], gl.float32, P)
+    gl.barrier()                          # table and x stored: one barrier, none inside the loop
     for g in range(0, 32):                                                       # SPAN / STEP
         at = words_ptr + (pos >> 5)
         w0 = gl.load(at)
