@@ -71,9 +71,9 @@ def _lookup(table, peek, SPANS: tl.constexpr, LANE: tl.constexpr):
 
 @jit
 def _hptq_lanes_kernel(x_ptr, words_ptr, bases_ptr, offsets_ptr, lut_ptr, bias_ptr, out_ptr, scale,
-                       M, N, K,
-                       spans, SPANS: tl.constexpr, BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       DECODE: tl.constexpr, USE_ASM: tl.constexpr, NUM_WARPS: tl.constexpr):
+                       M, N, K, spans, SPANS: tl.constexpr, BLOCK_M: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, DECODE: tl.constexpr, USE_ASM: tl.constexpr,
+                       NUM_WARPS: tl.constexpr):
     # (span, row, j, m): a thread holds the four steps' symbols of its lanes and all m
     P: gl.constexpr = gl.BlockedLayout([1, 1, 4, BLOCK_M], [1, 32, 1, 1], [NUM_WARPS, 1, 1, 1],
                                        [3, 2, 1, 0])
