@@ -13,6 +13,8 @@ call.
 """
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,14 @@ class PreparedHPTQ:
     device: torch.device
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_no_gluon() -> None:
+    import triton
+    logging.getLogger(__name__).warning(
+        "HPTQ: Triton %s has no Gluon shared-memory gather (needs >= 3.9): HPTQ layers keep a dense "
+        "float32 weight instead of the Huffman-resident kernel", triton.__version__)
+
+
 def prepare_hptq(tensors: dict[str, torch.Tensor], in_features: int,
                  device: torch.device | str) -> PreparedHPTQ:
     """Validate the layer's tensors (docs/format.md §3, every chunk) and lay them out for `device`."""
@@ -50,6 +60,8 @@ def prepare_hptq(tensors: dict[str, torch.Tensor], in_features: int,
     meta = hptq_meta(tensors, in_features)
     z = decode_hptq(tensors, in_features)
     gpu_kernel = use_triton(device) and (triton_interpret() or gluon_available())
+    if use_triton(device) and not gpu_kernel:
+        _warn_no_gluon()
     lanes = build_lane_layout(z) if gpu_kernel else None
     if lanes is None:
         weight = (tensors["hptq_scale"].cpu() * z.to(torch.float32)).to(device)

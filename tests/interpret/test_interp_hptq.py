@@ -161,13 +161,17 @@ def test_bench_cases_hit_the_target_rate_and_agree():
     assert (case["decode_matmul"](x) - dense).abs().max() <= 2e-2 * scale
 
 
-def test_without_gluon_the_layer_keeps_its_dense_weight(monkeypatch):
-    """A CUDA Triton older than 3.9 (no Gluon gather) gets the torch path, not an import error."""
+def test_without_gluon_the_layer_keeps_its_dense_weight(monkeypatch, caplog):
+    """A CUDA Triton older than 3.9 (no Gluon gather) gets the torch path, with a warning."""
     _, tensors = layer(6, 32, 16, 2.0, 2)
     monkeypatch.setattr("babai_kernels.hptq.prepare.triton_interpret", lambda: False)
     monkeypatch.setattr("babai_kernels.hptq.prepare.gluon_available", lambda: False)
-    p = prepare_hptq(tensors, 32, DEVICE)
+    from babai_kernels.hptq import prepare
+    prepare._warn_no_gluon.cache_clear()                 # warned once per process
+    with caplog.at_level("WARNING"):
+        p = prepare_hptq(tensors, 32, DEVICE)
     assert p.weight is not None and p.words is None
+    assert "Gluon" in caplog.text
     x = torch.randn(3, 32)
     assert torch.allclose(hptq_linear(x.to(DEVICE), p).cpu(), hptq_linear_reference(x, tensors),
                           atol=1e-4)
