@@ -151,8 +151,9 @@ def quantized_weights(name: str, model, tokenizer, args, texts) -> dict:
         torch.save(saved, path)       # before the resident count: a failure there loses no quantization
     if saved["facts"].get("resident_version") != RESIDENT_VERSION:
         bits = spec.get("bits", 4) if spec["format"] in ("gptq", "rtn") else None
-        saved["facts"].update(resident_bits=model_resident_bits(spec["format"], saved["weights"], saved["tensors"], bits),
-                              resident_version=RESIDENT_VERSION)
+        counted = {key: model_resident_bits(spec["format"], saved["weights"], saved["tensors"], bits, gpu=gpu)
+                   for key, gpu in (("resident_bits", False), ("gpu_resident_bits", True))}
+        saved["facts"].update(**counted, resident_version=RESIDENT_VERSION)
         torch.save(saved, path)
     return saved
 
@@ -186,7 +187,8 @@ def cached_row(name: str, args) -> dict | None:
     weights = ROWS[name] is not None and (CACHE / f"{name}-{quant_key(ROWS[name], args)}.weights.pt").is_file()
     if weights and row.get("resident_version") != RESIDENT_VERSION:
         facts = quantized_weights(name, None, None, args, None)["facts"]
-        row.update(resident_bits=facts["resident_bits"], resident_version=RESIDENT_VERSION)
+        row.update(resident_bits=facts["resident_bits"], gpu_resident_bits=facts["gpu_resident_bits"],
+                   resident_version=RESIDENT_VERSION)
         path.write_text(json.dumps(row, indent=1))
     return row
 
@@ -202,7 +204,7 @@ def run_row(name: str, args, model_dir: Path, texts: dict) -> dict:
     spec = ROWS[name]
     row = {"row": name, "spec": spec, "load_at_start": os.getloadavg()}
     if spec is None:
-        row.update(effective_bits=16.0, resident_bits=16.0)
+        row.update(effective_bits=16.0, resident_bits=16.0, gpu_resident_bits=16.0)
     else:
         saved = quantized_weights(name, model, tokenizer, args, texts)
         for lname, weight in saved["weights"].items():

@@ -16,7 +16,14 @@ formula for every format:
 
 GPTQ/RTN (standard GPTQ layout, served by stock kernels that hold 4- or 8-bit codes): codes at
 max(b, 4) bits, fp16 group scales and the packed zeros at max(b, 4) bits per group, no residual.
-`RESIDENT_VERSION` hashes this file and the runtime, so cached rows are recounted when either changes.
+
+GPU resident bytes (`gpu_resident_bytes`): the tensors the Triton/Gluon kernels keep —
+SSQR: kernels/ssqr/linear.PreparedSSQR (b-bit codes, fp16 scales, int32 perm, int16 column +
+fp16 value per outlier slot, split-K counters); HPTQ/HRTN: the Huffman-resident lane layout
+(kernels/hptq/lanes.py: stream words, int32 lane-group bases, int16 lane offsets, the 4 KB table,
+the scale), or the dense float32 weight where the lane code cannot cover the layer; GPTQ/RTN as above.
+`RESIDENT_VERSION` hashes this file and the layouts it counts, so cached rows are recounted when
+any of them changes.
 """
 from __future__ import annotations
 
@@ -26,13 +33,17 @@ import hashlib
 from pathlib import Path
 
 from babai_kernels import runtime
+from babai_kernels.hptq import lanes
+from babai_kernels.hptq.pack import decode_hptq
 from babai_kernels.runtime import DenseResidual, from_hptq, from_ssqr
+from babai_kernels.ssqr import linear as ssqr_linear
 
 SCALE_BYTES = 2
 ROW_SCALE_BYTES = 4
 CSR_OFFSET_BYTES = 4
 PERM_BYTES = 4
-RESIDENT_VERSION = hashlib.sha256(Path(__file__).read_bytes() + Path(runtime.__file__).read_bytes()).hexdigest()[:16]
+RESIDENT_VERSION = hashlib.sha256(b"".join(Path(f).read_bytes() for f in (
+    __file__, runtime.__file__, lanes.__file__, ssqr_linear.__file__))).hexdigest()[:16]
 
 
 def layout_bytes(layout: DenseResidual) -> float:
@@ -67,13 +78,31 @@ def resident_bytes(fmt: str, tensors: dict[str, torch.Tensor], n: int, k: int, b
     raise ValueError(f"fmt: {fmt!r} has no resident layout")
 
 
-def model_resident_bits(fmt: str, weights: dict[str, torch.Tensor], tensors: dict[str, dict], bits: int | None = None
-                        ) -> float:
-    """Resident bits per weight over all quantized linears; weights: {linear: (N, K) dequantized},
-    tensors: {linear: its stored tensors}."""
+def _nbytes(*ts: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def gpu_resident_bytes(fmt: str, tensors: dict[str, torch.Tensor], n: int, k: int, bits: int | None = None) -> float:
+    """Bytes the GPU kernels keep for one (N, K) linear (module docstring)."""
+    if fmt == "ssqr":
+        p = ssqr_linear.prepare_ssqr(tensors, "cpu")
+        return _nbytes(p.qcodes, p.scales, p.perm, p.outlier_cols, p.outlier_vals, p.locks)
+    if fmt in ("hptq", "hrtn"):
+        lay = lanes.build_lane_layout(decode_hptq(tensors, k))
+        if lay is None:
+            return n * k * 4
+        return _nbytes(lay.words, lay.bases, lay.offsets, lay.lut) + 4
+    return resident_bytes(fmt, tensors, n, k, bits)
+
+
+def model_resident_bits(fmt: str, weights: dict[str, torch.Tensor], tensors: dict[str, dict], bits: int | None = None,
+                        gpu: bool = False) -> float:
+    """Resident bits per weight over all quantized linears, CPU runtime or (gpu) GPU kernels;
+    weights: {linear: (N, K) dequantized}, tensors: {linear: its stored tensors}."""
+    count_bytes = gpu_resident_bytes if gpu else resident_bytes
     total, count = 0.0, 0
     for name, w in weights.items():
         n, k = w.shape
-        total += resident_bytes(fmt, tensors[name], n, k, bits)
+        total += count_bytes(fmt, tensors[name], n, k, bits)
         count += n * k
     return 8 * total / count

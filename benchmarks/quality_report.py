@@ -3,7 +3,8 @@
 The acceptance metric of issue 15: for a row at b bits with perplexity increase Δ = ppl − base,
 ratio = Δ / Δ_GPTQ(b), Δ_GPTQ(b) linear in bits between GPTQ's points (all group sizes, the lower
 envelope: a GPTQ point that a smaller GPTQ point beats is dropped). Computed at effective bits
-(stored bytes) and at resident bits (serving runtime, quality_bits.py); None outside GPTQ's range.
+(stored bytes), at resident bits of the CPU serving runtime and at the bits the GPU kernels keep
+(quality_bits.py); None outside GPTQ's range.
 """
 from __future__ import annotations
 
@@ -61,16 +62,16 @@ def interpolate(env: list[tuple[float, float]], bits: float) -> float | None:
 
 
 def ratios(rows: dict) -> dict[str, dict]:
-    """{row: {"effective": ratio | None, "resident": ratio | None}} for the SSQR/HPTQ/HRTN rows."""
+    """{row: {"effective" | "resident" | "gpu": ratio | None}} for the SSQR/HPTQ/HRTN rows."""
     if "base" not in rows:
         return {}
     base = rows["base"]["ppl"]
     out = {}
-    for key in ("effective_bits", "resident_bits"):
+    for key in ("effective_bits", "resident_bits", "gpu_resident_bits"):
         env = gptq_envelope(rows, key)
         for name, r in rows.items():
             if (r["spec"] or {}).get("format") in COMPARED and env:
-                ref = interpolate(env, r[key])
+                ref = None if r.get(key) is None else interpolate(env, r[key])
                 out.setdefault(name, {})[key.split("_")[0]] = \
                     None if ref is None or ref <= 0 else (r["ppl"] - base) / ref
     return out
@@ -89,21 +90,23 @@ def markdown(rows: dict, missing: list[str], meta: dict, rat: dict) -> str:
              f"Device: {meta['device']}  ",
              f"Calibration: {meta['nsamples']} × {meta['seqlen']} tokens of the calib split; eval: first {evaluated}"
              " of the eval split in 1024-token windows, float32, exact dequantized weights.", "",
-             "Effective bits: every stored byte. Resident bits: what the serving runtime holds "
-             "(benchmarks/quality_bits.py). Ratio: Δppl / GPTQ's Δppl interpolated at the same bits "
+             "Effective bits: every stored byte. Resident bits: what the CPU serving runtime holds; GPU bits: "
+             "what the GPU kernels keep (HPTQ Huffman-resident lanes; benchmarks/quality_bits.py). Ratio: Δppl / GPTQ's Δppl interpolated at the same bits "
              "(lower envelope of all GPTQ group sizes, linear in bits; – more than 0.02 bits outside GPTQ's range). Plot: "
              "[quality.png](quality.png).", "",
-             "| row | effective bits | resident bits | perplexity | Δ vs base | ratio @eff | ratio @res "
-             "| outliers | quantize s | bound ≥ error (unclipped layers) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| row | effective bits | resident bits (CPU) | GPU bits | perplexity | Δ vs base | ratio @eff "
+             "| ratio @res | ratio @GPU | outliers | quantize s | bound ≥ error (unclipped layers) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         fmt = (r["spec"] or {}).get("format")
         bound = {None: "", "rtn": "n/a (clipped)", "gptq": "n/a (clipped)", "hrtn": "n/a (no bound)"}.get(
             fmt, r.get("bound_holds_where_unclipped"))
         rr = rat.get(name, {})
-        lines.append(f"| {name} | {r['effective_bits']:.3f} | {_fmt(r.get('resident_bits'))} | {r['ppl']:.3f} | "
+        lines.append(f"| {name} | {r['effective_bits']:.3f} | {_fmt(r.get('resident_bits'))} | "
+                     f"{_fmt(r.get('gpu_resident_bits'))} | {r['ppl']:.3f} | "
                      f"{_fmt(None if base is None else r['ppl'] - base, '+.3f')} | {_fmt(rr.get('effective'), '.0%')} | "
-                     f"{_fmt(rr.get('resident'), '.0%')} | {_fmt(r.get('outlier_rate'), '.2%')} | "
+                     f"{_fmt(rr.get('resident'), '.0%')} | {_fmt(rr.get('gpu'), '.0%')} | "
+                     f"{_fmt(r.get('outlier_rate'), '.2%')} | "
                      f"{r.get('quantize_seconds', 0):.0f} | {bound} |")
     if missing:
         lines += ["", f"Not run yet (no cached result for these settings and code): {', '.join(missing)}."]
@@ -123,10 +126,11 @@ def plot(rows: dict, path: Path) -> bool:
     for r in rows.values():
         if r["spec"] is not None:
             fams.setdefault(family(r), []).append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for ax, key, title in zip(axes, ("effective_bits", "resident_bits"), ("effective (stored)", "resident (runtime)")):
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5), sharey=True)
+    for ax, key, title in zip(axes, ("effective_bits", "resident_bits", "gpu_resident_bits"),
+                              ("effective (stored)", "CPU-resident", "GPU-resident")):
         for fam, rs in sorted(fams.items()):
-            rs = sorted(rs, key=lambda r: r[key])
+            rs = sorted((r for r in rs if r.get(key) is not None), key=lambda r: r[key])
             # Resident bits: markers only (GPTQ w3 and w4 hold the same 4-bit codes, so a line would zigzag).
             ax.plot([r[key] for r in rs], [r["ppl"] for r in rs], marker="o", label=fam,
                     ls="-" if key == "effective_bits" else "none")

@@ -9,7 +9,7 @@ from babai_kernels.runtime import RESIDUAL_ENTRY_BYTES
 from babai_quantizer.formats.registry import FORMAT_QUANTIZERS
 from babai_quantizer.options import QuantizeOptions
 from benchmarks.quality import ROWS, gptq_bits
-from benchmarks.quality_bits import resident_bytes
+from benchmarks.quality_bits import gpu_resident_bytes, resident_bytes
 from benchmarks.quality_report import gptq_envelope, interpolate, ratios
 
 
@@ -45,6 +45,23 @@ def test_hptq_resident_bits_count_one_scale_per_row(layer):
     r, o = quantize(layer, format="hptq", target_bits=3.3)
     got = resident_bytes("hptq", r.tensors, 64, 192)
     assert 64 * 192 * 4 / 8 + 64 * (2 + 4) <= got < 64 * 192 * 8 / 8 + 64 * (2 + 4) + 4 * 65 + 8 * 64 * 192
+
+
+def test_gpu_resident_bits_count_the_kernel_layouts(layer):
+    """HPTQ on the GPU: the Huffman lane layout (payload + lane starts + 4 KB table), well under
+    its CPU dense-code layout; SSQR: the prepared kernel tensors (b-bit codes, no widening)."""
+    from babai_kernels.hptq.lanes import LOOK_AHEAD_WORDS, build_lane_layout
+    from babai_kernels.hptq.pack import decode_hptq
+    r, _ = quantize(layer, format="hptq", target_bits=3.3)
+    lanes = build_lane_layout(decode_hptq(r.tensors, 192))
+    got = gpu_resident_bytes("hptq", r.tensors, 64, 192)
+    assert got == (lanes.payload_bits + 31) // 32 * 4 + LOOK_AHEAD_WORDS * 4 + 4 * lanes.bases.numel() \
+        + 2 * lanes.offsets.numel() + 4 * 1024 + 4
+    s, _ = quantize(layer, format="ssqr", bits=3, group_size=64, outlier_rate=0.01)
+    slots = s.tensors["outlier_cols"].numel()                  # ELL: int16 column + fp16 value each
+    ssqr = gpu_resident_bytes("ssqr", s.tensors, 64, 192)
+    assert ssqr >= 64 * 192 * 3 / 8 + 64 * 3 * 2 + 192 * 4 + slots * 4
+    assert ssqr <= 64 * 192 * 3 / 8 + 64 * 3 * 2 + 192 * 4 + slots * 4 + 64   # + split-K counters
 
 
 def test_ratio_interpolates_gptq_linearly_in_bits():

@@ -2,19 +2,22 @@
 
 The file's chunk streams decode one chunk per lane, serially, with escapes. For the GPU the
 decoded codes z are re-encoded once, at load time (Marlin's habit):
-- Padding: K up to Kp (a multiple of SPAN = 128), N up to a multiple of 32, with code 0.
-- Lane (row n, span s) holds the codes of row n, columns [128 s, 128 s + 128), in order: short
-  lanes make short serial decode chains (the latency bound of the GPU kernel). The 32
-  lanes of a warp are 32 consecutive rows of one span, so they read the same x element at the
+- Grid: K rounds up to Kp (a multiple of SPAN = 128) and N to a multiple of 32, but only real
+  codes are stored: the padding costs no stream bits (a lane past column K or row N decodes
+  whatever bits follow; the kernel multiplies those values by x's zero padding or masks them).
+- Lane (row n, span s) holds the codes of row n, columns [128 s, min(128 s + 128, K)), in
+  order: short lanes make short serial decode chains (the latency bound of the GPU kernel). The
+  32 lanes of a warp are 32 consecutive rows of one span, so they read the same x element at the
   same time (one broadcast load), and a row's spans are summed inside one program.
 - Code: an escape-free, length-limited (≤ LANE_CODE_LEN = 10 bits) canonical Huffman code of
   this layer's histogram (package-merge, optimal under the limit): four codes fit the 64-bit
   window the kernel reads per step, and the table is 4 KB of shared memory. Layers it cannot
   cover (> 1024 distinct codes, or |z| ≥ 2^17) get no lane layout.
-- Stream: the lane streams concatenated MSB-first without padding, in (row, span) order, plus two
-  zero look-ahead words. A lane's first bit = bases[row, span // 16] (int32, the first bit of
-  its group of 16 lanes) + offsets[row, span] (int16: a group holds ≤ 16 · 128 · 10 < 2^15
-  bits), 16 + 2 bits per 128 codes = 0.14 bit/weight.
+- Stream: the lane streams concatenated MSB-first without padding, in (row, span) order, plus
+  LOOK_AHEAD_WORDS zero words (a lane reads up to 128 · 10 + 64 bits past its start). A lane's
+  first bit = bases[row, span // 16] (int32, the first bit of its group of 16 lanes) +
+  offsets[row, span] (int16: a group holds ≤ 16 · 128 · 10 < 2^15 bits), 16 + 2 bits per 128
+  codes = 0.14 bit/weight.
 - Table `lut` int32 (1024,): entry for the next 10 stream bits = float32 bits of the code's value
   with its length (1..10) in the 4 low mantissa bits; bits 4-5 are 0 (the value's low mantissa
   bits are 0 for |z| < 2^17), so a running sum of entries carries the bit offset in its low 6
@@ -36,14 +39,15 @@ LANE_GROUP = 16            # lanes per int32 base (offsets within a group fit in
 ROW_BLOCK = 32             # rows per program (one warp row of lanes)
 LANE_CODE_LEN = 10         # longest lane code: table of 2^10 entries
 MAX_ABS_CODE = 1 << 17
-LOOK_AHEAD_WORDS = 2
+LOOK_AHEAD_WORDS = 2 + SPAN * LANE_CODE_LEN // 32
 
 
 @dataclass(frozen=True)
 class LaneLayout:
-    """words int32 (W + 2,); bases int32 (Np · ⌈S/16⌉,) and offsets int16 (Np · S,), S = Kp/128
-    spans per row: lane (row, span) starts at bit bases[row, span // 16] + offsets[row, span];
-    lut int32 (1024,); padded_k Kp; payload_bits (sum of code lengths)."""
+    """words int32 (W + LOOK_AHEAD_WORDS,); bases int32 (Np · ⌈S/16⌉,) and offsets int16
+    (Np · S,) for S = Kp/128 spans per row: lane (row, span) starts at bit
+    bases[row, span // 16] + offsets[row, span]; lut int32 (1024,); padded_k Kp; payload_bits
+    (sum of the real codes' lengths)."""
     words: torch.Tensor
     bases: torch.Tensor
     offsets: torch.Tensor
@@ -79,15 +83,15 @@ def build_lane_layout(z: torch.Tensor) -> LaneLayout | None:
     n, k = z.shape
     kp = -(-k // SPAN) * SPAN
     np_rows = -(-n // ROW_BLOCK) * ROW_BLOCK
-    zp = torch.zeros(np_rows, kp, dtype=torch.int64)
-    zp[:n, :k] = z
-    code = _code(zp)
+    code = _code(z)
     if code is None:
         return None
     values, lengths, codes, index = code
     sym = torch.from_numpy(index).reshape(-1)                  # row-major = (row, span) lane order
     sym_len = torch.from_numpy(lengths)[sym]
-    lane_bits = sym_len.reshape(-1, SPAN).sum(1)
+    grid = torch.zeros(np_rows, kp, dtype=torch.int64)        # bits per position, padding 0
+    grid[:n, :k] = sym_len.reshape(n, k)
+    lane_bits = grid.reshape(-1, SPAN).sum(1)
     if int(lane_bits.sum()) >= 2**31 - 64:
         return None
     starts = (torch.cumsum(lane_bits, 0) - lane_bits).reshape(np_rows, kp // SPAN)

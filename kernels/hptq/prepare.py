@@ -28,7 +28,7 @@ from babai_kernels.hptq.pack import decode_hptq, hptq_meta
 class PreparedHPTQ:
     """An HPTQ layer laid out for `hptq_linear` on `device`.
 
-    Lane layout (None when `weight` is used, kernels/hptq/lanes.py): words int32 (W + 2,),
+    Lane layout (None when `weight` is used, kernels/hptq/lanes.py): words int32 (W + 42,),
     bases int32 (Np · ⌈S/16⌉,), offsets int16 (Np · S,), lut int32 (1024,), padded_k (K rounded
     up to 128, S = padded_k / 128); weight: (N, K) float32 dequantized weight, or None.
     """
