@@ -51,8 +51,10 @@ NOTES = [
     "criterion applies to SSQR only. Lanes are 128 codes of one row (short serial chains); a "
     "lane starts at an int32 base per 16 lanes + an int16 offset (0.14 bit/weight). The 10-bit "
     "code limit costs +0.03 (HPTQ-3.3) and +0.05 (HPTQ-4.3) bit/weight against the file's 12-bit "
-    "code (measured on the serving checkpoints), so HPTQ-3.3 holds ~3.41 bits/weight on the GPU; "
-    "the roofline's 3.3 bits in GPU memory is HPTQ-3.15's. Warps grow with K (spans / 4, 4..16) "
+    "code (measured on the serving checkpoints), so on Llama-size linears HPTQ-3.3 holds ~3.41 "
+    "bits/weight on the GPU (on SmolLM2's small linears 3.51, the 4 KB table and lane starts "
+    "weighing more: benchmarks/results/quality.md); the roofline's 3.3 bits in GPU memory is "
+    "HPTQ-3.15's. Warps grow with K (spans / 4, 4..16) "
     "so a thread keeps four chains; spans round up to a power of two, and the padding lanes "
     "decode too (counted against the real symbols: 9.5 instr/symbol at K = 14336).",
     "Speed targets the design cannot reach (estimates): SSQR 4-bit/3-bit at M = 1 and 16 are "
