@@ -11,7 +11,7 @@ import math
 import torch
 
 from babai_kernels.common import stored_bits, use_triton
-from babai_kernels.hptq.gemv import GEMV_MAX_M, gemv_fits, hptq_decode, hptq_gemv
+from babai_kernels.hptq.gemv import fused_max_m, hptq_decode, hptq_gemv
 from babai_kernels.hptq.pack import choose_chunk_cols, coded_bits, encode_hptq
 from babai_kernels.hptq.prepare import prepare_hptq
 
@@ -60,13 +60,12 @@ def hptq_bench_cases(shapes: list[tuple[int, int]], device: torch.device | str =
         tensors = encode_hptq(_laplace_codes((n, k), width, gen, device), 1.0 / width, chunk_cols)
         prepared = prepare_hptq(tensors, k, device)
         bits = stored_bits(tensors)
-        fused_max_m = max(m for m in range(1, GEMV_MAX_M + 1) if gemv_fits(m, prepared.padded_k))
         cases.append({
             "name": f"hptq{target_bits:g} {k}->{n}", "in_features": k, "out_features": n,
             "bits_per_weight": bits / (n * k), "stored_bytes": bits // 8,
             "gpu_bits_per_weight": sum(t.numel() * t.element_size() * 8 for t in (
                 prepared.words, prepared.lut, prepared.bases, prepared.offsets)) / (n * k),
-            "fused": lambda x, p=prepared: hptq_gemv(x, p), "fused_max_m": fused_max_m,
+            "fused": lambda x, p=prepared: hptq_gemv(x, p), "fused_max_m": fused_max_m(prepared.padded_k),
             "decode_matmul": lambda x, p=prepared: x @ hptq_decode(p, x.dtype).T,
             "weight_bf16": hptq_decode(prepared, torch.bfloat16),
         })

@@ -73,13 +73,16 @@ NOTES = [
 
 def compile_sm90(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int,
                  divisible: tuple[str, ...]):
-    """triton.compile for sm_90 (no GPU needed); `divisible` args are specialized ÷16 as at launch."""
+    """triton.compile for sm_90 (no GPU needed) of a Triton or Gluon kernel; `divisible` args are
+    specialized ÷16 as at launch."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource
     names = list(signature)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in divisible}
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    source = GluonASTSource if fn.is_gluon() else ASTSource
+    src = source(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 
@@ -114,7 +117,7 @@ def hptq_kernel_stats(in_features: int = 4096, m: int = 1) -> dict:
     """Compile the HPTQ decode-GEMV (kernels/hptq/gemv.py) at K = in_features, M = m; per decoded symbol."""
     from babai_kernels.hptq.gemv import static_compile
     from babai_kernels.hptq.lanes import SPAN
-    kernel, symbols_per_thread_iter = static_compile(in_features, m)
+    kernel, symbols_per_thread_iter = static_compile(compile_sm90, in_features, m)
     stats = sass_stats(kernel)
     return dict(kernel="hptq", in_features=in_features, m_tile_for=m,
                 num_warps=kernel.metadata.num_warps, **stats.__dict__,
@@ -126,13 +129,12 @@ def hptq_kernel_stats(in_features: int = 4096, m: int = 1) -> dict:
 def hptq_configs(quick: bool) -> list[tuple[int, int]]:
     """(K, M) for the HPTQ decode-GEMV: every K of the target shapes at M = 1 and at the largest
     M the fused path takes (x staged in shared memory, gemv_fits)."""
-    from babai_kernels.hptq.gemv import GEMV_MAX_M, gemv_fits
+    from babai_kernels.hptq.gemv import fused_max_m
     from babai_kernels.hptq.lanes import SPAN
     ks = (4096,) if quick else sorted({k for k, _ in SHAPES.values()})
     out = []
     for k in ks:
-        padded = -(-k // SPAN) * SPAN
-        top = max(m for m in (1, 2, 4, GEMV_MAX_M) if gemv_fits(m, padded))
+        top = fused_max_m(-(-k // SPAN) * SPAN)
         out += [(k, 1)] + ([(k, top)] if top > 1 and not quick else [])
     return out
 

@@ -18,7 +18,7 @@ funnel shift reads, offsets ≤ 30) and the step's length in its low 6 bits: no 
 GEMV: acc[span, row, j, m] += e_j (read as float32) · x[m, col]; at the end the spans and j are
 summed, scaled, bias added and the 32 rows stored in x's dtype (one launch, no partials).
 DECODE writes scale · z into a dense (N, K) weight instead (the large-M path: decode, then a
-torch matmul). The stream ends with two zero look-ahead words: no read out of bounds.
+torch matmul). The stream ends with lanes.LOOK_AHEAD_WORDS zero words: no read out of bounds.
 
 Written in Gluon (explicit layouts and shared memory: Triton's tl.gather would re-store the table
 before every lookup). Under TRITON_INTERPRET=1 the same source runs on triton.language through
@@ -30,7 +30,7 @@ import triton
 import triton.language as tl  # parameter annotations; the interpreter patches it for gluon_interp
 
 from babai_kernels.common import triton_interpret
-from babai_kernels.hptq.lanes import LANE_CODE_LEN, ROW_BLOCK, SPAN
+from babai_kernels.hptq.lanes import LANE_CODE_LEN, LANE_GROUP, ROW_BLOCK, SPAN
 from babai_kernels.hptq.prepare import PreparedHPTQ
 
 if triton_interpret():
@@ -45,6 +45,9 @@ GEMV_MAX_M = 8
 LANES_PER_THREAD = 4       # warps = spans / 4 (4..16): about four independent chains per thread
 STEP = 4                                   # symbols per lane per step
 TABLE = gl.constexpr(1 << LANE_CODE_LEN)   # int32 entries
+SPAN_C = gl.constexpr(SPAN)                 # lanes.py's layout, as kernel constants
+GROUP_C = gl.constexpr(LANE_GROUP)
+STEPS = gl.constexpr(SPAN // STEP)
 PEEK_SHIFT = gl.constexpr(32 - LANE_CODE_LEN)
 X_SMEM_BYTES = 160 * 1024                  # x staged as float32: Kp · M_pad · 4 bytes at most
 
@@ -86,30 +89,30 @@ def _hptq_lanes_kernel(x_ptr, words_ptr, bases_ptr, offsets_ptr, lut_ptr, bias_p
     rows = gl.program_id(0) * 32 + gl.arange(0, 32, gl.SliceLayout(0, LANE))     # ROW_BLOCK
     span = gl.arange(0, SPANS, gl.SliceLayout(1, LANE))
     live = (span < spans)[:, None]
-    groups = (spans + 15) // 16                                                  # LANE_GROUP
-    pos = gl.load(bases_ptr + rows[None, :] * groups + span[:, None] // 16, mask=live, other=0)
+    groups = (spans + GROUP_C - 1) // GROUP_C
+    pos = gl.load(bases_ptr + rows[None, :] * groups + span[:, None] // GROUP_C, mask=live, other=0)
     pos += gl.load(offsets_ptr + rows[None, :] * spans + span[:, None], mask=live, other=0).to(gl.int32)
     jj = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, V)))[None, None, :]
-    col = span[:, None, None] * 128 + jj                                         # SPAN, STEP
+    col = span[:, None, None] * SPAN_C + jj
     if DECODE:
         dst = out_ptr + rows.to(gl.int64)[None, :, None] * K
         keep = (rows < N)[None, :, None]
     else:
-        # x as float32 in shared memory: row (g, span), column (j, m) = x[m, 128 span + 4 g + j]
+        # x as float32 in shared memory: row (g, span), column (j, m) = x[m, SPAN span + 4 g + j]
         XL: gl.constexpr = gl.BlockedLayout([1, 4 * BLOCK_M], [32, 1], [NUM_WARPS, 1], [1, 0])
-        r = gl.arange(0, 32 * SPANS, gl.SliceLayout(1, XL))[:, None]
+        r = gl.arange(0, STEPS * SPANS, gl.SliceLayout(1, XL))[:, None]
         c = gl.arange(0, 4 * BLOCK_M, gl.SliceLayout(0, XL))[None, :]
-        xcol = (r % SPANS) * 128 + (r // SPANS) * 4 + c // BLOCK_M
+        xcol = (r % SPANS) * SPAN_C + (r // SPANS) * 4 + c // BLOCK_M
         xv = gl.load(x_ptr + (c % BLOCK_M) * K + xcol, mask=(xcol < K) & (c % BLOCK_M < M),
                      other=0.0)
         X_SMEM: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-        xs = gl.allocate_shared_memory(gl.float32, [32 * SPANS, 4 * BLOCK_M], X_SMEM,
+        xs = gl.allocate_shared_memory(gl.float32, [STEPS * SPANS, 4 * BLOCK_M], X_SMEM,
                                        xv.to(gl.float32))
         X_STEP: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
-        xsteps = xs.reinterpret(gl.float32, [32, SPANS, 4, BLOCK_M], X_STEP)
+        xsteps = xs.reinterpret(gl.float32, [STEPS, SPANS, 4, BLOCK_M], X_STEP)
         acc = gl.zeros([SPANS, 32, 4, BLOCK_M], gl.float32, P)
     gl.barrier()                          # table and x stored: one barrier, none inside the loop
-    for g in range(0, 32):                                                       # SPAN / STEP
+    for g in range(0, STEPS):
         at = words_ptr + (pos >> 5)
         w0 = gl.load(at)
         w1 = gl.load(at + 1)
@@ -164,6 +167,11 @@ def gemv_fits(m: int, padded_k: int) -> bool:
     return 1 <= m <= GEMV_MAX_M and spans * SPAN * triton.next_power_of_2(m) * 4 <= X_SMEM_BYTES
 
 
+def fused_max_m(padded_k: int) -> int:
+    """The largest M the fused GEMV takes at K padded to padded_k (1 always fits)."""
+    return max(m for m in range(1, GEMV_MAX_M + 1) if gemv_fits(m, padded_k))
+
+
 def hptq_gemv(x: torch.Tensor, prepared: PreparedHPTQ, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (M, K) contiguous fp16/bf16/fp32 with gemv_fits(M, Kp) → (M, N) = x · Wqᵀ (+ bias) in x.dtype."""
     m = x.shape[0]
@@ -185,11 +193,10 @@ def hptq_decode(prepared: PreparedHPTQ, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def static_compile(in_features: int = 4096, m: int = 1) -> tuple[object, float]:
-    """Compile the decode-GEMV for sm_90 at M = m, K = in_features (no GPU needed) → (kernel,
-    real symbols each thread decodes per loop iteration: lanes of the power-of-two padding of
-    the span count decode too but are not counted)."""
-    from triton.backends.compiler import GPUTarget
+def static_compile(compile_fn, in_features: int = 4096, m: int = 1) -> tuple[object, float]:
+    """Compile the decode-GEMV at M = m, K = in_features with `compile_fn`
+    (benchmarks/kernel_static.compile_sm90) → (kernel, real symbols each thread decodes per loop
+    iteration: lanes of the power-of-two padding of the span count decode too but are not counted)."""
     spans = -(-in_features // SPAN)
     warps = num_warps(triton.next_power_of_2(spans))
     sig = dict(x_ptr="*bf16", words_ptr="*i32", bases_ptr="*i32", offsets_ptr="*i16",
@@ -200,11 +207,6 @@ def static_compile(in_features: int = 4096, m: int = 1) -> tuple[object, float]:
     if m == 1:
         consts["M"] = 1
     sig.update({k: "constexpr" for k in consts})
-    names = list(sig)
-    attrs = {(names.index(a),): [["tt.divisibility", 16]]
-             for a in ("x_ptr", "words_ptr", "bases_ptr", "offsets_ptr", "lut_ptr", "out_ptr", "N", "K")}
-    src = gluon._runtime.GluonASTSource(fn=_hptq_lanes_kernel, signature=sig, constexprs=consts,
-                                        attrs=attrs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options=dict(num_warps=warps))
+    kernel = compile_fn(_hptq_lanes_kernel, sig, consts, warps, 3,
+                        ("x_ptr", "words_ptr", "bases_ptr", "offsets_ptr", "lut_ptr", "out_ptr", "N", "K"))
     return kernel, STEP * spans * 32 / (32 * warps)
