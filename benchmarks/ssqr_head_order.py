@@ -21,19 +21,15 @@ Scores as benchmarks/ssqr_layers.py: layer error / GPTQ's error at the same effe
 
     python -m benchmarks.ssqr_head_order [--depths 0 14 29 | --depths all] [--threads 1]
 
-Hessians: depths 0/14/29 come from benchmarks.reduction_layers.capture_hessians (the cache that
-ssqr_layers used, so its per-linear cache is reused); other depths from forward hooks on every
-o_proj of the float model (same calib windows, GramAccumulator), cached under
-~/.cache/vllm-babai/ssqr-layers/head-order-hessians-*.pt. Writes
+Hessians: benchmarks.reduction_layers.capture_hessians (float model, Austen calib split 16 × 512;
+depths 0/14/29 alone reuse ssqr_layers' capture and per-linear cache). Writes
 benchmarks/results/ssqr_head_order.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
-import math
 import platform
 import sys
 import time
@@ -41,9 +37,6 @@ import time
 import torch
 
 from babai_kernels.contract import row_parallel_parts
-from babai_quantizer import assets
-from babai_quantizer.calibration import calibration_windows, decoder_layers, load_causal_lm
-from babai_quantizer.hessian_capture import GramAccumulator
 from babai_quantizer.lattice.ordering import block_local_ordering
 from benchmarks.quality import _hash, code_version
 from benchmarks.reduction_layers import capture_hessians
@@ -67,30 +60,6 @@ def _configs(b: int) -> dict:
 
 
 CONFIGS = {**_configs(3), **_configs(4)}
-
-
-def hook_hessians(depths: list[int]) -> dict:
-    """{depth: (H (576, 576) float32, W (576, 576) float32)} of o_proj from forward hooks (cached)."""
-    key = hashlib.sha256(json.dumps([sorted(depths), 16, 512, 0, "o_proj-hooks"]).encode()).hexdigest()[:16]
-    path = CACHE / f"head-order-hessians-{key}.pt"
-    if path.is_file():
-        return torch.load(path)
-    model, tokenizer = load_causal_lm(assets.model_dir())
-    model.float().eval()
-    windows = calibration_windows(tokenizer, assets.text_path("calib").read_text(encoding="utf-8"), 16, 512, 0)
-    layers = decoder_layers(model)
-    acc, hooks = {d: GramAccumulator() for d in depths}, []
-    for d in depths:
-        hooks.append(layers[d].get_submodule(KIND).register_forward_hook(
-            lambda _m, args, _o, d=d: acc[d].add(args[0])))
-    with torch.no_grad():
-        for w in windows:
-            model(input_ids=w[None])
-    for h in hooks:
-        h.remove()
-    out = {d: (acc[d].result(), layers[d].get_submodule(KIND).weight.data.float().clone()) for d in depths}
-    torch.save(out, path)
-    return out
 
 
 def check_blocks(H: torch.Tensor) -> dict:
@@ -143,33 +112,21 @@ def main(argv=None) -> int:
     version = code_version(SOURCES)
     CACHE.mkdir(parents=True, exist_ok=True)
 
-    layers: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}   # depth: (H, W, from ssqr_layers' cache)
+    # the sample depths alone reuse ssqr_layers' capture (and its per-linear cache)
+    hs = capture_hessians(SAMPLE if set(depths) <= set(SAMPLE) else depths, 16, 512, 0)
+    layers = {d: (hs[d][KIND][0], hs[d][KIND][1][KIND]) for d in depths}     # depth: (H, W)
     sample = [d for d in depths if d in SAMPLE]
-    if sample:
-        hs = capture_hessians(SAMPLE, 16, 512, 0)
-        for d in sample:
-            H, weights = hs[d][KIND]
-            layers[d] = (H, weights[KIND], True)
     rest = [d for d in depths if d not in SAMPLE]
-    hook_check = None
-    if rest:
-        hk = hook_hessians(rest + SAMPLE)   # sample depths too: check hooks against capture_hessians
-        hs = capture_hessians(SAMPLE, 16, 512, 0)
-        hook_check = max(float((hk[d][0] - hs[d][KIND][0]).abs().max() / hs[d][KIND][0].abs().max())
-                         for d in SAMPLE)
-        for d in rest:
-            layers[d] = (hk[d][0], hk[d][1], False)
     block_check = check_blocks(layers[depths[0]][0])
-    print("block check", json.dumps(block_check), "hook vs capture_hessians max rel diff", hook_check, flush=True)
+    print("block check", json.dumps(block_check), flush=True)
 
     results: dict[str, dict] = {}
     for name in list(GPTQ) + list(CONFIGS):
         spec = GPTQ.get(name) or CONFIGS[name]
         for d in depths:
-            H, W, shared = layers[d]
+            H, W = layers[d]
             lin = f"{d}.{KIND}"
-            key = [spec, False, lin, version] if shared else [spec, False, lin, version, "head-order-hooks"]
-            r = _cached(CACHE / f"{_hash(key)}.json",
+            r = _cached(CACHE / f"{_hash([spec, False, lin, version])}.json",
                         lambda: {**run_linear(name, spec, W, H, KIND), "weight_count": W.numel()})
             results.setdefault(name, {})[lin] = r
         print(name, {k: round(v, 3) for k, v in zip(("bits", "s"), (r["bits"], r["seconds"]))}, flush=True)
@@ -186,7 +143,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ssqr_head_order.json").write_text(json.dumps(
         {"command": command, "date": date, "versions": versions, "runtime_s": runtime, "depths": depths,
-         "block_check": block_check, "hook_hessian_rel_diff": hook_check, "gptq_blocks": gptq_blocks,
+         "block_check": block_check, "gptq_blocks": gptq_blocks,
          "configs": CONFIGS, "summary": summary, "per_linear": results}, indent=1) + "\n")
 
     lines = ["# SSQR on o_proj: head-local order vs global act-order (issue 15)", "",
@@ -202,8 +159,6 @@ def main(argv=None) -> int:
                      f"{v['perm_within_blocks']}, within heads {v['perm_within_heads']}")
     lines.append(f"- global act-order keeps every column in its head: "
                  f"{next(iter(block_check.values()))['global_act_within_heads']}")
-    if hook_check is not None:
-        lines.append(f"- hook-captured Hessians vs capture_hessians at 0/14/29: max rel. difference {hook_check:.2e}")
     for label, rows in summary.items():
         lines += ["", f"### {label} ({rows[0]['linears']} linears)", "",
                   "| config | blocks | bits | error / GPTQ (geomean) | min | max | extrap. | s |",
