@@ -4,8 +4,9 @@ Why does SSQR w3's layer-error ratio to GPTQ (1.05 on the 21 linears at depths 0
 benchmarks/ssqr_layers.py) not carry to perplexity (132 % of GPTQ's Δppl, benchmarks/quality.py)?
 For each row's dequantized weights Q (cached by benchmarks/quality.py) and every linear W, the
 relative output error on calibration data with float-model inputs:
-    err = tr((W−Q) H (W−Q)ᵀ) / tr(W H Wᵀ),   H = XᵀX (float64) over the Austen calib split (16 × 512),
-captured by forward hooks in one float-model pass (q/k/v share an input, gate/up share one).
+    err = tr((W−Q) H (W−Q)ᵀ) / tr(W H Wᵀ),   H = XᵀX / tokens over the Austen calib split (16 × 512),
+from benchmarks.reduction_layers.capture_hessians (float model, every layer; q/k/v share an input,
+gate/up one), evaluated in float64.
 Per linear, GPTQ's error is interpolated log-linearly in bits between the six GPTQ rows
 (benchmarks.ssqr_layers.gptq_reference, at each row's model-wide effective bits) and
 ratio = SSQR / GPTQ(bits); summarized by geometric mean over linears, depth buckets and linear types.
@@ -36,15 +37,14 @@ import transformers
 from babai_quantizer import assets
 from babai_quantizer.calibration import calibration_windows, decoder_layers, load_causal_lm
 from benchmarks.quality import CACHE, EVAL_SOURCES, _hash, code_version
+from benchmarks.reduction_layers import capture_hessians
 from benchmarks.ssqr_layers import gptq_reference
 
 RESULTS = Path(__file__).parent / "results"
 GPTQ_ROWS = [f"gptq-w{b}g{g}" for b in (3, 4) for g in (32, 64, 192)]
 SSQR_ROWS = {"w3": "ssqr-w3g192-1%-cap-rms", "w4": "ssqr-w4g192-1%-cap-rms"}
 OTHER_ROWS = ["hptq-3.3"]
-INPUTS = {"q": "self_attn.q_proj", "k": "self_attn.q_proj", "v": "self_attn.q_proj", "o": "self_attn.o_proj",
-          "gate": "mlp.gate_proj", "up": "mlp.gate_proj", "down": "mlp.down_proj"}   # type → module seeing its input
-TYPES = list(INPUTS)
+TYPES = ["q", "k", "v", "o", "gate", "up", "down"]
 BUCKETS = [(0, 9), (10, 19), (20, 29)]
 SAMPLE_DEPTHS = (0, 14, 29)      # benchmarks/ssqr_layers.py's default
 PROPAGATION_ROWS = ["gptq-w3g64", "gptq-w3g32", "ssqr-w3g192-1%-cap-rms", "gptq-w4g64",
@@ -66,28 +66,17 @@ def row_files(row: str, max_windows: int = 32) -> tuple[Path, dict]:
     raise FileNotFoundError(f"no cached weights with a result JSON for {row} under {CACHE}")
 
 
-def capture_grams(nsamples: int, seqlen: int, seed: int):
-    """Float model's {depth: {input module: H (K, K) float64}}, {linear name: W float32}, the
-    model and its calibration windows."""
+def float_model(nsamples: int, seqlen: int, seed: int):
+    """Float model's {linear name: (W float32, H (K, K) of its input)}
+    (benchmarks.reduction_layers.capture_hessians, all layers), the model and its calibration windows."""
     model, tokenizer = load_causal_lm(assets.model_dir())
     model.float().eval()
     windows = calibration_windows(tokenizer, assets.text_path("calib").read_text(encoding="utf-8"),
                                   nsamples, seqlen, seed)
-    grams, hooks = {}, []
-    for depth, layer in enumerate(decoder_layers(model)):
-        for mod in set(INPUTS.values()):
-            def hook(_m, args, _out, key=(depth, mod)):
-                x = args[0].reshape(-1, args[0].shape[-1]).double()
-                grams[key] = grams.get(key, 0) + x.T @ x
-            hooks.append(layer.get_submodule(mod).register_forward_hook(hook))
-    with torch.no_grad():
-        for w in windows:
-            model(input_ids=w[None])
-    for h in hooks:
-        h.remove()
-    weights = {n: m.weight.data.float().clone() for n, m in model.named_modules()
-               if re.search(r"layers\.\d+\.(self_attn|mlp)\.\w+_proj$", n)}
-    return grams, weights, model, windows
+    hessians = capture_hessians(list(range(len(decoder_layers(model)))), nsamples, seqlen, seed)
+    linears = {f"model.layers.{d}.{name}": (w, H) for d, groups in hessians.items()
+               for H, weights in groups.values() for name, w in weights.items()}
+    return linears, model, windows
 
 
 @torch.no_grad()
@@ -145,9 +134,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     command = "python -m benchmarks.ssqr_layer_errors " + " ".join(argv or sys.argv[1:])
     start = time.perf_counter()
-    grams, W, model, windows = capture_grams(args.nsamples, args.seqlen, args.seed)
+    linears, model, windows = float_model(args.nsamples, args.seqlen, args.seed)
     capture_s = time.perf_counter() - start
-    H = {n: grams[(parse(n)[0], INPUTS[parse(n)[1]])] for n in W}
+    W = {n: w for n, (w, _) in linears.items()}
+    H = {n: h.double() for n, (_, h) in linears.items()}
     denom = {n: float(((W[n].double() @ H[n]) * W[n].double()).sum()) for n in W}
     err, facts = {}, {}
     for row in GPTQ_ROWS + list(SSQR_ROWS.values()) + OTHER_ROWS:
