@@ -88,21 +88,9 @@ def compile_sm90(fn, signature: dict, constexprs: dict, num_warps: int, num_stag
 
 def ssqr_kernel_stats(bits: int, dtype: str, cfg: dict, m: int) -> dict:
     """Compile the SSQR kernel as `launch` would at M = m (M = 1 specializes to a constant)."""
-    from babai_kernels.ssqr.matmul import _ssqr_kernel
-    act = {"fp16": "*fp16", "bf16": "*bf16"}[dtype]
-    sig = dict(x_ptr=act, qw_ptr="*i32", sc_ptr="*fp16", ocol_ptr="*i16", oval_ptr="*fp16",
-               cap="i32", bias_ptr=act, out_ptr=act, ws_ptr="*fp32", lock_ptr="*i32", M="i32",
-               N="i32", K="i32", split_k="i32")
-    consts = dict(GROUP=GROUP, BITS=bits, HAS_OUTLIERS=True, HAS_BIAS=False, BLOCK_M=cfg["BLOCK_M"],
-                  BLOCK_N=cfg["BLOCK_N"], BLOCK_K=min(cfg["BLOCK_K"], GROUP),
-                  BLOCK_MO=min(cfg["BLOCK_M"], 1 << math.ceil(math.log2(m))), SLAB=16,
-                  STAGES=cfg["num_stages"], USE_ASM=True, DOT_FP32=False)
-    if m == 1:
-        sig["M"] = "constexpr"
-        consts["M"] = 1
-    divisible = ("x_ptr", "qw_ptr", "sc_ptr", "ocol_ptr", "oval_ptr", "bias_ptr", "out_ptr",
-                 "ws_ptr", "lock_ptr", "N", "K")
-    kernel = compile_sm90(_ssqr_kernel, sig, consts, cfg["num_warps"], cfg["num_stages"], divisible)
+    from babai_kernels.ssqr.matmul import DIVISIBLE, _ssqr_kernel, compile_spec
+    sig, consts = compile_spec(bits, dtype, GROUP, True, False, cfg, m)
+    kernel = compile_sm90(_ssqr_kernel, sig, consts, cfg["num_warps"], cfg["num_stages"], DIVISIBLE)
     stats = sass_stats(kernel, loop_contains=r"\bH(G)?MMA")
     weights = consts["BLOCK_K"] * cfg["BLOCK_N"] / (32 * cfg["num_warps"])
     return dict(kernel="ssqr", bits=bits, dtype=dtype, m_tile_for=m,

@@ -42,6 +42,7 @@ else:
     jit = gluon.jit
 
 GEMV_MAX_M = 8
+NUM_STAGES = 3             # Triton's default (the Gluon kernel has no pipelined loop)
 LANES_PER_THREAD = 4       # warps = spans / 4 (4..16): about four independent chains per thread
 STEP = 4                                   # symbols per lane per step
 TABLE = gl.constexpr(1 << LANE_CODE_LEN)   # int32 entries
@@ -150,15 +151,46 @@ def num_warps(spans_pow2: int) -> int:
     return min(16, max(4, spans_pow2 // LANES_PER_THREAD))
 
 
+PARAMS = dict(x_ptr="act", words_ptr="*i32", bases_ptr="*i32", offsets_ptr="*i16", lut_ptr="*i32",
+              bias_ptr="act", out_ptr="act", scale="fp32", M="i32", N="i32", K="i32", spans="i32")
+DIVISIBLE = ("x_ptr", "words_ptr", "bases_ptr", "offsets_ptr", "lut_ptr", "out_ptr", "N", "K")
+
+
+def constexprs(spans: int, m: int, has_bias: bool, decode: bool, interpret: bool = False) -> dict:
+    """The kernel's constexprs for `spans` 128-column spans at M = m (M itself when m == 1, as
+    Triton specializes it; the decode launch has m = 1)."""
+    warps = num_warps(triton.next_power_of_2(spans))
+    consts = dict(SPANS=triton.next_power_of_2(spans), BLOCK_M=triton.next_power_of_2(m),
+                  HAS_BIAS=has_bias, DECODE=decode, USE_ASM=not interpret, NUM_WARPS=warps)
+    if m == 1:
+        consts["M"] = 1
+    return consts
+
+
+def compile_spec(in_features: int, m: int, act: str = "bf16", has_bias: bool = False,
+                 decode: bool = False) -> tuple[dict, dict]:
+    """(signature in argument order, constexprs) of the CUDA kernel as `_launch` runs it at
+    K = in_features, M = m, x and out of type `act` ("bf16" | "fp16" | "fp32"): what
+    benchmarks.kernel_static and the AOT bundle compile."""
+    consts = constexprs(-(-in_features // SPAN), 1 if decode else m, has_bias, decode)
+    types = {n: f"*{act}" if t == "act" else t for n, t in PARAMS.items()}
+    return {n: "constexpr" if n in consts else types[n] for n in _hptq_lanes_kernel.arg_names}, consts
+
+
 def _launch(x, p: PreparedHPTQ, bias, out, decode: bool) -> None:
+    from babai_kernels import aot
     spans = p.padded_k // SPAN
     m = 1 if decode else x.shape[0]
-    warps = num_warps(triton.next_power_of_2(spans))
-    _hptq_lanes_kernel[(triton.cdiv(p.out_features, ROW_BLOCK),)](
-        x, p.words, p.bases, p.offsets, p.lut, bias if bias is not None else out, out, p.scale, m,
-        p.out_features, p.in_features, spans, SPANS=triton.next_power_of_2(spans),
-        BLOCK_M=triton.next_power_of_2(m), HAS_BIAS=bias is not None, DECODE=decode,
-        USE_ASM=not triton_interpret(), NUM_WARPS=warps, num_warps=warps)
+    consts = constexprs(spans, m, bias is not None, decode, triton_interpret())
+    grid = (triton.cdiv(p.out_features, ROW_BLOCK),)
+    args = dict(x_ptr=x, words_ptr=p.words, bases_ptr=p.bases, offsets_ptr=p.offsets,
+                lut_ptr=p.lut, bias_ptr=bias if bias is not None else out, out_ptr=out,
+                scale=float(p.scale), M=m, N=p.out_features, K=p.in_features, spans=spans)
+    if aot.use_aot(out.device):
+        aot.launch("hptq", grid, args, consts, consts["NUM_WARPS"], NUM_STAGES)
+    else:
+        _hptq_lanes_kernel[grid](**{**args, **consts}, num_warps=consts["NUM_WARPS"],
+                                 num_stages=NUM_STAGES)
 
 
 def gemv_fits(m: int, padded_k: int) -> bool:
@@ -198,15 +230,6 @@ def static_compile(compile_fn, in_features: int = 4096, m: int = 1) -> tuple[obj
     (benchmarks/kernel_static.compile_sm90) → (kernel, real symbols each thread decodes per loop
     iteration: lanes of the power-of-two padding of the span count decode too but are not counted)."""
     spans = -(-in_features // SPAN)
-    warps = num_warps(triton.next_power_of_2(spans))
-    sig = dict(x_ptr="*bf16", words_ptr="*i32", bases_ptr="*i32", offsets_ptr="*i16",
-               lut_ptr="*i32", bias_ptr="*bf16", out_ptr="*bf16", scale="fp32", M="i32", N="i32",
-               K="i32", spans="i32")
-    consts = dict(SPANS=triton.next_power_of_2(spans), BLOCK_M=triton.next_power_of_2(m),
-                  HAS_BIAS=False, DECODE=False, USE_ASM=True, NUM_WARPS=warps)
-    if m == 1:
-        consts["M"] = 1
-    sig.update({k: "constexpr" for k in consts})
-    kernel = compile_fn(_hptq_lanes_kernel, sig, consts, warps, 3,
-                        ("x_ptr", "words_ptr", "bases_ptr", "offsets_ptr", "lut_ptr", "out_ptr", "N", "K"))
-    return kernel, STEP * spans * 32 / (32 * warps)
+    sig, consts = compile_spec(in_features, m)
+    kernel = compile_fn(_hptq_lanes_kernel, sig, consts, consts["NUM_WARPS"], NUM_STAGES, DIVISIBLE)
+    return kernel, STEP * spans * 32 / (32 * consts["NUM_WARPS"])

@@ -84,25 +84,58 @@ def _ssqr_kernel(x_ptr, qw_ptr, sc_ptr, ocol_ptr, oval_ptr, cap, bias_ptr, out_p
         tl.store(out_ptr + rows_n, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+PARAMS = dict(x_ptr="act", qw_ptr="*i32", sc_ptr="*fp16", ocol_ptr="*i16", oval_ptr="*fp16",
+              cap="i32", bias_ptr="act", out_ptr="act", ws_ptr="*fp32", lock_ptr="*i32", M="i32",
+              N="i32", K="i32", split_k="i32")   # "act": x's pointer type
+DIVISIBLE = ("x_ptr", "qw_ptr", "sc_ptr", "ocol_ptr", "oval_ptr", "bias_ptr", "out_ptr", "ws_ptr",
+             "lock_ptr", "N", "K")   # specialized ÷16 at compile (as Triton's launcher finds them)
+
+
+def constexprs(bits: int, group: int, has_outliers: bool, has_bias: bool, cfg: dict, m: int,
+               bf16: bool, interpret: bool = False) -> dict:
+    """The kernel's constexprs for a launch at M = m with config cfg (M itself when m == 1, as
+    Triton specializes it); `interpret`: the TRITON_INTERPRET variant (portable unpack, fp32 dot)."""
+    consts = dict(GROUP=group, BITS=bits, HAS_OUTLIERS=has_outliers, HAS_BIAS=has_bias,
+                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                  BLOCK_K=min(cfg["BLOCK_K"], group & -group),   # a power of two dividing G
+                  BLOCK_MO=min(cfg["BLOCK_M"], triton.next_power_of_2(m)), SLAB=cfg.get("SLAB", 16),
+                  STAGES=cfg["num_stages"], USE_ASM=not interpret, DOT_FP32=interpret and bf16)
+    if m == 1:
+        consts["M"] = 1
+    return consts
+
+
+def compile_spec(bits: int, act: str, group: int, has_outliers: bool, has_bias: bool, cfg: dict,
+                 m: int) -> tuple[dict, dict]:
+    """(signature in argument order, constexprs) of the CUDA kernel as `launch` runs it at M = m
+    for activations `act` ("bf16" | "fp16"): what benchmarks.kernel_static and the AOT bundle
+    compile."""
+    consts = constexprs(bits, group, has_outliers, has_bias, cfg, m, act == "bf16")
+    types = {n: f"*{act}" if t == "act" else t for n, t in PARAMS.items()}
+    return {n: "constexpr" if n in consts else types[n] for n in _ssqr_kernel.arg_names}, consts
+
+
 def launch(xp: torch.Tensor, p, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
     """y (M, N) in xp.dtype for xp = x[:, perm] (M, K) contiguous fp16/bf16, layer p, config cfg.
 
-    cfg: BLOCK_M, BLOCK_N, BLOCK_K (clipped to divide G), SPLIT_K, num_warps, num_stages.
+    cfg: BLOCK_M, BLOCK_N, BLOCK_K (clipped to divide G), SPLIT_K, num_warps, num_stages. On CUDA
+    with a Triton older than 3.9 the kernel runs from the AOT bundle (babai_kernels.aot).
     """
+    from babai_kernels import aot
     m, n = xp.shape[0], p.n
-    block_k = min(cfg["BLOCK_K"], p.group_size & -p.group_size)   # a power of two dividing G
     m_tiles = triton.cdiv(m, cfg["BLOCK_M"])
     split_k = cfg["SPLIT_K"] if m_tiles <= SPLIT_MAX_M_TILES else 1
     out = torch.empty(m, n, dtype=xp.dtype, device=xp.device)
-    ws = torch.empty(split_k, m, n, dtype=torch.float32, device=xp.device) if split_k > 1 else out
+    ws = torch.empty(split_k if split_k > 1 else 0, m, n, dtype=torch.float32, device=xp.device)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), split_k, m_tiles)
-    _ssqr_kernel[grid](
-        xp, p.qcodes, p.scales, p.outlier_cols, p.outlier_vals, p.cap,
-        bias if bias is not None else out, out, ws, p.locks, m, n, p.k, split_k,
-        GROUP=p.group_size, BITS=p.bits, HAS_OUTLIERS=p.has_outliers, HAS_BIAS=bias is not None,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
-        BLOCK_MO=min(cfg["BLOCK_M"], triton.next_power_of_2(m)), SLAB=cfg.get("SLAB", 16),
-        STAGES=cfg["num_stages"], USE_ASM=not triton_interpret(),
-        DOT_FP32=triton_interpret() and xp.dtype == torch.bfloat16,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    args = dict(x_ptr=xp, qw_ptr=p.qcodes, sc_ptr=p.scales, ocol_ptr=p.outlier_cols,
+                oval_ptr=p.outlier_vals, cap=p.cap, bias_ptr=bias if bias is not None else out,
+                out_ptr=out, ws_ptr=ws, lock_ptr=p.locks, M=m, N=n, K=p.k, split_k=split_k)
+    consts = constexprs(p.bits, p.group_size, p.has_outliers, bias is not None, cfg, m,
+                        xp.dtype == torch.bfloat16, triton_interpret())
+    if aot.use_aot(xp.device):
+        aot.launch("ssqr", grid, args, consts, cfg["num_warps"], cfg["num_stages"])
+    else:
+        _ssqr_kernel[grid](**{**args, **consts}, num_warps=cfg["num_warps"],
+                           num_stages=cfg["num_stages"])
     return out

@@ -2,7 +2,8 @@
 
 Like `triton.autotune` keyed on (N, K, M bucket), but the choice is made before launch because a
 config decides the split-K workspace. Under TRITON_INTERPRET (CPU) one small config is used. Results
-are cached in memory and in ~/.cache/vllm-babai/ssqr_configs_v2_<gpu>.json. During CUDA-graph
+are cached in memory and in ~/.cache/vllm-babai/ssqr_configs_v2_<gpu>[_aot].json (_aot: launched
+from the AOT bundle, whose candidates are the configs it holds). During CUDA-graph
 capture nothing is measured (the first candidate is used unless a measured choice is cached).
 """
 from __future__ import annotations
@@ -63,9 +64,10 @@ def candidates(m: int, n: int, k: int) -> list[dict]:
 
 
 def _cache_file(device: torch.device) -> Path:
+    from babai_kernels.aot import use_aot
     name = torch.cuda.get_device_name(device).replace(" ", "_").replace("/", "_")
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vllm-babai"
-    return root / f"ssqr_configs_v2_{name}.json"
+    return root / f"ssqr_configs_v2_{name}{'_aot' if use_aot(device) else ''}.json"
 
 
 def _load(device: torch.device) -> None:
@@ -90,17 +92,29 @@ def _save(device: torch.device) -> None:
 
 def choose_config(key: str, m: int, n: int, k: int, device: torch.device,
                   run: Callable[[dict], object]) -> dict:
-    """The fastest candidate for `key` (measured once per GPU with triton.testing.do_bench)."""
+    """The fastest candidate for `key` (measured once per GPU with triton.testing.do_bench).
+
+    Launching from the AOT bundle (babai_kernels.aot), candidates the bundle lacks are skipped;
+    ValueError when it has none of them."""
+    from babai_kernels.aot import MissingVariant, use_aot
     configs = candidates(m, n, k)
     if device.type != "cuda":
         return configs[0]
     _load(device)
+    key = ("aot:" if use_aot(device) else "") + key
     if key in _cache:
         return _cache[key]
     if torch.cuda.is_current_stream_capturing():
         return configs[0]
     from triton.testing import do_bench
-    timings = [(do_bench(lambda: run(cfg), warmup=5, rep=20), i) for i, cfg in enumerate(configs)]
+    timings, missing = [], []
+    for i, cfg in enumerate(configs):
+        try:
+            timings.append((do_bench(lambda: run(cfg), warmup=5, rep=20), i))
+        except MissingVariant as e:
+            missing.append(str(e))
+    if not timings:
+        raise ValueError(f"{key}: no candidate config can launch:\n  " + "\n  ".join(missing))
     _cache[key] = configs[min(timings)[1]]
     _save(device)
     return _cache[key]
