@@ -1,4 +1,4 @@
-// babai_cpu::lut_linear — the runtime layout (kernels/runtime.py) on an AVX-512 CPU in one op:
+// babai_cpu::lut_linear — the runtime layout (kernels/runtime.py) on an x86-64 CPU in one op:
 //
 //   y = ((x[:, perm] @ (S ⊙ Z + R)ᵀ) · row_scale + bias)   x (M, K) bfloat16 → y (M, N) bfloat16
 //
@@ -6,202 +6,519 @@
 // input columns, the operand order of VDPBF16PS (lane i of a zmm = row i, columns k and k+1):
 //   bits 4: packed (N/16, K/2, 16) uint8; byte i of pair p = u[i, 2p] | u[i, 2p+1] << 4, u = z + 8;
 //   bits 5: packed (N/16, K/2, 20) uint8; bytes 0..15 the low nibbles as for 4 bits (u = z + 16),
-//           bytes 16..19 a 32-bit mask whose bit 2i + c is bit 4 of u[i, 2p + c];
+//           bytes 16..19 a little-endian 32-bit mask whose bit 2i + c is bit 4 of u[i, 2p + c];
 //   bits 8: packed (N/16, K/2, 32) int8; bytes 2i, 2i+1 of pair p = z[i, 2p], z[i, 2p+1].
 // S: scales (N/16, K/G, 16) float16, or empty for all ones (then G = K); R: CSR (offsets (N+1) int32,
-// cols (nnz) uint16 in stored order, vals (nnz) float16); perm (K) int64 or empty; row_scale (N) or
-// (N/16) float32 — one per row or one per block of 16 rows — or empty; bias (N) or empty.
+// cols (nnz) uint16 held as int16, in stored order, vals (nnz) float16); perm (K) int64 or empty;
+// row_scale (N) or (N/16) float32 — one per row or one per block of 16 rows — or empty; bias (N) or
+// empty. Every argument is validated on every call (the CSR in O(N + nnz)): a malformed one raises,
+// it is never read out of bounds.
 //
-// Each block of 16 rows turns 32 codes into exact bfloat16 values in registers (4/5 bits: a 16/32-
-// entry lookup table through VPERMW, 4/6 instructions per 32 weights; 8 bits: int → float → bf16) and
-// multiplies them with up to 8 rows of x at once (VDPBF16PS: products exact, float32 sums); per
-// group the partial sums are scaled once. Then R is added row by row (CSR), row scale and bias
-// applied, and the result rounded once to bfloat16.
+// Two instruction sets, chosen per call (`isa`: "avx512", "avx2" or "auto" = the best this CPU has,
+// checked against CPUID/XGETBV on every call, so a wrong choice raises instead of SIGILL):
+//   avx512 (F, BW, VL, DQ, BF16): 32 codes → exact bfloat16 in a zmm (4/5 bits: a 16/32-entry table
+//     through VPERMW; 8 bits: int → float → bf16), multiplied with up to 8 rows of x by VDPBF16PS;
+//     two blocks (32 rows) share each broadcast of x.
+//   avx2 (+ FMA, F16C): codes → exact float32, 16 rows × 1 column in two ymm, FMA with up to 4 rows of x
+//     (x converted to float32 once per call).
+// Products are exact in both (small integers × bfloat16), sums float32; per group the partial sums are
+// scaled once. Then R is added row by row (CSR), row scale and bias applied, and the result rounded
+// once to bfloat16 (round to nearest even).
+//
+// Dispatch by M: rows of x are taken in chunks of kChunkM (bounding the transient buffers: xᵀ in
+// float32 for the residual, and x in float32 for avx2). When a chunk has at least `predecode_from` rows,
+// each thread decodes its blocks once per chunk into a small buffer (K·64 bytes per block pair) and
+// every 8 (4) rows reuse it with plain loads; below, codes are decoded in registers on every pass.
+//
+// The translation unit is compiled for the avx2 baseline (-mavx2 -mfma -mf16c, kernels/cpu_lut.py);
+// only the functions between the `#pragma GCC target` lines below use AVX-512, and they run only after
+// the CPUID check.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <cstdint>
-#include <vector>
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
-#define BABAI_LUT 1
+#include <cpuid.h>
 #include <immintrin.h>
-#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
 
 namespace {
 
-constexpr int kRows = 16;      // output rows per block (one zmm of float32)
-constexpr int kMaxMB = 8;      // activation rows fed per pass (8 accumulators + 8 group partials)
-
-bool supported() {
-#ifdef BABAI_LUT
-  return true;
-#else
-  return false;
-#endif
-}
-
-#ifdef BABAI_LUT
-// 32 codes (16 rows × columns 2p, 2p+1) as bfloat16 pairs, from the block's byte stream.
-struct Codes {
-  __m512i lut;      // bf16 bits of u - 2^(BITS-1), u in [0, 2^BITS), in 16-bit slots (BITS 4 or 5)
-  __m512i nibbles = _mm512_set1_epi32(0x000F000F), sixteen = _mm512_set1_epi16(16);
-
-  explicit Codes(int bits) {
-    alignas(64) uint16_t t[32] = {};
-    for (int u = 0; u < (1 << bits) && bits <= 5; ++u) t[u] = c10::BFloat16(static_cast<float>(u - (1 << (bits - 1)))).x;
-    lut = _mm512_load_si512(t);
-  }
-
-  inline __m512i nibble_index(const uint8_t* p) const {   // 16 bytes → 32 indices in [0, 16)
-    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm512_and_si512(_mm512_or_si512(v, _mm512_slli_epi32(v, 12)), nibbles);
-  }
-
-  inline __m512i pair4(const uint8_t* p) const { return _mm512_permutexvar_epi16(nibble_index(p), lut); }
-
-  inline __m512i pair5(const uint8_t* p) const {   // 20 bytes
-    const __mmask32 high = *reinterpret_cast<const uint32_t*>(p + 16);
-    const __m512i idx = nibble_index(p);
-    return _mm512_permutexvar_epi16(_mm512_mask_add_epi16(idx, high, idx, sixteen), lut);
-  }
-
-  inline __m512i pair8(const int8_t* p) const {    // 32 bytes
-    __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-    __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
-    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);   // elements 0..15 from lo (rows 0-7), 16..31 from hi
-  }
-};
-
-// tile[m][r] = Σ_g S[g][r] Σ_{k in g} Z[r][k] · x[m0 + m][k] for one block and MB rows of x.
-// U independent partial sums per row of x (column pairs taken round-robin) hide VDPBF16PS latency
-// when MB is small; G must be a multiple of 2U.
-template <int BITS, int MB>
-void block_gemm(const uint8_t* blk, const at::Half* sc, const uint16_t* x, int64_t K, int64_t m0, int64_t G,
-                float* tile) {
-  constexpr int U = MB >= 4 ? 1 : 4 / MB;
-  constexpr int64_t kPairBytes = BITS * 4;   // 32 codes of BITS bits
-  const Codes codes(BITS);
-  __m512 acc[MB], part[U][MB];
-  const uint16_t* xr[MB];
-  for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps(), xr[m] = x + (m0 + m) * K;
-  for (int64_t g0 = 0; g0 < K; g0 += G) {
-    for (int u = 0; u < U; ++u)
-      for (int m = 0; m < MB; ++m) part[u][m] = _mm512_setzero_ps();
-    for (int64_t k0 = g0; k0 < g0 + G; k0 += 2 * U) {
-      for (int u = 0; u < U; ++u) {
-        const int64_t k = k0 + 2 * u;
-        const uint8_t* p = blk + k / 2 * kPairBytes;
-        __m512i w = BITS == 4 ? codes.pair4(p) : BITS == 5 ? codes.pair5(p) : codes.pair8(reinterpret_cast<const int8_t*>(p));
-        for (int m = 0; m < MB; ++m) {
-          __m512i xk = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xr[m] + k));
-          part[u][m] = _mm512_dpbf16_ps(part[u][m], (__m512bh)w, (__m512bh)xk);
-        }
-      }
-    }
-    __m512 s = sc ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + (g0 / G) * kRows)))
-                  : _mm512_set1_ps(1.0f);
-    for (int m = 0; m < MB; ++m) {
-      __m512 p = part[0][m];
-      for (int u = 1; u < U; ++u) p = _mm512_add_ps(p, part[u][m]);
-      acc[m] = _mm512_fmadd_ps(p, s, acc[m]);
-    }
-  }
-  for (int m = 0; m < MB; ++m) _mm512_storeu_ps(tile + m * kRows, acc[m]);
-}
-
-using BlockFn = void (*)(const uint8_t*, const at::Half*, const uint16_t*, int64_t, int64_t, int64_t, float*);
-template <int BITS>
-constexpr BlockFn kBlock[kMaxMB + 1] = {nullptr, block_gemm<BITS, 1>, block_gemm<BITS, 2>, block_gemm<BITS, 3>,
-                                        block_gemm<BITS, 4>, block_gemm<BITS, 5>, block_gemm<BITS, 6>,
-                                        block_gemm<BITS, 7>, block_gemm<BITS, 8>};
-#endif
+constexpr int kRows = 16;        // output rows per block
+constexpr int kTile = 32;        // tile row stride (floats): up to 2 blocks
+constexpr int kMaxMB = 8;        // activation rows per pass (avx512; avx2 takes 4)
+constexpr int64_t kChunkM = 256; // activation rows per outer chunk
 
 void check(bool ok, const std::string& what) { TORCH_CHECK(ok, "babai_cpu::lut_linear: ", what); }
 
-at::Tensor lut_linear(const at::Tensor& x, const at::Tensor& packed, int64_t bits, const at::Tensor& scales,
+inline uint32_t load_u32(const void* p) { uint32_t v; std::memcpy(&v, p, sizeof v); return v; }
+
+// --- CPU features (CPUID leaf 1 / 7.0 / 7.1, and the OS's XCR0 for ymm/zmm state) ---------------
+
+struct Features {
+  bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false, avx512vl = false,
+       avx512dq = false, avx512bf16 = false;
+};
+
+Features probe_cpu() {
+  Features f;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  uint64_t xcr0 = 0;
+  if (c & (1u << 27)) {   // OSXSAVE
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    xcr0 = (static_cast<uint64_t>(hi) << 32) | lo;
+  }
+  const bool ymm = (xcr0 & 0x6) == 0x6, zmm = ymm && (xcr0 & 0xE0) == 0xE0;
+  f.fma = ymm && (c & (1u << 12));
+  f.f16c = ymm && (c & (1u << 29));
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    f.avx2 = ymm && (b & (1u << 5));
+    f.avx512f = zmm && (b & (1u << 16));
+    f.avx512dq = zmm && (b & (1u << 17));
+    f.avx512bw = zmm && (b & (1u << 30));
+    f.avx512vl = zmm && (b & (1u << 31));
+  }
+  if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512bf16 = zmm && (a & (1u << 5));
+  return f;
+}
+
+const Features& cpu() {
+  static const Features f = probe_cpu();
+  return f;
+}
+
+// Feature names as Linux's /proc/cpuinfo spells them (kernels/cpu_lut.py compares the two).
+std::vector<std::string> cpu_features() {
+  const Features& f = cpu();
+  std::vector<std::string> out;
+  const std::pair<bool, const char*> all[] = {{f.avx2, "avx2"}, {f.fma, "fma"}, {f.f16c, "f16c"},
+                                              {f.avx512f, "avx512f"}, {f.avx512bw, "avx512bw"},
+                                              {f.avx512vl, "avx512vl"}, {f.avx512dq, "avx512dq"},
+                                              {f.avx512bf16, "avx512_bf16"}};
+  for (const auto& [has, name] : all)
+    if (has) out.emplace_back(name);
+  return out;
+}
+
+bool has_avx2() { const Features& f = cpu(); return f.avx2 && f.fma && f.f16c; }
+bool has_avx512() {
+  const Features& f = cpu();
+  return has_avx2() && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512bf16;
+}
+
+// The instruction set a call runs: "auto" → the best this CPU has; a named one must be present.
+enum class Isa { kAvx2, kAvx512 };
+Isa resolve_isa(const std::string& isa) {
+  check(isa == "auto" || isa == "avx2" || isa == "avx512", "isa must be 'auto', 'avx2' or 'avx512', got '" + isa + "'");
+  check(has_avx2(), "this CPU lacks AVX2, FMA or F16C, which every variant of the kernel needs");
+  if (isa == "avx512") {
+    check(has_avx512(), "isa 'avx512' needs AVX-512 F, BW, VL, DQ and BF16, and this CPU lacks one of them");
+    return Isa::kAvx512;
+  }
+  return isa == "auto" && has_avx512() ? Isa::kAvx512 : Isa::kAvx2;
+}
+
+// --- the work of one unit: NB consecutive blocks of 16 rows ------------------------------------
+
+struct Unit {
+  const uint8_t* blk;         // first block's packed codes; block j at blk + j * blk_bytes
+  int64_t blk_bytes;
+  const at::Half* sc;         // first block's scales (K/G, 16), block j at sc + j * sc_block; null: all 1
+  int64_t sc_block;
+  int64_t K, G;
+};
+
+// tile[m * kTile + j] = Σ_g S[g][j] Σ_{k in g} W[j][k] · x[m][k] for the unit's rows j and mb rows of x.
+using DotsFn = void (*)(const Unit&, const void* dec, const void* x, float* tile);
+using DecodeFn = void (*)(const Unit&, void* dec);
+
+// y[m][j] = bf16(tile[m][j] · s[j] + c[j]) for j < rows (a multiple of 16).
+using StoreFn = void (*)(const float* tile, int mb, int rows, const float* s, const float* c, uint16_t* y, int64_t ldy);
+
+// ================================ avx512 ==========================================================
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+namespace z {
+
+inline __m512i lut(int bits) {   // bf16 bits of u - 2^(bits-1), u in [0, 2^bits), in 16-bit slots
+  alignas(64) uint16_t t[32] = {};
+  for (int u = 0; u < (1 << bits) && bits <= 5; ++u) t[u] = c10::BFloat16(static_cast<float>(u - (1 << (bits - 1)))).x;
+  return _mm512_load_si512(t);
+}
+
+inline __m512i nibble_index(const uint8_t* p) {   // 16 bytes → 32 indices in [0, 16)
+  const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm512_and_si512(_mm512_or_si512(v, _mm512_slli_epi32(v, 12)), _mm512_set1_epi32(0x000F000F));
+}
+
+// 32 codes (16 rows × columns 2p, 2p+1) of one block as bfloat16 pairs.
+template <int BITS>
+inline __m512i decode(const uint8_t* p, __m512i table) {
+  if constexpr (BITS == 4) {
+    return _mm512_permutexvar_epi16(nibble_index(p), table);
+  } else if constexpr (BITS == 5) {
+    const __mmask32 high = load_u32(p + 16);
+    const __m512i idx = nibble_index(p);
+    return _mm512_permutexvar_epi16(_mm512_mask_add_epi16(idx, high, idx, _mm512_set1_epi16(16)), table);
+  } else {
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);   // elements 0..15 from lo (rows 0-7), 16..31 from hi
+  }
+}
+
+// Decoded weights of a unit: (K/2, NB, 32) bfloat16, the VDPBF16PS operand of pair p and block j.
+template <int BITS, int NB>
+void decode_unit(const Unit& u, void* dec) {
+  const __m512i table = lut(BITS);
+  uint16_t* d = static_cast<uint16_t*>(dec);
+  for (int64_t p = 0; p < u.K / 2; ++p)
+    for (int j = 0; j < NB; ++j)
+      _mm512_storeu_si512(d + (p * NB + j) * 32, decode<BITS>(u.blk + j * u.blk_bytes + p * BITS * 4, table));
+}
+
+// U independent partial sums per (block, row of x) (column pairs taken round-robin) hide VDPBF16PS
+// latency when NB·MB is small; G is a multiple of 8 ≥ 2U.
+template <int BITS, int NB, int MB, bool DEC>
+void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
+  constexpr int U = NB * MB >= 4 ? 1 : 4 / (NB * MB);
+  const __m512i table = lut(BITS == 8 ? 4 : BITS);
+  const uint16_t* d = static_cast<const uint16_t*>(dec);
+  const uint16_t* x = static_cast<const uint16_t*>(xv);
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) _mm512_storeu_ps(tile + m * kTile + j * kRows, _mm512_setzero_ps());
+  for (int64_t g0 = 0; g0 < u.K; g0 += u.G) {
+    __m512 part[U][NB][MB];
+    for (int v = 0; v < U; ++v)
+      for (int j = 0; j < NB; ++j)
+        for (int m = 0; m < MB; ++m) part[v][j][m] = _mm512_setzero_ps();
+    for (int64_t k0 = g0; k0 < g0 + u.G; k0 += 2 * U) {
+      for (int v = 0; v < U; ++v) {
+        const int64_t p = k0 / 2 + v;
+        __m512i w[NB];
+        for (int j = 0; j < NB; ++j)
+          w[j] = DEC ? _mm512_loadu_si512(d + (p * NB + j) * 32) : decode<BITS>(u.blk + j * u.blk_bytes + p * BITS * 4, table);
+        for (int m = 0; m < MB; ++m) {
+          const __m512i xk = _mm512_set1_epi32(static_cast<int>(load_u32(x + m * u.K + 2 * p)));
+          for (int j = 0; j < NB; ++j) part[v][j][m] = _mm512_dpbf16_ps(part[v][j][m], (__m512bh)w[j], (__m512bh)xk);
+        }
+      }
+    }
+    for (int j = 0; j < NB; ++j) {
+      const __m512 s = u.sc ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                  u.sc + j * u.sc_block + g0 / u.G * kRows)))
+                            : _mm512_set1_ps(1.0f);
+      for (int m = 0; m < MB; ++m) {
+        __m512 sum = part[0][j][m];
+        for (int v = 1; v < U; ++v) sum = _mm512_add_ps(sum, part[v][j][m]);
+        float* t = tile + m * kTile + j * kRows;
+        _mm512_storeu_ps(t, _mm512_fmadd_ps(sum, s, _mm512_loadu_ps(t)));
+      }
+    }
+  }
+}
+
+void store(const float* tile, int mb, int rows, const float* s, const float* c, uint16_t* y, int64_t ldy) {
+  for (int j = 0; j < rows; j += kRows) {
+    const __m512 sj = _mm512_loadu_ps(s + j), cj = _mm512_loadu_ps(c + j);
+    for (int m = 0; m < mb; ++m) {
+      const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(tile + m * kTile + j), sj, cj);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + m * ldy + j), (__m256i)_mm512_cvtneps_pbh(v));
+    }
+  }
+}
+
+template <int BITS, int NB, bool DEC>
+constexpr DotsFn kDots[kMaxMB + 1] = {nullptr, dots<BITS, NB, 1, DEC>, dots<BITS, NB, 2, DEC>, dots<BITS, NB, 3, DEC>,
+                                      dots<BITS, NB, 4, DEC>, dots<BITS, NB, 5, DEC>, dots<BITS, NB, 6, DEC>,
+                                      dots<BITS, NB, 7, DEC>, dots<BITS, NB, 8, DEC>};
+
+template <int NB>
+DotsFn pick_dots(int bits, int mb, bool dec) {   // decoded weights do not depend on the bit width
+  if (dec) return kDots<4, NB, true>[mb];
+  return bits == 4 ? kDots<4, NB, false>[mb] : bits == 5 ? kDots<5, NB, false>[mb] : kDots<8, NB, false>[mb];
+}
+
+template <int NB>
+DecodeFn pick_decode(int bits) { return bits == 4 ? decode_unit<4, NB> : bits == 5 ? decode_unit<5, NB> : decode_unit<8, NB>; }
+
+}  // namespace z
+#pragma GCC pop_options
+
+// ================================ avx2 (+ FMA, F16C) ==============================================
+namespace y {
+
+constexpr int kMB = 4;
+
+// 32 codes of one block as float32: w[2c + h] = column 2p + c, rows 8h .. 8h + 7.
+template <int BITS>
+inline void decode(const uint8_t* p, __m256 w[4]) {
+  if constexpr (BITS == 8) {   // int16 lanes z[i, 2p] | z[i, 2p+1] << 8, sign-extended to int32
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * h)));
+      w[h] = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 24));
+      w[2 + h] = _mm256_cvtepi32_ps(_mm256_srai_epi32(v, 8));
+    }
+  } else {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m256i nib = _mm256_set1_epi32(15);
+    const __m256 offset = _mm256_set1_ps(static_cast<float>(1 << (BITS - 1)));
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = _mm256_cvtepu8_epi32(h ? _mm_unpackhi_epi64(bytes, bytes) : bytes);
+      __m256i u0 = _mm256_and_si256(v, nib), u1 = _mm256_srli_epi32(v, 4);
+      if constexpr (BITS == 5) {   // bit 2i + c of the mask is bit 4 of u[i, 2p + c]
+        const __m256i mask = _mm256_set1_epi32(static_cast<int>(load_u32(p + 16)));
+        const __m256i shift = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+        const __m256i sh0 = _mm256_add_epi32(shift, _mm256_set1_epi32(16 * h)), one = _mm256_set1_epi32(1);
+        const __m256i b0 = _mm256_and_si256(_mm256_srlv_epi32(mask, sh0), one);
+        const __m256i b1 = _mm256_and_si256(_mm256_srlv_epi32(mask, _mm256_add_epi32(sh0, one)), one);
+        u0 = _mm256_or_si256(u0, _mm256_slli_epi32(b0, 4));
+        u1 = _mm256_or_si256(u1, _mm256_slli_epi32(b1, 4));
+      }
+      w[h] = _mm256_sub_ps(_mm256_cvtepi32_ps(u0), offset);
+      w[2 + h] = _mm256_sub_ps(_mm256_cvtepi32_ps(u1), offset);
+    }
+  }
+}
+
+// Decoded weights of one block: (K, 16) float32.
+template <int BITS>
+void decode_unit(const Unit& u, void* dec) {
+  float* d = static_cast<float*>(dec);
+  __m256 w[4];
+  for (int64_t p = 0; p < u.K / 2; ++p) {
+    decode<BITS>(u.blk + p * BITS * 4, w);
+    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(d + (2 * p + q / 2) * kRows + 8 * (q % 2), w[q]);
+  }
+}
+
+// One block, MB rows of x (float32); C independent chains per (half, row) when MB is small.
+template <int BITS, int MB, bool DEC>
+void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
+  constexpr int C = MB <= 2 ? 2 : 1;
+  const float* d = static_cast<const float*>(dec);
+  const float* x = static_cast<const float*>(xv);
+  for (int m = 0; m < MB; ++m)
+    for (int h = 0; h < 2; ++h) _mm256_storeu_ps(tile + m * kTile + 8 * h, _mm256_setzero_ps());
+  for (int64_t g0 = 0; g0 < u.K; g0 += u.G) {
+    __m256 part[C][2][MB];
+    for (int c = 0; c < C; ++c)
+      for (int h = 0; h < 2; ++h)
+        for (int m = 0; m < MB; ++m) part[c][h][m] = _mm256_setzero_ps();
+    for (int64_t k = g0; k < g0 + u.G; k += 2) {
+      __m256 w[4];
+      if (DEC) {
+        for (int q = 0; q < 4; ++q) w[q] = _mm256_loadu_ps(d + (k + q / 2) * kRows + 8 * (q % 2));
+      } else {
+        decode<BITS>(u.blk + k / 2 * BITS * 4, w);
+      }
+      for (int m = 0; m < MB; ++m)
+        for (int c = 0; c < 2; ++c) {
+          const __m256 xk = _mm256_broadcast_ss(x + m * u.K + k + c);
+          for (int h = 0; h < 2; ++h) part[c % C][h][m] = _mm256_fmadd_ps(w[2 * c + h], xk, part[c % C][h][m]);
+        }
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256 s = u.sc ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                                  u.sc + g0 / u.G * kRows + 8 * h)))
+                            : _mm256_set1_ps(1.0f);
+      for (int m = 0; m < MB; ++m) {
+        const __m256 sum = C == 2 ? _mm256_add_ps(part[0][h][m], part[C - 1][h][m]) : part[0][h][m];
+        float* t = tile + m * kTile + 8 * h;
+        _mm256_storeu_ps(t, _mm256_fmadd_ps(sum, s, _mm256_loadu_ps(t)));
+      }
+    }
+  }
+}
+
+inline __m128i to_bf16(__m256 v) {   // round to nearest even; NaN → 0x7FC0
+  const __m256i b = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)), 16);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+  return _mm256_castsi256_si128(packed);
+}
+
+void store(const float* tile, int mb, int rows, const float* s, const float* c, uint16_t* y, int64_t ldy) {
+  for (int j = 0; j < rows; j += 8) {
+    const __m256 sj = _mm256_loadu_ps(s + j), cj = _mm256_loadu_ps(c + j);
+    for (int m = 0; m < mb; ++m)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + m * ldy + j),
+                       to_bf16(_mm256_fmadd_ps(_mm256_loadu_ps(tile + m * kTile + j), sj, cj)));
+  }
+}
+
+template <int BITS, bool DEC>
+constexpr DotsFn kDots[kMB + 1] = {nullptr, dots<BITS, 1, DEC>, dots<BITS, 2, DEC>, dots<BITS, 3, DEC>, dots<BITS, 4, DEC>};
+
+DotsFn pick_dots(int bits, int mb, bool dec) {
+  if (dec) return kDots<4, true>[mb];
+  return bits == 4 ? kDots<4, false>[mb] : bits == 5 ? kDots<5, false>[mb] : kDots<8, false>[mb];
+}
+
+DecodeFn pick_decode(int bits) { return bits == 4 ? decode_unit<4> : bits == 5 ? decode_unit<5> : decode_unit<8>; }
+
+}  // namespace y
+
+// --- residual ----------------------------------------------------------------------------------
+
+// tile[m][r] += Σ_e val[e] · xt[col[e]][m0 + m] over the CSR entries of rows row0 .. row0 + rows - 1;
+// xt (K, ldt) float32 with at least 8 readable floats from any (col, m0) the caller passes.
+void add_residual(const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0, int rows,
+                  const float* xt, int64_t ldt, int64_t m0, int mb, float* tile) {
+  for (int r = 0; r < rows; ++r) {
+    float a[kMaxMB] = {};
+    for (int32_t e = off[row0 + r]; e < off[row0 + r + 1]; ++e) {
+      const float v = _cvtsh_ss(val[e].x);
+      const float* xc = xt + static_cast<int64_t>(col[e]) * ldt + m0;
+      for (int m = 0; m < kMaxMB; ++m) a[m] += v * xc[m];
+    }
+    for (int m = 0; m < mb; ++m) tile[m * kTile + r] += a[m];
+  }
+}
+
+// --- validation --------------------------------------------------------------------------------
+
+// The CSR residual of an (N, K) matrix: offsets start at 0, never decrease, end at nnz; columns < K.
+void check_csr(const at::Tensor& offsets, const at::Tensor& cols, const at::Tensor& vals, int64_t N, int64_t K) {
+  check(offsets.dim() == 1 && offsets.numel() == N + 1 && offsets.scalar_type() == at::kInt && offsets.is_contiguous(),
+        "residual offsets must be contiguous int32 of size N + 1 = " + std::to_string(N + 1));
+  check(cols.dim() == 1 && cols.scalar_type() == at::kShort && cols.is_contiguous() && vals.dim() == 1 &&
+            vals.scalar_type() == at::kHalf && vals.is_contiguous() && cols.numel() == vals.numel(),
+        "residual must be CSR: contiguous uint16 columns (held as int16) and float16 values of one size");
+  const int64_t nnz = cols.numel();
+  const int32_t* off = offsets.data_ptr<int32_t>();
+  check(off[0] == 0, "residual offsets[0] must be 0, got " + std::to_string(off[0]));
+  int64_t bad = -1;
+  for (int64_t n = 0; n < N && bad < 0; ++n)
+    if (off[n + 1] < off[n]) bad = n;
+  check(bad < 0, "residual offsets must not decrease: offsets[" + std::to_string(bad + 1) + "] = " +
+                     (bad < 0 ? "" : std::to_string(off[bad + 1])) + " < offsets[" + std::to_string(bad) + "]");
+  check(off[N] == nnz, "residual offsets[N] must equal the number of entries " + std::to_string(nnz) + ", got " +
+                           std::to_string(off[N]));
+  const uint16_t* col = reinterpret_cast<const uint16_t*>(cols.data_ptr<int16_t>());
+  uint16_t top = 0;
+  for (int64_t e = 0; e < nnz; ++e) top = std::max(top, col[e]);
+  check(nnz == 0 || top < K, "residual column " + std::to_string(top) + " is out of range for K = " + std::to_string(K));
+}
+
+// --- the op ------------------------------------------------------------------------------------
+
+at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t bits, const at::Tensor& scales,
                       int64_t group_size, const at::Tensor& perm, const at::Tensor& offsets, const at::Tensor& cols,
-                      const at::Tensor& vals, const at::Tensor& row_scale, const at::Tensor& bias) {
-  check(supported(), "this build has no AVX-512 BF16 (compiled for a CPU without it)");
-  check(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "x must be (M, K) bfloat16");
+                      const at::Tensor& vals, const at::Tensor& row_scale, const at::Tensor& bias,
+                      const std::string& isa_name, int64_t predecode_from) {
+  const Isa isa = resolve_isa(isa_name);
+  check(x_in.dim() == 2 && x_in.scalar_type() == at::kBFloat16 && x_in.size(1) > 0, "x must be (M, K) bfloat16, K > 0");
   check(bits == 4 || bits == 5 || bits == 8, "bits must be 4, 5 or 8");
-  const int64_t M = x.size(0), K = x.size(1), nb = packed.size(0), N = nb * kRows, G = group_size;
-  check(packed.is_contiguous() && packed.numel() * 8 == N * K * bits, "packed has the wrong size for x's K");
-  check(G % 8 == 0 && K % G == 0 && (scales.numel() == N * (K / G) || (scales.numel() == 0 && G == K)) &&
-            scales.scalar_type() == at::kHalf && scales.is_contiguous(),
-        "scales must be float16 (N/16, K/G, 16) or empty with G = K, G a multiple of 8 dividing K");
-  check(offsets.numel() == N + 1 && offsets.scalar_type() == at::kInt && cols.scalar_type() == at::kShort &&
-            vals.scalar_type() == at::kHalf && cols.numel() == vals.numel() && K <= 65536,
-        "residual must be CSR int32 offsets, uint16 columns (as int16), float16 values");
-  check(perm.numel() == 0 || (perm.numel() == K && perm.scalar_type() == at::kLong), "perm must be (K) int64 or empty");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), G = group_size;
+  check(packed.dim() == 3 && packed.is_contiguous() && packed.size(1) * 2 == K && packed.size(2) == 4 * bits &&
+            (packed.scalar_type() == at::kByte || packed.scalar_type() == at::kChar),
+        "packed must be contiguous uint8/int8 (N/16, K/2, 4·bits) and has the wrong size for x's K");
+  const int64_t nb = packed.size(0), N = nb * kRows;
+  check(G > 0 && G % 8 == 0 && K % G == 0, "group_size must be a positive multiple of 8 dividing K");
+  check(scales.scalar_type() == at::kHalf && scales.is_contiguous() &&
+            (scales.numel() == N * (K / G) || (scales.numel() == 0 && G == K)),
+        "scales must be float16 (N/16, K/G, 16) or empty with G = K");
+  check(K <= 65536, "K must be at most 65536 (residual columns are 16-bit)");
+  check_csr(offsets, cols, vals, N, K);
+  check(perm.numel() == 0 || (perm.dim() == 1 && perm.numel() == K && perm.scalar_type() == at::kLong),
+        "perm must be (K) int64 or empty");
+  if (perm.numel()) {
+    const auto [lo, hi] = at::aminmax(perm);
+    check(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < K, "perm entries must lie in [0, K)");
+  }
   check(row_scale.numel() == 0 || ((row_scale.numel() == N || row_scale.numel() == nb) &&
-                                     row_scale.scalar_type() == at::kFloat),
-        "row_scale must be (N) or (N/16) float32, or empty");
-  const bool block_scale = row_scale.numel() == nb;
+                                   row_scale.scalar_type() == at::kFloat && row_scale.is_contiguous()),
+        "row_scale must be contiguous float32 (N) or (N/16), or empty");
   check(bias.numel() == 0 || bias.numel() == N, "bias must be (N) or empty");
   auto out = at::empty({M, N}, x.options());
-  if (M == 0) return out;
+  if (M == 0 || N == 0) return out;
 
-  const at::Tensor xp = (perm.numel() ? x.index_select(1, perm) : x).contiguous();   // stored order
-  const uint16_t* xb = reinterpret_cast<const uint16_t*>(xp.data_ptr<at::BFloat16>());
+  const at::Tensor xp = perm.numel() ? x.index_select(1, perm).contiguous() : x;   // stored order (checks perm)
+  const bool wide = isa == Isa::kAvx512;
+  const int NB = wide ? 2 : 1, MBmax = wide ? kMaxMB : y::kMB;
+  const int64_t nnz = vals.numel(), blk_bytes = kRows * K * bits / 8, sc_block = (K / G) * kRows;
+  const int64_t dec_bytes = wide ? K * NB * 32 : K * kRows * 4;
   const int32_t* off = offsets.data_ptr<int32_t>();
   const uint16_t* col = reinterpret_cast<const uint16_t*>(cols.data_ptr<int16_t>());
-  const uint16_t* val = reinterpret_cast<const uint16_t*>(vals.data_ptr<at::Half>());
+  const at::Half* val = vals.data_ptr<at::Half>();
   const float* rs = row_scale.numel() ? row_scale.data_ptr<float>() : nullptr;
-  const at::Tensor bias_f = bias.numel() ? bias.to(at::kFloat).contiguous() : bias;
+  const bool block_scale = row_scale.numel() == nb && nb != N;
+  const at::Tensor bias_f = bias.numel() ? bias.reshape({N}).to(at::kFloat).contiguous() : bias;
   const float* bs = bias.numel() ? bias_f.data_ptr<float>() : nullptr;
   const uint8_t* pk = static_cast<const uint8_t*>(packed.data_ptr());
   const at::Half* sc = scales.numel() ? scales.data_ptr<at::Half>() : nullptr;
-  const int64_t blk_bytes = kRows * K * bits / 8, sc_block = (K / G) * kRows;
-  uint16_t* y = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  // xᵀ in float32 (K, M) for the residual: the rows of x a residual entry needs sit side by side.
-  std::vector<float> xt(vals.numel() ? K * M + kMaxMB : 0);   // + tail for masked loads
-  for (int64_t m = 0; m < M && vals.numel(); ++m)
-    for (int64_t k = 0; k < K; ++k) xt[k * M + m] = c10::detail::f32_from_bits(xb[m * K + k]);
+  uint16_t* yo = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int64_t units = (nb + NB - 1) / NB;
 
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    alignas(64) float tile[kMaxMB * kRows];
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t m0 = 0; m0 < M; m0 += kMaxMB) {
-        const int64_t mb = std::min<int64_t>(kMaxMB, M - m0);
-#ifdef BABAI_LUT
-        (bits == 4 ? kBlock<4> : bits == 5 ? kBlock<5> : kBlock<8>)[mb](pk + b * blk_bytes, sc ? sc + b * sc_block : nullptr, xb, K, m0, G, tile);
-        if (!xt.empty()) {  // tile[m][r] += Σ_e val[e] · x[m0 + m][col[e]] over row r's entries
-          alignas(64) float res[kRows * kMaxMB];
-          const __mmask8 lanes = static_cast<__mmask8>((1u << mb) - 1);
-          for (int r = 0; r < kRows; ++r) {
-            __m256 a = _mm256_setzero_ps();
-            for (int32_t e = off[b * kRows + r]; e < off[b * kRows + r + 1]; ++e)
-              a = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(val[e])),
-                                  _mm256_maskz_loadu_ps(lanes, xt.data() + static_cast<int64_t>(col[e]) * M + m0), a);
-            _mm256_store_ps(res + r * kMaxMB, a);
-          }
-          const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                  _mm512_set1_epi32(kMaxMB));
-          for (int64_t m = 0; m < mb; ++m)
-            _mm512_store_ps(tile + m * kRows, _mm512_add_ps(_mm512_load_ps(tile + m * kRows),
-                                                            _mm512_i32gather_ps(rows, res + m, 4)));
-        }
-        const __m512 s = !rs ? _mm512_set1_ps(1.0f) : block_scale ? _mm512_set1_ps(rs[b]) : _mm512_loadu_ps(rs + b * kRows);
-        const __m512 c = bs ? _mm512_loadu_ps(bs + b * kRows) : _mm512_setzero_ps();
-        for (int64_t m = 0; m < mb; ++m) {
-          const __m512 v = _mm512_fmadd_ps(_mm512_load_ps(tile + m * kRows), s, c);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + (m0 + m) * N + b * kRows), (__m256i)_mm512_cvtneps_pbh(v));
-        }
-#endif
-      }
+  for (int64_t c0 = 0; c0 < M; c0 += kChunkM) {
+    const int64_t mc = std::min(kChunkM, M - c0);
+    const at::Tensor xc = xp.narrow(0, c0, mc);
+    // avx512 reads x as bf16 pairs; avx2 as float32. The residual reads xᵀ (K, ldt) float32, zero-padded.
+    const at::Tensor xf = wide ? xc : xc.to(at::kFloat).contiguous();
+    const int64_t ldt = (mc + kMaxMB - 1) / kMaxMB * kMaxMB;
+    at::Tensor xt;
+    if (nnz) {
+      xt = at::zeros({K * ldt + kMaxMB}, xf.options().dtype(at::kFloat));
+      xt.narrow(0, 0, K * ldt).view({K, ldt}).narrow(1, 0, mc).copy_(xc.t());
     }
-  });
+    const float* xtp = nnz ? xt.data_ptr<float>() : nullptr;
+    const char* xin = static_cast<const char*>(xf.data_ptr());
+    const int64_t xrow = K * xf.element_size();
+    const bool dec = mc >= predecode_from;
+    const DecodeFn decode = wide ? z::pick_decode<2>(static_cast<int>(bits)) : y::pick_decode(static_cast<int>(bits));
+    const DecodeFn decode1 = wide ? z::pick_decode<1>(static_cast<int>(bits)) : decode;
+    const StoreFn store = wide ? z::store : y::store;
+
+    at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+      alignas(64) float tile[kMaxMB * kTile];
+      alignas(64) float s[kTile], c[kTile];
+      std::vector<uint8_t> buf(dec ? dec_bytes + 64 : 0);
+      void* dbuf = dec ? buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64 : nullptr;
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t b = u * NB;
+        const int nbk = static_cast<int>(std::min<int64_t>(NB, nb - b)), rows = nbk * kRows;
+        const Unit unit{pk + b * blk_bytes, blk_bytes, sc ? sc + b * sc_block : nullptr, sc_block, K, G};
+        if (dec) (nbk == NB ? decode : decode1)(unit, dbuf);
+        for (int j = 0; j < rows; ++j) {
+          const int64_t row = b * kRows + j;
+          s[j] = rs ? (block_scale ? rs[row / kRows] : rs[row]) : 1.0f;
+          c[j] = bs ? bs[row] : 0.0f;
+        }
+        for (int64_t m0 = 0; m0 < mc; m0 += MBmax) {
+          const int mb = static_cast<int>(std::min<int64_t>(MBmax, mc - m0));
+          const DotsFn f = wide ? (nbk == 2 ? z::pick_dots<2>(static_cast<int>(bits), mb, dec)
+                                            : z::pick_dots<1>(static_cast<int>(bits), mb, dec))
+                                : y::pick_dots(static_cast<int>(bits), mb, dec);
+          f(unit, dbuf, xin + m0 * xrow, tile);
+          if (nnz) add_residual(off, col, val, b * kRows, rows, xtp, ldt, m0, mb, tile);
+          store(tile, mb, rows, s, c, yo + (c0 + m0) * N + b * kRows, N);
+        }
+      }
+    });
+  }
   return out;
 }
+
+std::string best_isa() { return has_avx512() ? "avx512" : has_avx2() ? "avx2" : "none"; }
 
 }  // namespace
 
 TORCH_LIBRARY(babai_cpu, m) {
   m.def("lut_linear(Tensor x, Tensor packed, int bits, Tensor scales, int group_size, Tensor perm, "
-        "Tensor offsets, Tensor cols, Tensor vals, Tensor row_scale, Tensor bias) -> Tensor");
-  m.def("supported() -> bool", &supported);
+        "Tensor offsets, Tensor cols, Tensor vals, Tensor row_scale, Tensor bias, str isa='auto', "
+        "int predecode_from=16) -> Tensor");
+  m.def("cpu_features() -> str[]", &cpu_features);
+  m.def("best_isa() -> str", &best_isa);
 }
 
 TORCH_LIBRARY_IMPL(babai_cpu, CPU, m) { m.impl("lut_linear", &lut_linear); }

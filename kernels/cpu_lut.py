@@ -1,11 +1,21 @@
 """The project's CPU kernel for the runtime layout: `babai_cpu::lut_linear` (kernels/cpu_lut.cpp).
 
 One op per linear, bfloat16 activations: activation permutation, dense 4-, 5- or 8-bit codes turned
-into exact bfloat16 values in registers (4/5 bits: a 16/32-entry lookup table) and multiplied with up to
-8 activation rows at once by VDPBF16PS, group scales, the CSR residual, row scale, bias and the
-output cast. Nothing dense stays resident. Needs AVX-512 with BF16 and a C++ compiler:
-the extension is built on first use (~1 min, cached by torch under ~/.cache/torch_extensions; set
-TORCH_EXTENSIONS_DIR to move it); `scripts/setup.sh` builds it once.
+into exact bfloat16 (AVX-512 BF16: a 16/32-entry lookup table, VDPBF16PS over up to 8 activation rows)
+or exact float32 (AVX2 + FMA + F16C, up to 4 rows) in registers, group scales, the CSR residual, row
+scale, bias and the output cast. Nothing dense stays resident. Large batches decode each block once
+per 256 rows into a small per-thread buffer and reuse it (`PREDECODE_FROM`).
+
+Build: on first use (~1 min; `scripts/setup.sh` does it once) with explicit instruction-set flags
+(`CFLAGS`: the AVX2 baseline; the AVX-512 functions are compiled for their extensions inside the source),
+never `-march=native`, under a torch extension name keyed by those flags and the host's CPU features, so
+a cache shared between machines (TORCH_EXTENSIONS_DIR, a container image) never hands one host a build
+made for another. Before building or loading, the host's features (/proc/cpuinfo) are checked: a host
+without AVX2/FMA/F16C is refused, with the reason logged and returned by `load()`; after loading, the
+op's own CPUID probe must agree. The op checks the instruction set again on every call.
+
+Instruction set: the best the host has (`isa()`), or `BABAI_CPU_ISA=avx2|avx512` to force one (tests
+and benchmarks run the AVX2 variant on an AVX-512 machine this way); `pack(layout, isa=...)` per layer.
 
     packed = pack(layout)            # resident tensors, built once at load
     y = lut_linear(packed, x, bias)  # x (M, K) in original order → (M, N) in x.dtype
@@ -13,41 +23,120 @@ TORCH_EXTENSIONS_DIR to move it); `scripts/setup.sh` builds it once.
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from babai_kernels.runtime import DenseResidual
+from babai_kernels.runtime import DenseResidual, Residual
+
+logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 ROWS = 16          # output rows per block (one AVX-512 register of float32)
 BITS = (4, 5, 8)
 FP16_TERMS = 3
+ISA_ENV = "BABAI_CPU_ISA"              # "avx512" / "avx2" force a variant; unset or "auto": the best
+SANITIZE_ENV = "BABAI_CPU_SANITIZE"    # "1": build with AddressSanitizer + UBSan (tests/test_cpu_lut_sanitizers.py)
+CFLAGS = ("-O3", "-fopenmp", "-mavx2", "-mfma", "-mf16c", "-mtune=generic")
+SANITIZE_CFLAGS = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+                   "-fno-sanitize-recover=all")
+# Host features (as /proc/cpuinfo names them) each variant executes; the build needs the avx2 set.
+ISA_FEATURES = {"avx2": ("avx2", "fma", "f16c"),
+                "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")}
+BUILD_ISA = "avx2"
+PREDECODE_FROM = 16    # rows of x from which blocks are decoded once per chunk (benchmarks/results/linear_cpu.md)
+
+
+def host_features() -> frozenset[str]:
+    """The CPU flags Linux reports for this host (empty where /proc/cpuinfo is absent)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def choose_isa(features: frozenset[str], forced: str | None) -> tuple[str | None, str | None]:
+    """(variant, None) for a host with `features`, or (None, why not); `forced` as BABAI_CPU_ISA."""
+    missing = lambda isa: sorted(set(ISA_FEATURES[isa]) - features)
+    if forced not in (None, "", "auto", *ISA_FEATURES):
+        return None, f"{ISA_ENV}={forced!r} is not one of auto, {', '.join(ISA_FEATURES)}"
+    if missing(BUILD_ISA):
+        return None, (f"this CPU lacks {', '.join(missing(BUILD_ISA))}, which the kernel's build "
+                      f"({' '.join(CFLAGS[2:5])}) needs")
+    if forced in ISA_FEATURES:
+        if missing(forced):
+            return None, f"{ISA_ENV}={forced} but this CPU lacks {', '.join(missing(forced))}"
+        return forced, None
+    return ("avx512" if not missing("avx512") else "avx2"), None
+
+
+def build_flags(sanitize: bool = False) -> list[str]:
+    return list(CFLAGS) + (list(SANITIZE_CFLAGS) if sanitize else [])
+
+
+def build_name(flags: list[str], features: frozenset[str]) -> str:
+    """Torch extension name: a hash of the flags and of the host's features the kernel can use."""
+    relevant = sorted(features & {f for fs in ISA_FEATURES.values() for f in fs})
+    key = hashlib.sha256(("\0".join(flags) + "|" + ",".join(relevant)).encode()).hexdigest()[:12]
+    return f"babai_cpu_lut_{key}"
+
+
+_state: dict[str, str] = {}
 
 
 @functools.cache
 def load() -> tuple[bool, str | None]:
-    """Build (first time) and load the extension; (ok, reason it cannot be used)."""
+    """Build (first time) and load the extension; (ok, reason it cannot be used). A refusal is logged."""
+    ok, why = _load()
+    if not ok:
+        logger.warning("babai CPU kernel refused: %s", why)
+    return ok, why
+
+
+def _load() -> tuple[bool, str | None]:
+    features = host_features()
+    isa_name, why = choose_isa(features, os.environ.get(ISA_ENV))
+    if isa_name is None:
+        return False, why
+    sanitize = os.environ.get(SANITIZE_ENV) == "1"
+    flags = build_flags(sanitize)
     try:
         from torch.utils import cpp_extension
-        cpp_extension.load(name="babai_cpu_lut", sources=[str(SOURCE)], is_python_module=False,
-                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        cpp_extension.load(name=build_name(flags, features), sources=[str(SOURCE)], is_python_module=False,
+                           extra_cflags=flags,
+                           extra_ldflags=["-fopenmp"] + (["-fsanitize=address,undefined"] if sanitize else []))
     except Exception as e:  # noqa: BLE001 — compiler missing or failing: the chooser reports it
         return False, f"could not build the C++ extension {SOURCE.name}: {str(e).strip().splitlines()[-1][:200]}"
-    if not torch.ops.babai_cpu.supported():
-        return False, "this CPU has no AVX-512 BF16 (the extension was built without it)"
+    probed = frozenset(torch.ops.babai_cpu.cpu_features())
+    if not set(ISA_FEATURES[isa_name]) <= probed:
+        return False, (f"/proc/cpuinfo reports {isa_name} ({', '.join(ISA_FEATURES[isa_name])}) but CPUID lacks "
+                       f"{', '.join(sorted(set(ISA_FEATURES[isa_name]) - probed))}")
     torch.library.register_fake("babai_cpu::lut_linear")(_fake)
+    _state["isa"] = isa_name
     return True, None
 
 
-def _fake(x, packed, bits, scales, group_size, perm, offsets, cols, vals, row_scale, bias):
+def isa() -> str | None:
+    """The variant `pack` uses by default: "avx512" or "avx2" (None until `load()` succeeded)."""
+    return _state.get("isa") if load()[0] else None
+
+
+def _fake(x, packed, bits, scales, group_size, perm, offsets, cols, vals, row_scale, bias, isa="auto",
+          predecode_from=PREDECODE_FROM):
     return x.new_empty(x.shape[0], packed.shape[0] * ROWS)
 
 
 @dataclass
 class LutPacked:
-    """The op's resident tensors (block layout: kernels/cpu_lut.cpp) and its two integers."""
+    """The op's resident tensors (block layout: kernels/cpu_lut.cpp), its two integers and the variant."""
 
     packed: torch.Tensor      # (N/16, K/2, 16 | 20 | 32 bytes for 4 | 5 | 8 bits) uint8 (8 bits: int8)
     scales: torch.Tensor      # (N/16, K/G, 16) float16, or empty when all are 1 (G = K)
@@ -58,6 +147,7 @@ class LutPacked:
     row_scale: torch.Tensor   # (N,) float32, (N/16,) when constant on blocks of 16 rows, or empty
     bits: int
     group_size: int
+    isa: str = "auto"         # "avx512" or "avx2"
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.packed, self.scales, self.offsets, self.cols, self.vals, self.perm, self.row_scale]
@@ -80,6 +170,26 @@ def check_layout(layout: DenseResidual) -> str | None:
     if _fp16_terms(layout.residual.vals) is None:
         return f"keeps residual values as sums of ≤ {FP16_TERMS} float16 terms, and this layer's need more"
     return None
+
+
+def check_residual(r: Residual, n: int, k: int) -> None:
+    """Raise ValueError unless `r` is a well-formed CSR (n, k) matrix: offsets (n + 1) int32 from 0 to
+    nnz, never decreasing; cols and vals (nnz,) with 0 ≤ cols < k."""
+    if r.offsets.dtype != torch.int32 or r.offsets.shape != (n + 1,):
+        raise ValueError(f"residual: offsets must be int32 of shape ({n + 1},), got {r.offsets.dtype} {tuple(r.offsets.shape)}")
+    if r.cols.dim() != 1 or r.vals.dim() != 1 or r.cols.numel() != r.vals.numel():
+        raise ValueError(f"residual: cols and vals must be 1-D of one size, got {tuple(r.cols.shape)} and {tuple(r.vals.shape)}")
+    if r.cols.is_floating_point() or r.cols.is_complex():
+        raise ValueError(f"residual: cols must be integers, got {r.cols.dtype}")
+    nnz = r.vals.numel()
+    if int(r.offsets[0]) != 0:
+        raise ValueError(f"residual: offsets[0] must be 0, got {int(r.offsets[0])}")
+    if int(r.offsets[-1]) != nnz:
+        raise ValueError(f"residual: offsets[{n}] must equal the {nnz} entries, got {int(r.offsets[-1])}")
+    if bool((r.offsets[1:] < r.offsets[:-1]).any()):
+        raise ValueError("residual: offsets must not decrease")
+    if nnz and (int(r.cols.min()) < 0 or int(r.cols.max()) >= k):
+        raise ValueError(f"residual: columns must lie in [0, {k}), got [{int(r.cols.min())}, {int(r.cols.max())}]")
 
 
 def _fp16_terms(vals: torch.Tensor) -> list[torch.Tensor] | None:
@@ -111,17 +221,22 @@ def _csr_fp16(layout: DenseResidual) -> tuple[torch.Tensor, torch.Tensor, torch.
     return offsets, cols.to(torch.int32).to(torch.uint16).view(torch.int16).contiguous(), vals.contiguous()
 
 
-def pack(layout: DenseResidual) -> LutPacked:
+def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
     """The op's resident tensors (see kernels/cpu_lut.cpp for the block layout). A layout whose rows
     share one scale keeps one group per row, none when it is 1 (HPTQ); a row scale constant on
-    blocks of 16 rows (HPTQ: one per fused sibling) is kept once per block."""
+    blocks of 16 rows (HPTQ: one per fused sibling) is kept once per block. `isa`: the variant to run
+    ("avx512" / "avx2"; default `isa()`). Raises ValueError for a layout it cannot serve or a malformed
+    residual, RuntimeError when the kernel is unavailable."""
     reason = check_layout(layout)
     if reason:
         raise ValueError(f"layout: {reason}")
+    n, k = layout.shape
+    check_residual(layout.residual, n, k)
     ok, why = load()
     if not ok:
         raise RuntimeError(f"babai CPU kernel: {why}")
-    n, k = layout.shape
+    if isa is not None and choose_isa(host_features(), isa)[0] != isa:
+        raise RuntimeError(f"babai CPU kernel: {choose_isa(host_features(), isa)[1]}")
     group = k if layout.one_scale_per_row else layout.group_size
     scales = layout.scales[:, :1] if group == k else layout.scales
     scales = scales.new_empty(0) if group == k and bool((scales == 1).all()) else scales
@@ -145,11 +260,12 @@ def pack(layout: DenseResidual) -> LutPacked:
     return LutPacked(packed, scales,
                      *_csr_fp16(layout),
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
-                     row_scale, layout.bits, group)
+                     row_scale.float().contiguous(), layout.bits, group, isa or _state["isa"])
 
 
-def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
+               predecode_from: int = PREDECODE_FROM) -> torch.Tensor:
     """x (M, K) bfloat16 in original column order → (M, N) bfloat16."""
-    return torch.ops.babai_cpu.lut_linear(x.contiguous(), p.packed, p.bits, p.scales, p.group_size, p.perm,
+    return torch.ops.babai_cpu.lut_linear(x, p.packed, p.bits, p.scales, p.group_size, p.perm,
                                           p.offsets, p.cols, p.vals, p.row_scale,
-                                          x.new_empty(0) if bias is None else bias)
+                                          x.new_empty(0) if bias is None else bias, p.isa, predecode_from)

@@ -1,11 +1,16 @@
-"""The project's CPU kernel (babai_kernels.cpu_lut, C++ AVX-512 BF16) against fp64 references.
+"""The project's CPU kernel (babai_kernels.cpu_lut, C++: AVX-512 BF16 and AVX2 variants) against fp64
+references, its argument checks and its instruction-set guard.
 
 Exact case: small-integer activations, power-of-2 scales and residual values make every product
 and partial sum exact in float32, so the kernel must equal the fp64 result rounded once to bf16.
 General case: the only roundings are float32 accumulation (≤ K·2⁻²⁴·Σ|w·x| for any order) and the
 final bf16 rounding (half an ulp of the result), so |y − y64| ≤ 2⁻⁸·|y64| + K·2⁻²⁴·Σ|w·x|.
+Both variants and both paths by batch size (codes decoded per pass, or once per chunk of rows:
+`predecode_from`) are held to the same references.
 """
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
@@ -14,6 +19,11 @@ from babai_kernels import cpu_lut, runtime
 
 ok, why = cpu_lut.load()
 pytestmark = pytest.mark.skipif(not ok, reason=f"babai CPU kernel unavailable: {why}")
+HOST = cpu_lut.host_features()
+ISAS = [pytest.param(isa, marks=pytest.mark.skipif(cpu_lut.choose_isa(HOST, isa)[0] != isa,
+                                                   reason=f"this CPU cannot run the {isa} variant"))
+        for isa in cpu_lut.ISA_FEATURES]
+PATHS = {"per-pass": 1 << 30, "predecoded": 1}    # predecode_from
 
 
 def _layout(n, k, bits, group, seed, *, perm=True, row_scale=False, exact=False, rate=0.03):
@@ -34,40 +44,68 @@ def _layout(n, k, bits, group, seed, *, perm=True, row_scale=False, exact=False,
                                  (2.0 ** -torch.randint(0, 3, (n,), generator=g).float()) if row_scale else None)
 
 
+def _exact(layout, x, bias=None):
+    """fp64 product (M, N) of x (M, K) with the layout's weights (+ bias)."""
+    y = x.double() @ runtime.dequantize(layout).double().T
+    return y if bias is None else y + bias.double()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("bits", [4, 5, 8])
-@pytest.mark.parametrize("m", [1, 2, 3, 8, 9, 20])
-def test_exact_inputs_give_the_fp64_product_rounded_once(bits, m):
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 9, 20, 300])
+def test_exact_inputs_give_the_fp64_product_rounded_once(isa, path, bits, m):
+    """n = 48 rows: three blocks of 16, so the avx512 variant also runs a single-block unit."""
     layout = _layout(48, 128, bits, 32, seed=bits * 100 + m, exact=True, row_scale=bits != 4)
     x = torch.randint(-3, 4, (m, 128), generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
-    y = cpu_lut.lut_linear(cpu_lut.pack(layout), x)
-    expected = (x.double() @ runtime.dequantize(layout).double().T).to(torch.bfloat16)
-    assert y.dtype == torch.bfloat16 and torch.equal(y, expected)
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, predecode_from=PATHS[path])
+    assert y.dtype == torch.bfloat16 and torch.equal(y, _exact(layout, x).to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("bits, group, perm, row_scale", [
     (4, 64, True, False), (4, 32, False, False), (4, 128, True, True), (5, 384, True, True), (5, 64, False, False),
     (8, 32, False, True), (8, 64, True, False)])
 @pytest.mark.parametrize("m", [1, 5, 8, 17])
-def test_random_inputs_within_the_derived_bound(bits, group, perm, row_scale, m):
+def test_random_inputs_within_the_derived_bound(isa, path, bits, group, perm, row_scale, m):
     n, k = 64, 384
     layout = _layout(n, k, bits, group, seed=m + group, perm=perm, row_scale=row_scale)
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
-    y = cpu_lut.lut_linear(cpu_lut.pack(layout), x, bias).double()
-    w = runtime.dequantize(layout).double()
-    exact = x.double() @ w.T + bias.double()
-    bound = 2 ** -8 * exact.abs() + k * 2 ** -24 * (x.double().abs() @ w.abs().T)
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, predecode_from=PATHS[path]).double()
+    exact = _exact(layout, x, bias)
+    bound = 2 ** -8 * exact.abs() + k * 2 ** -24 * (x.double().abs() @ runtime.dequantize(layout).double().abs().T)
     assert bool(((y - exact).abs() <= bound).all()), float(((y - exact).abs() / bound).max())
 
 
-def test_empty_residual_and_empty_batch():
+@pytest.mark.parametrize("isa", ISAS)
+def test_empty_residual_and_empty_batch(isa):
     layout = _layout(32, 64, 4, 32, seed=1, rate=0.0)
     assert layout.residual.nnz == 0
-    packed = cpu_lut.pack(layout)
+    packed = cpu_lut.pack(layout, isa)
     x = torch.randint(-3, 4, (2, 64)).to(torch.bfloat16)
-    assert torch.equal(cpu_lut.lut_linear(packed, x), (x.double() @ runtime.dequantize(layout).double().T).to(torch.bfloat16))
+    assert torch.equal(cpu_lut.lut_linear(packed, x), _exact(layout, x).to(torch.bfloat16))
     assert cpu_lut.lut_linear(packed, x[:0]).shape == (0, 32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_avx2_rounds_to_nearest_even_like_torch(isa):
+    """Outputs that sit exactly halfway between two bf16 numbers (x = 1 + 2⁻⁸ + …) and NaN: the
+    variants' float32 → bf16 conversions agree with torch's."""
+    layout = runtime.DenseResidual(torch.ones(16, 64, dtype=torch.int8), 4, torch.ones(16, 1),
+                                   runtime.Residual.from_dense(torch.zeros(16, 64)), None, None)
+    packed = cpu_lut.pack(layout, isa)
+    x = torch.zeros(4, 64)
+    x[0, 0], x[0, 1] = 1, 2 ** -8                    # 1 + 2⁻⁸: tie, rounds down to even 1
+    x[1, 0], x[1, 1], x[1, 2] = 1, 2 ** -7, 2 ** -8   # 1 + 3·2⁻⁸: tie, rounds up to 1 + 2⁻⁶
+    x[2, 0] = float("nan")
+    x[3, 0], x[3, 1] = -1, -(2 ** -8)
+    xb = x.to(torch.bfloat16)
+    y = cpu_lut.lut_linear(packed, xb)
+    expected = (x.double() @ torch.ones(64, 16, dtype=torch.float64)).float().to(torch.bfloat16)
+    assert torch.equal(y[[0, 1, 3]], expected[[0, 1, 3]]) and bool(y[2].isnan().all())
 
 
 def test_layouts_it_cannot_serve_are_refused_with_the_reason():
@@ -91,16 +129,88 @@ def test_residual_values_beyond_float16_are_split_into_exact_terms():
     packed = cpu_lut.pack(layout)
     assert packed.vals.numel() == layout.residual.nnz + 4      # 19984+1, -65504-4496-1, 2048+1
     x = torch.randint(-3, 4, (3, 64), generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
-    expected = (x.double() @ runtime.dequantize(layout).double().T).to(torch.bfloat16)
-    assert torch.equal(cpu_lut.lut_linear(packed, x), expected)
+    assert torch.equal(cpu_lut.lut_linear(packed, x), _exact(layout, x).to(torch.bfloat16))
 
 
 def test_bad_activations_are_refused_by_the_op():
     packed = cpu_lut.pack(_layout(32, 64, 4, 32, seed=4))
     with pytest.raises(RuntimeError, match="x must be \\(M, K\\) bfloat16"):
         cpu_lut.lut_linear(packed, torch.randn(2, 64))
-    with pytest.raises(RuntimeError, match="packed has the wrong size"):
+    with pytest.raises(RuntimeError, match="packed must be .* wrong size for x's K"):
         cpu_lut.lut_linear(packed, torch.randn(2, 96).to(torch.bfloat16))
+
+
+def _faulty(fault: str, packed: cpu_lut.LutPacked) -> cpu_lut.LutPacked:
+    """A copy of `packed` whose CSR residual has one fault."""
+    off, cols = packed.offsets.clone(), packed.cols.clone()
+    if fault == "first offset not 0":
+        off[0] = 3
+    elif fault == "last offset beyond nnz":
+        off[-1] = 50_000_000
+    elif fault == "last offset short of nnz":
+        off[-1] -= 1
+    elif fault == "decreasing offsets":
+        off[5] = off[6] + 1
+    elif fault == "negative offset":
+        off[5] = -7
+    elif fault == "column beyond K":
+        cols[0] = 30_000
+    return cpu_lut.LutPacked(packed.packed, packed.scales, off, cols, packed.vals, packed.perm, packed.row_scale,
+                             packed.bits, packed.group_size, packed.isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fault, message", [
+    ("first offset not 0", r"offsets\[0\] must be 0, got 3"),
+    ("last offset beyond nnz", r"offsets\[N\] must equal the number of entries \d+, got 50000000"),
+    ("last offset short of nnz", r"offsets\[N\] must equal the number of entries"),
+    ("decreasing offsets", r"offsets must not decrease: offsets\[6\]"),
+    ("negative offset", r"offsets must not decrease"),
+    ("column beyond K", r"column 30000 is out of range for K = 256")])
+def test_malformed_residual_is_refused_by_the_public_op(isa, fault, message):
+    """The faults a review drove the unchecked op into (segfault, reads past x, NaN) now raise."""
+    layout = _layout(64, 256, 4, 64, seed=9, rate=0.05)
+    bad = _faulty(fault, cpu_lut.pack(layout, isa))
+    x = torch.randn(3, 256).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="babai_cpu::lut_linear: residual " + message):
+        torch.ops.babai_cpu.lut_linear(x, bad.packed, bad.bits, bad.scales, bad.group_size, bad.perm, bad.offsets,
+                                       bad.cols, bad.vals, bad.row_scale, x.new_empty(0), isa)
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("first offset not 0", r"offsets\[0\] must be 0"), ("last offset short of nnz", r"offsets\[64\] must equal"),
+    ("negative offset", "offsets must not decrease"), ("column beyond K", r"columns must lie in \[0, 256\)")])
+def test_malformed_residual_is_refused_by_pack(fault, message):
+    layout = _layout(64, 256, 4, 64, seed=9, rate=0.05)
+    r = layout.residual
+    if fault == "first offset not 0":
+        r.offsets[0] = 1
+    elif fault == "last offset short of nnz":
+        r.offsets[-1] -= 1
+    elif fault == "negative offset":
+        r.offsets[5] = -1
+    else:
+        r.cols[0] = 256
+    with pytest.raises(ValueError, match="residual: " + message):
+        cpu_lut.pack(layout)
+
+
+def test_other_bad_arguments_are_refused_by_the_op():
+    p = cpu_lut.pack(_layout(32, 64, 4, 32, seed=5))
+    x = torch.randn(2, 64).to(torch.bfloat16)
+    args = dict(x=x, packed=p.packed, bits=p.bits, scales=p.scales, group_size=p.group_size, perm=p.perm,
+                offsets=p.offsets, cols=p.cols, vals=p.vals, row_scale=p.row_scale, bias=x.new_empty(0))
+    for change, message in [(dict(group_size=0), "group_size must be a positive multiple of 8"),
+                            (dict(scales=p.scales[:1]), "scales must be float16"),
+                            (dict(perm=torch.arange(63)), r"perm must be \(K\) int64"),
+                            (dict(vals=p.vals[:-1]), "residual must be CSR"),
+                            (dict(row_scale=torch.ones(5)), "row_scale must be"),
+                            (dict(bias=torch.ones(31)), r"bias must be \(N\)"),
+                            (dict(isa="sse2"), "isa must be 'auto', 'avx2' or 'avx512'")]:
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.babai_cpu.lut_linear(**{**args, **change})
+    with pytest.raises(RuntimeError, match=r"perm entries must lie in \[0, K\)"):
+        torch.ops.babai_cpu.lut_linear(**{**args, "perm": torch.full((64,), 64)})
 
 
 def test_hptq_siblings_keep_one_scale_per_block_and_no_group_scales():
@@ -113,5 +223,53 @@ def test_hptq_siblings_keep_one_scale_per_block_and_no_group_scales():
     packed = cpu_lut.pack(layout)
     assert packed.scales.numel() == 0 and packed.row_scale.tolist() == [0.25, 0.25, 0.125]
     x = torch.randint(-3, 4, (4, 64), generator=g).to(torch.bfloat16)
-    expected = (x.double() @ runtime.dequantize(layout).double().T).to(torch.bfloat16)
-    assert torch.equal(cpu_lut.lut_linear(packed, x), expected)
+    assert torch.equal(cpu_lut.lut_linear(packed, x), _exact(layout, x).to(torch.bfloat16))
+
+
+# --- the instruction-set guard -------------------------------------------------------------------
+
+def test_cpuid_probe_agrees_with_the_kernel_of_the_os():
+    """The op's own CPUID/XGETBV probe and Linux's /proc/cpuinfo flags name the same features."""
+    used = {f for fs in cpu_lut.ISA_FEATURES.values() for f in fs}
+    assert set(torch.ops.babai_cpu.cpu_features()) == HOST & used
+
+
+@pytest.mark.parametrize("features, forced, expected", [
+    ({"avx2", "fma", "f16c"}, None, ("avx2", None)),
+    (set(cpu_lut.ISA_FEATURES["avx512"]), None, ("avx512", None)),
+    (set(cpu_lut.ISA_FEATURES["avx512"]), "avx2", ("avx2", None)),
+    ({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, "avx512", (None, "lacks avx512_bf16")),
+    ({"avx2", "fma", "avx512f", "avx512_bf16"}, None, (None, "lacks f16c, which the kernel's build")),
+    ({"avx2", "fma", "f16c"}, "neon", (None, "is not one of"))])
+def test_variant_choice_follows_the_host_features(features, forced, expected):
+    isa, why = cpu_lut.choose_isa(frozenset(features), forced)
+    assert isa == expected[0] and (why is None if expected[1] is None else expected[1] in why)
+
+
+def test_build_name_is_keyed_by_flags_and_host_features():
+    feats = frozenset(cpu_lut.ISA_FEATURES["avx512"])
+    name = cpu_lut.build_name(cpu_lut.build_flags(), feats)
+    assert name != cpu_lut.build_name(cpu_lut.build_flags(), feats - {"avx512_bf16"})
+    assert name != cpu_lut.build_name(cpu_lut.build_flags(sanitize=True), feats)
+    assert name == cpu_lut.build_name(cpu_lut.build_flags(), feats | {"sse4_2"})   # features it never uses
+
+
+def test_kernel_refuses_a_host_that_does_not_match_the_build(monkeypatch, caplog):
+    """A host without the build's AVX2/FMA/F16C (here: the probe monkeypatched) is refused before anything
+    is built or loaded, the reason returned and logged; the real host is accepted again afterwards."""
+    monkeypatch.setattr(cpu_lut, "host_features", lambda: frozenset({"sse4_2", "avx", "avx512f", "avx512_bf16"}))
+    cpu_lut.load.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=cpu_lut.__name__):
+            ok, why = cpu_lut.load()
+        assert not ok and "lacks avx2, f16c, fma" in why
+        assert any("babai CPU kernel refused" in r.message and "lacks avx2" in r.message for r in caplog.records)
+        monkeypatch.setenv(cpu_lut.ISA_ENV, "avx512")
+        monkeypatch.setattr(cpu_lut, "host_features", lambda: HOST - {"avx512_bf16"})
+        cpu_lut.load.cache_clear()
+        ok, why = cpu_lut.load()
+        assert not ok and "BABAI_CPU_ISA=avx512 but this CPU lacks avx512_bf16" in why
+    finally:
+        monkeypatch.undo()
+        cpu_lut.load.cache_clear()
+    assert cpu_lut.load() == (True, None)
