@@ -1,7 +1,7 @@
 """Where a decode step's linear time goes on CPU: every fused linear of SmolLM2-135M, per kernel, at
 the batch sizes a server sees (M = 1 … 64 tokens), against bf16 `F.linear` in the same run.
 
-Layers are built exactly as the vLLM plugin builds them (vllm_babai.formats.shard_layer on the
+Layers are built exactly as the vLLM plugin builds them (babai_kernels.layer_spec.shard_layer on the
 serving checkpoints: q/k/v and gate/up fused) and served by the chooser's kernel classes:
 BabaiLutCPU (SSQR-w4, HPTQ-4.3 and HPTQ-3.3 layouts), TorchInt4CPU (SSQR-w4), and vLLM's CPUWNA16
 through VllmMixedPrecision on the SSQR-w4 codes (the kernel stock vLLM runs for the GPTQ-w4 export,
@@ -46,7 +46,7 @@ def init_vllm_single_process() -> None:
 
 def layer_specs(row: str, layer: int):
     """{fused name: LinearSpec} of decoder layer `layer` in serving checkpoint `row`."""
-    from vllm_babai.formats import FORMATS, Sibling, shard_layer
+    from babai_kernels.layer_spec import FORMATS, Sibling, shard_layer
     from babai_kernels.contract import BabaiCheckpointConfig
 
     folder = checkpoint_path(row)
@@ -86,13 +86,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     init_vllm_single_process()
-    from vllm_babai import kernels
+    from babai_kernels.choices.cpu import BabaiLutCPU, TorchInt4CPU
+    from vllm_babai.mp_kernel import VllmMixedPrecision
 
-    cases = {"BabaiLutCPU ssqr-w4": ("ssqr-w4", kernels.BabaiLutCPU),
-             "BabaiLutCPU hptq-4.3": ("hptq-4.3", kernels.BabaiLutCPU),
-             "BabaiLutCPU hptq-3.3": ("hptq-3.3", kernels.BabaiLutCPU),
-             "TorchInt4CPU ssqr-w4": ("ssqr-w4", kernels.TorchInt4CPU),
-             "CPUWNA16 ssqr-w4 (stock GPTQ's kernel + residual)": ("ssqr-w4", kernels.VllmMixedPrecision)}
+    cases = {"BabaiLutCPU ssqr-w4": ("ssqr-w4", BabaiLutCPU),
+             "BabaiLutCPU hptq-4.3": ("hptq-4.3", BabaiLutCPU),
+             "BabaiLutCPU hptq-3.3": ("hptq-3.3", BabaiLutCPU),
+             "TorchInt4CPU ssqr-w4": ("ssqr-w4", TorchInt4CPU),
+             "CPUWNA16 ssqr-w4 (stock GPTQ's kernel + residual)": ("ssqr-w4", VllmMixedPrecision)}
     missing = sorted({row for row, _ in cases.values() if not (checkpoint_path(row) / "model.safetensors").exists()})
     if missing:
         raise SystemExit(f"linear_cpu: serving checkpoints {missing} not in {CKPTS}; build them with "

@@ -32,6 +32,13 @@ TENSOR_NAMES = {
     "hptq": ("hptq_scale", "code_values", "code_lengths", "chunk_bits", "stream"),
     "gptq": ("qweight", "qzeros", "scales"),
 }
+TENSOR_DTYPES = {                       # dtype of each tensor as stored (docs/format.md §2, §3, §5)
+    "ssqr": {"qweight": "int32", "scales": "float16", "perm": "int32", "outlier_cols": "int16",
+             "outlier_vals": "float16"},
+    "hptq": {"hptq_scale": "float32", "code_values": "int32", "code_lengths": "uint8", "chunk_bits": "int16",
+             "stream": "int32"},
+    "gptq": {"qweight": "int32", "qzeros": "int32", "scales": "float16"},
+}
 OPTIONAL_TENSOR_NAMES = ("bias",)       # a quantized linear's bias, in the model dtype
 
 # --- the checkpoint folder --------------------------------------------------------------------

@@ -1,13 +1,17 @@
-"""Per-format adapters over babai_kernels/ and the shard logic of one vLLM linear layer.
+"""What a kernel is asked to serve: one engine layer's `LinearSpec`, built by `shard_layer`.
 
-Pure torch (no vllm import), so the loading rules and their errors are unit-testable without an
-engine. A vLLM layer is one or more checkpoint modules ("siblings": q/k/v, gate/up, or just one);
-`shard_layer` turns their full checkpoint tensors into this rank's `LinearSpec` for the kernel
-chooser (vllm_babai/kernels.py):
+Pure torch (no engine import), shared by every engine adapter (vllm_babai, the transformers
+integration), so the loading rules and their errors are unit-testable without an engine. An engine
+layer is one or more checkpoint modules ("siblings": q/k/v, gate/up, or just one); `shard_layer`
+turns their full checkpoint tensors into this rank's `LinearSpec` for the kernel chooser
+(babai_kernels.chooser):
 
     for each sibling: check tensors → keep this rank's output rows → (row-parallel) keep this
-    rank's input columns → fuse siblings (SSQR: one matrix, shared perm; HPTQ: one part each)
-    → the runtime layout (dense codes + sparse residual; babai_kernels.runtime), built once.
+    rank's input columns → fuse siblings (SSQR: one matrix, shared perm; HPTQ: one part each).
+
+Nothing is transcoded here: a kernel that needs the dense runtime layout (babai_kernels.runtime)
+asks the spec for it (`LinearSpec.dense_layout`, built lazily, once per width), so no choice made
+for one platform decides another's layout.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from babai_kernels.hptq import tp as hptq_tp
 from babai_kernels.hptq.pack import hptq_meta
 from babai_kernels.runtime import DenseResidual
 from babai_kernels.ssqr import tp as ssqr_tp
-from babai_kernels.ssqr.pack import ssqr_meta
+from babai_kernels.ssqr.pack import ssqr_meta, unpack_ssqr
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ class Format:
     slice_rows: Callable[[dict, int, int], dict]           # output rows [start, stop)
     slice_cols: Callable[[dict, int, int, str], dict]      # input-column part p of P; layer name
     fuse: Callable[[list[dict]], list[dict]]               # siblings -> parts whose outputs concatenate
-    layout: Callable[[list[dict], int], DenseResidual]     # parts, K -> the runtime layout
+    validate: Callable[["LinearSpec"], None]               # check every tensor (ValueError naming it)
+    layout: Callable[["LinearSpec", int | None], DenseResidual]  # spec, dense bits (None: the format's
+    # default) -> the runtime layout
 
 
 def _ssqr_rows(tensors: dict, k: int, config: BabaiCheckpointConfig | None) -> int:
@@ -46,20 +52,21 @@ def _ssqr_rows(tensors: dict, k: int, config: BabaiCheckpointConfig | None) -> i
 
 
 SSQR = Format("ssqr", TENSOR_NAMES["ssqr"], _ssqr_rows, ssqr_tp.slice_rows, ssqr_tp.slice_cols,
-              lambda parts: [ssqr_tp.concat_rows(parts)], lambda parts, k: runtime.from_ssqr(parts[0]))
+              lambda parts: [ssqr_tp.concat_rows(parts)], lambda spec: unpack_ssqr(spec.parts[0]) and None,
+              lambda spec, bits: runtime.from_ssqr(spec.parts[0]))
 HPTQ = Format("hptq", TENSOR_NAMES["hptq"], lambda t, k, config: hptq_meta(t, k)["out_features"], hptq_tp.slice_rows,
               lambda t, part, parts, layer: hptq_tp.slice_cols(t, part, parts),
-              list, runtime.from_hptq)
+              list, lambda spec: spec.hptq_codes() and None,
+              lambda spec, bits: runtime.from_hptq_codes(spec.hptq_codes(), spec.parts, spec.shape[1], bits))
 FORMATS = {f.name: f for f in (SSQR, HPTQ)}
 
 
 @dataclass
 class LinearSpec:
-    """What a kernel is asked to implement for one vLLM layer on this rank.
+    """What a kernel is asked to implement for one engine layer on this rank.
 
-    parts: the format's tensors of this rank (SSQR: one fused dict; HPTQ: one per sibling);
-    layout: the runtime layout built from them (None when the Huffman-resident HPTQ runtime is
-    asked for: then nothing is transcoded).
+    parts: the format's tensors of this rank (SSQR: one fused dict; HPTQ: one per sibling), on
+    the CPU; derived forms (runtime layouts, decoded HPTQ codes) are built on demand and cached.
     """
 
     format: str
@@ -68,7 +75,28 @@ class LinearSpec:
     act_dtype: torch.dtype
     device: torch.device
     parts: list[dict[str, torch.Tensor]]
-    layout: DenseResidual | None = field(default=None, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def cached(self, key, build: Callable[[], object]):
+        """build() once per spec and key (a kernel's load-time form, shared by can_implement and
+        the kernel's constructor)."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def dense_layout(self, bits: int | None = None) -> DenseResidual:
+        """The runtime layout (dense codes + sparse residual), built on first use. bits: the dense
+        width (HPTQ only; None: the fewest CPU-resident bytes, runtime.hptq_dense_bits)."""
+        return self.cached(("dense", bits), lambda: FORMATS[self.format].layout(self, bits))
+
+    def hptq_codes(self) -> list[torch.Tensor]:
+        """HPTQ: the integer codes (N_part, K) int32 of each part, decoded (and validated) once."""
+        from babai_kernels.hptq.pack import decode_hptq
+        return self.cached("hptq_codes", lambda: [decode_hptq(p, self.shape[1]) for p in self.parts])
+
+    def stored_bytes(self) -> int:
+        """Bytes of the format's tensors as the checkpoint stores them (this rank's part)."""
+        return sum(t.numel() * t.element_size() for p in self.parts for t in p.values())
 
 
 @dataclass
@@ -87,12 +115,11 @@ class Sibling:
 
 def shard_layer(fmt: Format, siblings: list[Sibling], input_size: int, col_part: tuple[int, int] | None,
                 device: torch.device, config: BabaiCheckpointConfig | None = None,
-                act_dtype: torch.dtype = torch.float32, dense: bool = True) -> LinearSpec:
+                act_dtype: torch.dtype = torch.float32) -> LinearSpec:
     """This rank's part of a layer, ready for the kernel chooser.
 
     input_size: full K of the layer; col_part: (p, P) for a row-parallel split, else None;
-    config: the checkpoint's config, whose bits/group size the tensors must match; dense: build
-    the runtime layout (False: keep only the format's tensors, for the Huffman-resident runtime).
+    config: the checkpoint's config, whose bits/group size the tensors must match.
     Raises ValueError naming the checkpoint module and tensor on any inconsistency.
     """
     local = []
@@ -118,9 +145,13 @@ def shard_layer(fmt: Format, siblings: list[Sibling], input_size: int, col_part:
     layer = " + ".join(s.module for s in siblings)
     try:
         parts = fmt.fuse(local)
-        layout = fmt.layout(parts, k_local) if dense else None
     except ValueError as e:
         raise ValueError(f"{layer}: {e}") from None
     rows = sum(s.rows[1] - s.rows[0] if s.rows else s.full_rows for s in siblings)
-    return LinearSpec(fmt.name, config.bits if config is not None and fmt.name == "ssqr" else None,
-                      (rows, k_local), act_dtype, device, parts, layout)
+    spec = LinearSpec(fmt.name, config.bits if config is not None and fmt.name == "ssqr" else None,
+                      (rows, k_local), act_dtype, device, parts)
+    try:
+        fmt.validate(spec)
+    except ValueError as e:
+        raise ValueError(f"{layer}: {e}") from None
+    return spec

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from babai_kernels.hptq.pack import decode_hptq, hptq_meta
-from babai_kernels.ssqr.pack import ssqr_meta, unpack_ssqr
+from babai_kernels.contract import MAX_K
+from babai_kernels.ssqr.pack import pack_ssqr, ssqr_meta, unpack_ssqr
 
 DENSE_BITS = (4, 5, 8)       # dense widths some kernel serves (2/3-bit codes are widened to 4)
 RESIDUAL_ENTRY_BYTES = 4     # one CSR entry as the CPU kernel keeps it: column uint16 + value float16
@@ -118,12 +119,18 @@ def from_hptq(parts: list[dict[str, torch.Tensor]], in_features: int, bits: int 
     """HPTQ tensors of fused siblings (each with its own scale and code table, docs/format.md §3)
     → one runtime layout with their rows stacked: Z = clamp(z) to `bits` (default: fewest
     resident bytes, `hptq_dense_bits`), R = z − Z, S = 1, row_scale = each sibling's scale."""
-    zs, row_scales = [], []
+    codes = [decode_hptq(tensors, in_features) for tensors in parts]
+    return from_hptq_codes(codes, parts, in_features, bits, group_size)
+
+
+def from_hptq_codes(codes: list[torch.Tensor], parts: list[dict[str, torch.Tensor]], in_features: int,
+                    bits: int | None = None, group_size: int = 32) -> DenseResidual:
+    """`from_hptq` with each part's codes (N_part, K) already decoded (decode_hptq)."""
+    row_scales = []
     for tensors in parts:
         meta = hptq_meta(tensors, in_features)
-        zs.append(decode_hptq(tensors, in_features))
         row_scales.append(torch.full((meta["out_features"],), meta["scale"], dtype=torch.float32))
-    z = torch.cat(zs)
+    z = torch.cat(codes)
     bits = bits or hptq_dense_bits(z)
     if bits not in DENSE_BITS:
         raise ValueError(f"bits: dense width {bits} not in {list(DENSE_BITS)}")
@@ -133,6 +140,30 @@ def from_hptq(parts: list[dict[str, torch.Tensor]], in_features: int, bits: int 
     scales = torch.ones(z.shape[0], in_features // group_size)
     return DenseResidual(dense.to(torch.int8), bits, scales, Residual.from_dense((z - dense).float()), None,
                          torch.cat(row_scales))
+
+
+def to_ssqr_tensors(layout: DenseResidual) -> dict[str, torch.Tensor]:
+    """A ≤ 4-bit layout → SSQR tensors (docs/format.md §2) for the SSQR kernels: codes with no
+    residual stay codes, a code with one becomes 0 and its whole weight an outlier, and the row scale
+    is folded into the group scales. Both rounded once to float16 (relative error ≤ 2^-11 per
+    weight; exact for SSQR's own layout). ValueError when float16 or the outlier columns cannot hold it."""
+    n, k = layout.shape
+    if layout.bits > 4:
+        raise ValueError(f"bits: the SSQR kernels take ≤ 4-bit codes, the layout has {layout.bits}")
+    if k > MAX_K:
+        raise ValueError(f"K={k} exceeds the int16 outlier columns (≤ {MAX_K})")
+    row_scale = torch.ones(n) if layout.row_scale is None else layout.row_scale
+    scales = layout.scales * row_scale[:, None]
+    residual = layout.residual.to_dense(k)
+    moved = residual != 0
+    weight = (layout.scales.repeat_interleave(layout.group_size, dim=1) * layout.codes.float() + residual)
+    outliers = torch.where(moved, weight * row_scale[:, None], 0.0)
+    for name, t in (("scales", scales), ("outliers", outliers)):
+        half = t.half()
+        if not bool(torch.isfinite(half).all()) or bool(((half == 0) & (t != 0)).any()):
+            raise ValueError(f"{name}: values outside float16's range ({float(t.abs().max()):.3g} max)")
+    return pack_ssqr(torch.where(moved, 0, layout.codes.long()), scales.half(),
+                     layout.perm if layout.perm is not None else torch.arange(k), outliers.half(), 4)
 
 
 def dequantize(layout: DenseResidual) -> torch.Tensor:

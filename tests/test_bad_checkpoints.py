@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from babai_kernels.contract import read_quantization_config
 from babai_quantizer.dequant_loader import load_dequantized
 from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint
-from vllm_babai.formats import FORMATS, Sibling, shard_layer
+from babai_kernels.layer_spec import FORMATS, Sibling, shard_layer
 
 LAYER = "model.layers.0.mlp.up_proj"
 

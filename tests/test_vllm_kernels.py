@@ -8,7 +8,7 @@ dequantized values) deviates from its fp32 run by at most d on these tokens. vLL
 another bf16 evaluation whose roundings fall elsewhere (kernel accumulation order, fused ops, the
 int4 kernel's bf16 group scales), so it may deviate by about d on its own; the two deviations can
 add, and we keep a factor 2 for the different rounding points: |lp_vllm − lp_fp32| ≤ 4·d.
-float32 path (HuffmanResident on CPU decodes to float32): greedy tokens must be equal.
+float32 path (HuffmanDecodeCPU decodes to float32): greedy tokens must be equal.
 """
 from __future__ import annotations
 
@@ -96,5 +96,5 @@ def test_huffman_resident_hptq_gives_transformers_greedy_tokens(checkpoints, tp)
     expected = transformers_greedy(folder, model.state_dict(), [s[:5] for s in SEQUENCES], 10)
     tokens, log = run_engine(folder, tp, [s[:5] for s in SEQUENCES], new_tokens=10,
                              env={"VLLM_BABAI_HPTQ_RUNTIME": "huffman"})
-    assert kernels_used(log) == {"HuffmanResident"}
+    assert kernels_used(log) == {"HuffmanDecodeCPU"}
     assert tokens == expected

@@ -10,12 +10,12 @@ import importlib.metadata
 import pytest
 import torch
 
-from vllm_babai.formats import FORMATS, Sibling, shard_layer
+from babai_kernels.choices.reference import TorchReference
+from babai_kernels.layer_spec import FORMATS, Sibling, shard_layer
 from tests.fixtures.tiny_checkpoint import _perm, quantize_hptq, quantize_ssqr
 
 K = 128
 CPU = torch.device("cpu")
-TorchReference = pytest.importorskip("vllm_babai.kernels").TorchReference
 
 
 def _siblings(fmt: str, sizes: list[int], blocks: int, seed: int = 0):

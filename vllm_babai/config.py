@@ -35,6 +35,12 @@ class BabaiConfig(QuantizationConfig):
         return "babai"
 
     def get_supported_act_dtypes(self) -> list[torch.dtype]:
+        """CPU: any float type (float32 runs the torch reference); CUDA: the 16-bit types the Triton
+        kernels take (vLLM refuses --dtype float32 with this list rather than serve dense weights)."""
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cuda_alike():
+            return [torch.float16, torch.bfloat16]
         return [torch.float16, torch.bfloat16, torch.float32]
 
     @classmethod

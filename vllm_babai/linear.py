@@ -1,14 +1,12 @@
 """Linear methods for babai SSQR and HPTQ layers (vLLM loader v2 with deferred parameters).
 
-create_weights registers one empty DeferredParameter per checkpoint tensor name; the loader
-stores the full tensors there; process_weights_after_loading slices this rank's part
-(docs/format.md TP rules, through kernels/*/tp.py), fuses siblings, builds the runtime layout
-once and hands it to the kernel chooser (kernels.py), which keeps only the chosen kernel's
-resident tensors; apply runs that kernel.
+create_weights registers one empty DeferredParameter per checkpoint tensor name (of the tensor's
+stored dtype); the loader stores the full tensors there; process_weights_after_loading slices this
+rank's part (docs/format.md TP rules, through babai_kernels.layer_spec.shard_layer), fuses siblings
+and hands the spec to the kernel chooser (babai_kernels.chooser), whose winner builds only the
+resident form it needs; apply runs that kernel.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 from vllm.model_executor.layers.linear import (
@@ -18,9 +16,14 @@ from vllm.model_executor.layers.linear import (
     register_weight_loader_v2_supported_method,
 )
 
-from .formats import FORMATS, Format, Sibling, shard_layer
-from .kernels import HPTQ_RUNTIME_ENV, choose_kernel, logger
+from babai_kernels.chooser import choose_kernel, logger, register_kernel
+from babai_kernels.contract import TENSOR_DTYPES
+from babai_kernels.layer_spec import FORMATS, Format, Sibling, shard_layer
+
+from .mp_kernel import VllmMixedPrecision
 from .params import DeferredParameter, load_replicated
+
+register_kernel(VllmMixedPrecision)
 
 
 class ResidentTally:
@@ -62,7 +65,8 @@ class BabaiLinearMethod(LinearMethodBase):
         layer.babai_input_size = input_size
         layer.babai_act_dtype = params_dtype
         for name in self.fmt.tensor_names:
-            layer.register_parameter(name, DeferredParameter(name=name, layer=layer, weight_loader=loader))
+            layer.register_parameter(name, DeferredParameter(name=name, layer=layer, weight_loader=loader,
+                                                             dtype=getattr(torch, TENSOR_DTYPES[self.fmt.name][name])))
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         params = {name: getattr(layer, name) for name in self.fmt.tensor_names}
@@ -75,9 +79,8 @@ class BabaiLinearMethod(LinearMethodBase):
         row_parallel = isinstance(layer, RowParallelLinear)
         col_part = (layer.tp_rank, layer.tp_size) if row_parallel else None
         device = params[self.fmt.tensor_names[0]].device  # placeholders live on the target device
-        huffman = self.fmt.name == "hptq" and os.environ.get(HPTQ_RUNTIME_ENV, "dense") == "huffman"
         spec = shard_layer(self.fmt, siblings, layer.babai_input_size, col_part, device,
-                           self.quant_config.checkpoint, layer.babai_act_dtype, dense=not huffman)
+                           self.quant_config.checkpoint, layer.babai_act_dtype)
         for name in self.fmt.tensor_names:
             delattr(layer, name)
         layer.babai_kernel = choose_kernel(spec, self.prefix)

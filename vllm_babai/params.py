@@ -30,10 +30,10 @@ class DeferredParameter(BasevLLMParameter):
     After loading, `pieces[i]` holds the tensor of fused sibling i (0 when the layer is not fused).
     """
 
-    def __new__(cls, **kwargs):
-        return super().__new__(cls, data=torch.empty(0, dtype=torch.uint8))
+    def __new__(cls, *, dtype: torch.dtype, **kwargs):
+        return super().__new__(cls, data=torch.empty(0, dtype=dtype))  # the stored dtype: vLLM warns on a mismatch
 
-    def __init__(self, *, name: str, layer: torch.nn.Module, weight_loader):
+    def __init__(self, *, name: str, layer: torch.nn.Module, weight_loader, dtype: torch.dtype):
         super().__init__(data=self.data, weight_loader=weight_loader)
         self.tensor_name = name
         self.tp_rank, self.tp_size = getattr(layer, "tp_rank", 0), getattr(layer, "tp_size", 1)

@@ -3,8 +3,7 @@
 Triton devices (CUDA, or CPU under TRITON_INTERPRET=1) run the custom op `babai::hptq_linear`
 (opaque to torch.compile and CUDA graphs): the fused decode-GEMV (one launch: decode, dot,
 reduction, scale, bias, cast) for M ≤ GEMV_MAX_M (x staged in shared memory: gemv_fits), else a decode into x.dtype followed by a torch
-matmul. Layers prepared with a dense weight (other devices, or a code the lane layout cannot
-hold) use it directly (the torch reference path).
+matmul. Where Triton cannot run, the chooser (babai_kernels.chooser) picks another kernel.
 """
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ def _hptq_linear_op(x: torch.Tensor, words: torch.Tensor, bases: torch.Tensor,
                     offsets: torch.Tensor, lut: torch.Tensor, scale: float, out_features: int,
                     padded_k: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
     from babai_kernels.hptq.gemv import gemv_fits, hptq_decode, hptq_gemv
-    p = PreparedHPTQ(out_features, x.shape[1], scale, words, bases, offsets, lut, padded_k, None,
-                     x.device)
+    p = PreparedHPTQ(out_features, x.shape[1], scale, words, bases, offsets, lut, padded_k, x.device)
     if gemv_fits(x.shape[0], padded_k):
         return hptq_gemv(x, p, bias)
     y = x @ hptq_decode(p, x.dtype).T
@@ -47,10 +45,7 @@ def hptq_linear(x: torch.Tensor, prepared: PreparedHPTQ, bias: torch.Tensor | No
     x2 = x.reshape(-1, p.in_features)
     if x2.shape[0] == 0:
         return x.new_empty(*x.shape[:-1], p.out_features)
-    if p.weight is not None:
-        y = x2.to(torch.float32) @ p.weight.T
-        y = (y if bias is None else y + bias.to(torch.float32)).to(x.dtype)
-    elif use_triton(x.device):
+    if use_triton(x.device):
         y = torch.ops.babai.hptq_linear(x2.contiguous(), p.words, p.bases, p.offsets, p.lut,
                                         p.scale, p.out_features, p.padded_k,
                                         None if bias is None else bias.contiguous())

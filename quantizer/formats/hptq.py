@@ -35,13 +35,16 @@ from .layer import prepare_layer, validate_common
 from .result import FormatResult, effective_bits
 
 TARGET_TOLERANCE = 0.05        # acceptance: achieved bits/weight within ±0.05 of the target
+MAX_TARGET_BITS = 6            # beyond, the GPU lane code (≤ 1024 symbols of ≤ 10 bits) costs > 10 % and bf16
+                               # serves better than an entropy-coded format
 MAX_CODE_MAGNITUDE = 2.0 ** 24  # codes beyond this are not exact in float32: scale far too small
 
 
 def _check_hptq_args(K: int, target_bits, chunk_cols, row_parallel_blocks, steps, tol) -> int:
     """Validate; return the chunk width C."""
-    if not isinstance(target_bits, (int, float)) or not 1 < target_bits <= 16:
-        raise ValueError(f"target_bits: expected a number in (1, 16], got {target_bits!r}")
+    if not isinstance(target_bits, (int, float)) or not 1 < target_bits <= MAX_TARGET_BITS:
+        raise ValueError(f"target_bits: expected a number in (1, {MAX_TARGET_BITS}] (above it the GPU kernel's "
+                         f"10-bit lane code costs over 10 %), got {target_bits!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive integer, got {steps!r}")
     if not isinstance(tol, (int, float)) or not 0 < tol <= TARGET_TOLERANCE:

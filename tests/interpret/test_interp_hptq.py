@@ -28,7 +28,7 @@ def layer(n, k, chunk_cols, width, seed):
 def test_decode_kernel_matches_reference(n, k, chunk_cols):
     _, tensors = layer(n, k, chunk_cols, 5.0, n)
     prepared = prepare_hptq(tensors, k, DEVICE)
-    assert prepared.weight is None and prepared.lut.numel() == 1024
+    assert prepared.lut.numel() == 1024
     weight = dequantize_hptq(tensors, k)
     assert torch.equal(hptq_decode(prepared, torch.float32).cpu(), weight)
     assert torch.equal(hptq_decode(prepared, torch.float16).cpu(), weight.to(torch.float16))
@@ -54,17 +54,15 @@ def test_hptq_linear_matches_reference(m, dtype):
         assert (got.float() - want.float()).abs().max() <= TOL[dtype] * scale
 
 
-def test_leading_dims_and_reference_path(monkeypatch):
+def test_leading_dims_and_refusal_without_triton(monkeypatch):
     _, tensors = layer(6, 32, 16, 2.0, 0)
     x = torch.randn(2, 3, 32)
     want = hptq_linear_reference(x, tensors)
     got = hptq_linear(x.to(DEVICE), prepare_hptq(tensors, 32, DEVICE)).cpu()
     assert torch.allclose(got, want, atol=1e-4)
-    monkeypatch.setattr("babai_kernels.hptq.prepare.use_triton", lambda device: False)
     monkeypatch.setattr("babai_kernels.hptq.linear.use_triton", lambda device: False)
-    prepared = prepare_hptq(tensors, 32, "cpu")
-    assert prepared.weight is not None
-    assert torch.allclose(hptq_linear(x, prepared), want, atol=1e-5)
+    with pytest.raises(ValueError, match="Triton cannot run"):
+        hptq_linear(x, prepare_hptq(tensors, 32, "cpu"))
 
 
 def test_fused_gemv_is_one_kernel_with_bias_and_cast():
@@ -89,12 +87,8 @@ def test_lane_code_is_the_optimal_10_bit_code():
     wide = z.clone()
     wide[0, 0] = 1 << 17                                   # beyond the float32 entry trick
     assert build_lane_layout(wide) is None
-    wide_tensors = encode_hptq(wide, 0.02, 256)
-    p = prepare_hptq(wide_tensors, 512, DEVICE)            # falls back to the dense weight
-    assert p.weight is not None
-    x = torch.randn(2, 512)
-    assert torch.allclose(hptq_linear(x.to(DEVICE), p).cpu(), hptq_linear_reference(x, wide_tensors),
-                          rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="lane code"):        # the chooser serves it another way
+        prepare_hptq(encode_hptq(wide, 0.02, 256), 512, DEVICE)
 
 
 def test_custom_op_has_a_fake_impl():
@@ -161,17 +155,11 @@ def test_bench_cases_hit_the_target_rate_and_agree():
     assert (case["decode_matmul"](x) - dense).abs().max() <= 2e-2 * scale
 
 
-def test_without_gluon_the_layer_keeps_its_dense_weight(monkeypatch, caplog):
-    """A CUDA Triton older than 3.9 (no Gluon gather) gets the torch path, with a warning."""
-    _, tensors = layer(6, 32, 16, 2.0, 2)
-    monkeypatch.setattr("babai_kernels.hptq.prepare.triton_interpret", lambda: False)
-    monkeypatch.setattr("babai_kernels.hptq.prepare.gluon_available", lambda: False)
+def test_without_gluon_the_kernel_says_why(monkeypatch):
+    """A CUDA Triton older than 3.9 (no Gluon gather): the lane kernel reports why it cannot run."""
     from babai_kernels.hptq import prepare
-    prepare._warn_no_gluon.cache_clear()                 # warned once per process
-    with caplog.at_level("WARNING"):
-        p = prepare_hptq(tensors, 32, DEVICE)
-    assert p.weight is not None and p.words is None
-    assert "Gluon" in caplog.text
-    x = torch.randn(3, 32)
-    assert torch.allclose(hptq_linear(x.to(DEVICE), p).cpu(), hptq_linear_reference(x, tensors),
-                          atol=1e-4)
+    monkeypatch.setattr(prepare, "triton_interpret", lambda: False)
+    monkeypatch.setattr(prepare, "gluon_available", lambda: False)
+    assert "Gluon" in prepare.gpu_kernel_reason()
+    monkeypatch.setattr(prepare, "gluon_available", lambda: True)
+    assert prepare.gpu_kernel_reason() is None
