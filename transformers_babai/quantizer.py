@@ -1,0 +1,104 @@
+"""`BabaiHfQuantizer`: transformers' hook (HfQuantizer) for checkpoints with quant_method "babai".
+
+    before loading : check the checkpoint's tensor names against the format (contract.quantized_modules:
+                     the vLLM plugin's check, same errors), replace each quantized nn.Linear by a
+                     BabaiLinear whose placeholders take the stored tensors
+    transformers   : loads every tensor (quantized ones in their stored dtype), ties embeddings
+    after loading  : each BabaiLinear validates its tensors (shard_layer), asks the chooser for a
+                     kernel and keeps only that kernel's resident form
+
+`save_pretrained` writes the checkpoint back unchanged: the quantized tensors are read again from the
+files they were loaded from (the module no longer holds them), everything else from the model.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers.quantizers.base import HfQuantizer
+
+from babai_kernels.common import safetensors_names
+from babai_kernels.contract import TENSOR_NAMES, quantized_modules
+
+from .linear import BabaiLinear
+
+logger = logging.getLogger("vllm.babai")
+
+
+class BabaiHfQuantizer(HfQuantizer):
+    """Loads pre-quantized babai checkpoints (SSQR / HPTQ) onto the project's kernels."""
+
+    requires_calibration = True          # refuses on-the-fly quantization (pre_quantized=False)
+
+    def validate_environment(self, device_map=None, **kwargs):
+        if isinstance(device_map, dict) and len({str(d) for d in device_map.values()}) > 1:
+            raise ValueError(f"babai checkpoints load onto one device; device_map={device_map} spreads the model "
+                             "over several (each layer's kernel is built for the device it loads on)")
+
+    def update_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return dtype
+
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, dtype=None, **kwargs):
+        if not checkpoint_files:
+            raise ValueError("babai: from_pretrained needs the checkpoint's safetensors files (a state_dict "
+                             "argument cannot carry a babai checkpoint)")
+        self.folder = Path(checkpoint_files[0]).parent
+        self.files = [Path(f) for f in checkpoint_files]
+        checkpoint = self.quantization_config.checkpoint
+        self.modules = quantized_modules(safetensors_names(self.folder), checkpoint, str(self.folder))
+        self.act_dtype = dtype if isinstance(dtype, torch.dtype) else torch.get_default_dtype()
+        for name in self.modules:
+            try:
+                linear = model.get_submodule(name)
+            except AttributeError:
+                linear = None
+            if not isinstance(linear, torch.nn.Linear):
+                raise ValueError(f"{self.folder}: quantized layer {name}: {type(model).__name__} has no linear "
+                                 f"{name} (found {type(linear).__name__})")
+            parent, _, leaf = name.rpartition(".")
+            model.get_submodule(parent).add_module(leaf, BabaiLinear(
+                name, checkpoint.format, linear.in_features, linear.out_features, linear.bias is not None,
+                linear.weight.dtype))
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        checkpoint = self.quantization_config.checkpoint
+        stored = resident = 0
+        for name in self.modules:
+            layer = model.get_submodule(name)
+            layer.build(checkpoint, self.act_dtype)
+            stored, resident = stored + layer.stored_bytes, resident + layer.resident_bytes()
+        logger.info("babai: %d quantized linears, %d bytes resident for %d on disk (%.3fx)", len(self.modules),
+                    resident, stored, resident / max(stored, 1))
+        return model
+
+    @property
+    def is_trainable(self) -> bool:
+        return False       # the kernels have no backward (BabaiLinear refuses one, naming the layer)
+
+    @property
+    def is_qat_trainable(self) -> bool:
+        return False
+
+    def is_serializable(self) -> bool:
+        return True
+
+    def get_state_dict_and_metadata(self, model):
+        """The model's state dict plus each quantized layer's checkpoint tensors, read again from the
+        files the model was loaded from (ValueError naming the file if it has gone)."""
+        from safetensors import safe_open
+
+        state = dict(model.state_dict())
+        wanted = {f"{m}.{n}" for m in self.modules for n in TENSOR_NAMES[self.quantization_config.checkpoint.format]}
+        for f in self.files:
+            if not f.is_file():
+                raise ValueError(f"{f}: the checkpoint file this model was loaded from is gone; save_pretrained "
+                                 "re-reads the quantized tensors from it")
+            with safe_open(str(f), "pt") as fh:
+                for key in wanted.intersection(fh.keys()):
+                    state[key] = fh.get_tensor(key)
+                    wanted.discard(key)
+        if wanted:
+            raise ValueError(f"{self.folder}: no longer holds {sorted(wanted)[:3]}, which the model was loaded from")
+        return state, {}
