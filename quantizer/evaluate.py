@@ -37,27 +37,23 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu", dtype: t
     """Load `(model, tokenizer)` from a Hugging Face model folder, in eval mode on `device`, computing in
     `dtype` (default float32: exact for bf16 weights, and on CPUs without AMX ~4x faster than bf16 matmul).
 
-    This is the single entry point for evaluation loading: quantized `babai` checkpoints
-    (config.json `quantization_config.quant_method == "babai"`, docs/format.md) get their loader here.
+    One loader for every folder: transformers' `from_pretrained`, with quantized `babai` checkpoints
+    (config.json `quantization_config.quant_method == "babai"`, docs/format.md) served by the
+    transformers integration (transformers_babai: the kernel chooser's kernels; in float32 on CPU the
+    dense torch reference, i.e. the exact dequantized weights). GPTQ-layout checkpoints (`--format
+    gptq|rtn`) go through transformers' own GPTQ support, which needs its GPTQ backend installed.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers_babai
 
     path = Path(path)
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ValueError(f"model folder {path}: no config.json (not a Hugging Face model folder)")
     try:
-        config = json.loads(config_path.read_text())
+        json.loads(config_path.read_text())
     except ValueError as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})") from None
-    quant_method = (config.get("quantization_config") or {}).get("quant_method")
-    if quant_method in ("babai", "gptq"):
-        from babai_quantizer.dequant_loader import load_dequantized
-
-        return load_dequantized(path, device, dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+    return transformers_babai.load_model(path, device, dtype)
 
 
 def token_windows(ids: torch.Tensor, window: int) -> list[torch.Tensor]:

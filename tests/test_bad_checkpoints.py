@@ -1,6 +1,7 @@
-"""Corrupted copies of real (tiny) checkpoints: both loaders refuse them with an error that names the
-layer and the tensor — the torch loader (babai-eval) and the vLLM plugin's loading path (config
-check before loading, then shard_layer, which the linear method runs on the loaded tensors)."""
+"""Corrupted copies of real (tiny) checkpoints: both loaders refuse them with the same error, naming the
+layer and the tensor — the transformers integration (`from_pretrained`, and so babai-eval) and the
+vLLM plugin's loading path (config check before loading, then shard_layer, which the linear method
+runs on the loaded tensors)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from babai_kernels.contract import read_quantization_config
-from babai_quantizer.dequant_loader import load_dequantized
+import transformers_babai
 from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint
 from babai_kernels.layer_spec import FORMATS, Sibling, shard_layer
 
@@ -56,20 +57,30 @@ def plugin_load(folder, module=LAYER, k=128):
                        torch.device("cpu"), config)
 
 
+def hf_load(folder):
+    """What a user runs: from_pretrained through transformers_babai (bfloat16: the CPU kernels)."""
+    return transformers_babai.load_model(folder, dtype=torch.bfloat16)
+
+
 def both_loaders_refuse(folder, *fragments, layer=LAYER):
-    """Both loaders raise a ValueError naming the layer (any layer when None) and every fragment."""
-    for load in (lambda: load_dequantized(folder, dtype=torch.float32), lambda: plugin_load(folder)):
+    """Both loaders raise a ValueError naming the layer (any layer when None) and every fragment; where
+    both fail on the same layer, with the same message."""
+    messages = []
+    for load in (lambda: hf_load(folder), lambda: plugin_load(folder)):
         with pytest.raises(ValueError) as e:
             load()
         assert re.search(r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj" if layer is None else re.escape(layer),
                          str(e.value)), str(e.value)
         for f in fragments:
             assert f in str(e.value), (f, str(e.value))
+        messages.append(str(e.value))
+    if layer is not None:
+        assert messages[0] == messages[1], messages
 
 
 def test_intact_checkpoints_load_in_both(tiny):
     for folder in tiny.values():
-        load_dequantized(folder, dtype=torch.float32)
+        hf_load(folder)
         plugin_load(folder)
 
 
@@ -140,10 +151,10 @@ def test_corrupt_hptq_stream_names_layer(tiny, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["ssqr4", "hptq"])
 def test_unknown_tensor_in_a_quantized_layer(tiny, tmp_path, fmt):
-    """Probe 5: an extra tensor is named before anything loads (torch loader, and vLLM's config hook)."""
+    """Probe 5: an extra tensor is named before anything loads (transformers integration, and vLLM's config hook)."""
     folder = corrupted(tiny[fmt], tmp_path / "c", lambda t: t.update({f"{LAYER}.qzeros": torch.zeros(4, 4)}))
     with pytest.raises(ValueError, match=rf"quantized layer {LAYER} has an unexpected tensor {LAYER}.qzeros"):
-        load_dequantized(folder, dtype=torch.float32)
+        hf_load(folder)
     pytest.importorskip("vllm")
     from vllm_babai.config import BabaiConfig
 
@@ -158,4 +169,4 @@ def test_quantized_layer_listed_as_skipped(tiny, tmp_path):
                        change_config=lambda qc: qc.update(modules_to_not_convert=["lm_head", "model.layers.0.mlp"]))
     with pytest.raises(ValueError, match=r"model.layers.0.mlp.\w+_proj is stored quantized but listed in "
                                          r"modules_to_not_convert"):
-        load_dequantized(folder, dtype=torch.float32)
+        hf_load(folder)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from babai_quantizer.dequant_loader import load_dequantized
+from tests.fixtures.dequantized import load_dequantized
 from babai_kernels.gptq import dequantize_gptq, pack_gptq, pack_rows, unpack_rows
 from babai_quantizer.hessian_capture import GramAccumulator, capture_inputs, catch_layer_inputs
 from tests.fixtures.tiny_checkpoint import CORPUS, build_tiny_checkpoint, save_tiny_tokenizer, tiny_llama_config
@@ -94,20 +94,31 @@ def test_captured_gram_matches_transformers_hidden_states(tiny_model_dir):
 
 
 @pytest.mark.parametrize("fmt", ["ssqr", "hptq"])
-def test_dequant_loader_reads_babai_checkpoints(tmp_path, fmt):
+def test_eval_loader_serves_the_dequantized_weights_of_babai_checkpoints(tmp_path, fmt):
+    """babai-eval's loader (transformers_babai, float32: the dense torch reference) computes x Wᵀ with
+    exactly the fixture's dequantized W (identity input), and keeps the other tensors."""
+    from babai_quantizer.evaluate import load_for_eval
+
     dequant = build_tiny_checkpoint(tmp_path / "ckpt", fmt)
-    model, tokenizer = load_dequantized(tmp_path / "ckpt", dtype=torch.float32)
+    model, tokenizer = load_for_eval(tmp_path / "ckpt", dtype=torch.float32)
     state = model.state_dict()
-    for name, w in dequant.items():
-        assert torch.equal(state[name], w), name
+    with torch.no_grad():
+        for name, w in dequant.items():
+            module = name.removesuffix(".weight")
+            if name in state:
+                assert torch.equal(state[name], w), name
+            else:
+                layer = model.get_submodule(module)
+                assert type(layer).__name__ == "BabaiLinear", name
+                assert torch.equal(layer(torch.eye(w.shape[1])).T, w), name
     assert tokenizer("hello")["input_ids"]
 
 
-def test_dequant_loader_rejects_plain_folder(tiny_model_dir):
-    with pytest.raises(ValueError, match="no quantization_config"):
-        load_dequantized(tiny_model_dir)
-    bad = json.loads((tiny_model_dir / "config.json").read_text())
-    assert "quantization_config" not in bad
+def test_eval_loader_rejects_a_folder_without_config(tmp_path):
+    from babai_quantizer.evaluate import load_for_eval
+
+    with pytest.raises(ValueError, match="no config.json"):
+        load_for_eval(tmp_path)
 
 
 FORMAT_ARGS = {
@@ -150,7 +161,7 @@ def test_driver_end_to_end_checkpoint_matches_in_memory_model(tiny_model_dir, tm
         assert (qc["quant_method"], qc["sym"], qc["desc_act"], qc["bits"]) == ("gptq", True, False, 4)
     else:
         assert (qc["quant_method"], qc["format"], qc["version"]) == ("babai", fmt, 1)
-    from babai_quantizer.dequant_loader import read_tensors
+    from tests.fixtures.dequantized import read_tensors
     names = set(read_tensors(dest))
     for i in range(2):
         for lin in LINEARS:
@@ -167,7 +178,11 @@ def test_driver_end_to_end_checkpoint_matches_in_memory_model(tiny_model_dir, tm
             if entry["clipped_rows"] == 0:
                 assert entry["bound"] >= entry["error"] > 0, name
 
-    loaded, _ = load_dequantized(dest, dtype=torch.float32)
+    if fmt in ("gptq", "rtn"):
+        loaded, _ = load_dequantized(dest, dtype=torch.float32)   # the reference dequantizer (GPTQ layout)
+    else:
+        from babai_quantizer.evaluate import load_for_eval      # babai-eval's loader: transformers_babai
+        loaded, _ = load_for_eval(dest, dtype=torch.float32)
     with torch.no_grad():
         expected = result.model(windows[:2]).logits
         got = loaded(windows[:2]).logits
@@ -175,8 +190,9 @@ def test_driver_end_to_end_checkpoint_matches_in_memory_model(tiny_model_dir, tm
     # the quantized model really differs from the float one
     from transformers import AutoModelForCausalLM
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    w = base.model.layers[0].mlp.down_proj.weight
-    assert not torch.equal(loaded.model.layers[0].mlp.down_proj.weight, w)
+    x = torch.eye(base.model.layers[0].mlp.down_proj.in_features)
+    with torch.no_grad():
+        assert not torch.equal(loaded.model.layers[0].mlp.down_proj(x), base.model.layers[0].mlp.down_proj(x))
 
 
 def test_non_finite_weight_is_named(tiny_model_dir, tmp_path):

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from babai_quantizer.cli import main
-from babai_quantizer.dequant_loader import load_dequantized
+from tests.fixtures.dequantized import load_dequantized
 from tests.fixtures.tiny_checkpoint import CORPUS, save_tiny_tokenizer, tiny_llama_config, transformers_greedy
 
 WORDS = CORPUS.split()

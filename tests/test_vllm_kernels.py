@@ -18,7 +18,7 @@ import torch
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("vllm")
 
-from babai_quantizer.dequant_loader import load_dequantized  # noqa: E402
+from tests.fixtures.dequantized import load_dequantized  # noqa: E402
 from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint, transformers_greedy  # noqa: E402
 from tests.fixtures.vllm_engine import kernels_used, run_engine  # noqa: E402
 
