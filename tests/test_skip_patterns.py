@@ -1,5 +1,5 @@
 """`babai-quantize --skip`: prefix, suffix and fnmatch patterns mean the same thing to the quantizer,
-the torch loader and vLLM (one rule: babai_kernels.contract.matches_skip)."""
+the transformers integration and vLLM (one rule: babai_kernels.contract.matches_skip)."""
 from __future__ import annotations
 
 import pytest
@@ -57,16 +57,23 @@ def stored_modules(folder) -> tuple[set[str], set[str]]:
 
 
 @pytest.mark.parametrize("kind", sorted(PATTERNS))
-def test_torch_loader_keeps_exactly_the_skipped_linears(model_dir, tmp_path, kind):
+def test_transformers_loader_keeps_exactly_the_skipped_linears(model_dir, tmp_path, kind):
+    """from_pretrained through transformers_babai (babai-eval's loader): skipped linears stay plain
+    nn.Linear with the original weights, every other one is served by a babai kernel."""
+    from transformers_babai import BabaiLinear, load_model
+
     pattern, skipped = PATTERNS[kind]
     quantize(model_dir, tmp_path / "ckpt", pattern)
     plain, quantized = stored_modules(tmp_path / "ckpt")
     assert plain == skipped and quantized == set(LINEARS) - skipped
-    model, _ = load_dequantized(tmp_path / "ckpt", dtype=torch.float32)
+    model, _ = load_model(tmp_path / "ckpt", dtype=torch.float32)
     original = load_file(model_dir / "model.safetensors")
     for m in LINEARS:
-        w = model.get_submodule(m).weight
-        assert torch.equal(w, original[f"{m}.weight"]) == (m in skipped), m
+        layer = model.get_submodule(m)
+        if m in skipped:
+            assert type(layer) is torch.nn.Linear and torch.equal(layer.weight, original[f"{m}.weight"]), m
+        else:
+            assert isinstance(layer, BabaiLinear), m
 
 
 def test_skip_that_splits_fused_siblings_is_refused(model_dir, tmp_path, capsys):

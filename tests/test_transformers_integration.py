@@ -1,0 +1,170 @@
+"""transformers integration (transformers_babai): `from_pretrained` on babai checkpoints against
+independent references.
+
+References: the test oracle tests/fixtures/dequantized.py (the kernels' torch reference dequantizers
+in a plain transformers model) and the fixture's own dequantized weights; vLLM on the same
+checkpoint (slow tests). float32 runs the dense torch reference kernel, so greedy tokens must be
+equal. bfloat16 runs the CPU kernels (BabaiLutCPU), which compute in bf16: tokens can flip at near
+ties, so we compare teacher-forced per-token log-probabilities, with the tolerance derived as in
+tests/test_vllm_kernels.py: the oracle itself in bf16 deviates from its fp32 run by at most d; the
+kernel's bf16 run is another bf16 evaluation with its roundings elsewhere, the two deviations can
+add, and a factor 2 covers the different rounding points: |lp_babai − lp_fp32| ≤ 4·d.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import transformers_babai
+from babai_kernels import cpu_lut
+from transformers_babai import BabaiLinear, load_model, resident_bytes
+from tests.fixtures.dequantized import load_dequantized
+from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint, transformers_greedy
+
+SEQUENCES = [[1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110],
+             [1, 200, 7, 9, 11, 13, 300, 21, 23, 25],
+             [1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]]
+PROMPTS, NEW_TOKENS = [s[:5] for s in SEQUENCES], 10
+# name -> build_tiny_checkpoint kwargs
+TINY = {"ssqr-w4": dict(fmt="ssqr", bits=4), "ssqr-w3": dict(fmt="ssqr", bits=3), "ssqr-w2": dict(fmt="ssqr", bits=2),
+        "hptq": dict(fmt="hptq"), "ssqr-w4-bias": dict(fmt="ssqr", bits=4, bias=True),
+        "hptq-bias": dict(fmt="hptq", bias=True)}
+LUT = "BabaiLutCPU" if cpu_lut.load()[0] else None
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """{name: (folder, dequantized fp32 state dict)} of the tiny checkpoints."""
+    root = tmp_path_factory.mktemp("hf-tiny")
+    return {name: (root / name, build_tiny_checkpoint(root / name, **kw)) for name, kw in TINY.items()}
+
+
+def greedy(model, prompts, new_tokens) -> list[list[int]]:
+    """Greedy continuations (end-of-sequence ignored) of `model.generate`, one prompt at a time."""
+    with torch.no_grad():
+        return [model.generate(torch.tensor([p]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                               pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+
+
+def teacher_forced(model, sequences) -> list[list[float]]:
+    """log p(token_t | tokens_<t) of every sequence, float32 log-softmax."""
+    out = []
+    with torch.no_grad():
+        for seq in sequences:
+            logits = model(torch.tensor([seq])).logits[0, :-1].float()
+            out.append(torch.log_softmax(logits, -1).gather(1, torch.tensor(seq[1:])[:, None])[:, 0].tolist())
+    return out
+
+
+def max_deviation(a, b) -> float:
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+def babai_layers(model) -> dict[str, BabaiLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, BabaiLinear)}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_float32_greedy_tokens_equal_transformers_on_the_dequantized_weights(tiny, name):
+    folder, state = tiny[name]
+    model, _ = load_model(folder, dtype=torch.float32)
+    assert len(babai_layers(model)) == 14            # every decoder linear of the 2 layers
+    assert greedy(model, PROMPTS, NEW_TOKENS) == transformers_greedy(folder, state, PROMPTS, NEW_TOKENS)
+
+
+@pytest.mark.skipif(LUT is None, reason="the CPU kernel cannot run on this host")
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_bfloat16_kernel_logprobs_within_the_bf16_tolerance(tiny, name):
+    folder, _ = tiny[name]
+    fp32 = teacher_forced(load_dequantized(folder, dtype=torch.float32)[0], SEQUENCES)
+    d = max_deviation(teacher_forced(load_dequantized(folder, dtype=torch.bfloat16)[0], SEQUENCES), fp32)
+    assert 0 < d < 0.5, d                             # a sane bf16 reference (not identical, not broken)
+    model, _ = load_model(folder, dtype=torch.bfloat16)
+    assert {type(m.kernel).__name__ for m in babai_layers(model).values()} == {LUT}
+    assert max_deviation(teacher_forced(model, SEQUENCES), fp32) <= 4 * d
+
+
+@pytest.mark.skipif(LUT is None, reason="the CPU kernel cannot run on this host")
+@pytest.mark.parametrize("name", ["ssqr-w4", "hptq"])   # SSQR 2/3-bit codes are widened to 4 bits on CPU
+def test_resident_bytes_at_most_1_25x_disk_without_a_dense_copy(tiny, name):
+    folder, _ = tiny[name]
+    model, _ = load_model(folder, dtype=torch.bfloat16)
+    resident, disk = resident_bytes(model)
+    on_disk = sum(t.numel() * t.element_size() for n, t in load_file(folder / "model.safetensors").items()
+                  if n.rpartition(".")[2] not in ("weight", "bias"))
+    assert disk == on_disk
+    assert 0 < resident <= 1.25 * disk, (resident, disk)
+    for layer in babai_layers(model).values():       # nothing but the kernel's form (and the bias)
+        assert [n for n, _ in layer.named_buffers()] == [] and not hasattr(layer, "weight")
+
+
+def test_save_pretrained_round_trips_the_checkpoint(tiny, tmp_path):
+    folder, _ = tiny["ssqr-w4-bias"]
+    model, _ = load_model(folder, dtype=torch.float32)       # the checkpoint's own dtype
+    model.save_pretrained(tmp_path / "saved")
+    before, after = load_file(folder / "model.safetensors"), load_file(tmp_path / "saved" / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    qc = lambda f: json.loads((f / "config.json").read_text())["quantization_config"]  # noqa: E731
+    assert qc(tmp_path / "saved") == qc(folder)
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32)
+    assert greedy(reloaded, PROMPTS[:1], 5) == greedy(model, PROMPTS[:1], 5)
+
+
+def test_from_pretrained_after_one_import(tiny):
+    """The README's three lines: the import registers quant_method babai with transformers."""
+    from transformers import AutoModelForCausalLM
+    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
+
+    assert AUTO_QUANTIZER_MAPPING["babai"] is transformers_babai.BabaiHfQuantizer
+    transformers_babai.register()                      # idempotent
+    model = AutoModelForCausalLM.from_pretrained(tiny["hptq"][0])
+    assert model.is_quantized and len(babai_layers(model)) == 14
+
+
+def test_inference_only_backward_and_device_moves_are_refused(tiny):
+    folder, _ = tiny["ssqr-w4"]
+    model, _ = load_model(folder, dtype=torch.float32)
+    model.model.embed_tokens.weight.requires_grad_(True)
+    loss = model(torch.tensor([SEQUENCES[0]])).logits.sum()
+    with pytest.raises(RuntimeError, match=r"model\.layers\.\d+\.\w+\.\w+_proj: babai linears are inference-only"):
+        loss.backward()
+    with pytest.raises(RuntimeError, match=r"cannot move from cpu to meta"):
+        model.to("meta")
+    assert not model.hf_quantizer.is_trainable
+
+
+def test_peft_lora_refuses_babai_linears_and_trains_on_plain_ones(tiny):
+    """LoRA cannot wrap a babai linear (PEFT refuses the module type, naming it); LoRA on lm_head (16-bit)
+    trains one step, and its gradient equals the one computed by hand."""
+    peft = pytest.importorskip("peft")
+    folder, _ = tiny["ssqr-w4"]
+    model, _ = load_model(folder, dtype=torch.float32)
+    with pytest.raises(ValueError, match="BabaiLinear"):
+        peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj"]))
+    model, _ = load_model(folder, dtype=torch.float32)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["lm_head"], init_lora_weights=False))
+    params = [p for p in lora.parameters() if p.requires_grad]
+    assert len(params) == 2
+    ids = torch.tensor([SEQUENCES[0]])
+    loss = lora(ids, labels=ids).loss
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    torch.optim.SGD(params, lr=1e-2).step()
+    with torch.no_grad():
+        assert lora(ids, labels=ids).loss < loss
+
+
+def test_skipped_and_fp16_modules_stay_plain_linears(tiny, caplog):
+    """The kernel chooser's log names every layer shape; lm_head stays a plain nn.Linear."""
+    folder, _ = tiny["hptq"]
+    with caplog.at_level(logging.INFO, logger="vllm.babai"):
+        model, _ = load_model(folder, dtype=torch.bfloat16)
+    assert type(model.lm_head) is torch.nn.Linear
+    assert "babai: 14 quantized linears" in caplog.text
