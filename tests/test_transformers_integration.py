@@ -168,3 +168,35 @@ def test_skipped_and_fp16_modules_stay_plain_linears(tiny, caplog):
         model, _ = load_model(folder, dtype=torch.bfloat16)
     assert type(model.lm_head) is torch.nn.Linear
     assert "babai: 14 quantized linears" in caplog.text
+
+
+def run_python(code: str, *args) -> str:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_import_is_cheap_and_registers_before_or_after_transformers(tiny):
+    """Importing the package does not import transformers; registration happens whichever comes first."""
+    check = ("import sys, torch\n{first}\n{second}\n"
+             "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)\n"
+             "print(type(m.model.layers[0].mlp.up_proj).__name__)")
+    mine, theirs = "import transformers_babai", "from transformers import AutoModelForCausalLM"
+    for first, second in ((mine + "\nassert 'transformers' not in sys.modules", theirs), (theirs, mine)):
+        assert run_python(check.format(first=first, second=second), tiny["hptq"][0]).split()[-1] == "BabaiLinear"
+
+
+def test_startup_hook_makes_a_program_that_never_imports_us_load_babai(tiny, tmp_path):
+    """The .pth line of `python -m transformers_babai install-hook`, processed from a scratch site dir
+    (site.addsitedir) instead of the real site-packages: transformers alone then loads the checkpoint."""
+    from transformers_babai._autoload import PTH_LINE, PTH_NAME
+
+    (tmp_path / PTH_NAME).write_text(PTH_LINE)
+    code = ("import site, sys, torch\nsite.addsitedir(sys.argv[2])\n"
+            "from transformers import AutoModelForCausalLM\n"
+            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)\n"
+            "print(type(m.model.layers[0].mlp.up_proj).__name__)")
+    assert run_python(code, tiny["ssqr-w4"][0], tmp_path).split()[-1] == "BabaiLinear"
