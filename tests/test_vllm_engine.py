@@ -46,3 +46,12 @@ def test_missing_tensor_error_names_layer_and_tensor(tmp_path):
     assert proc.returncode != 0
     assert ("quantized layer model.layers.1.self_attn.k_proj has no tensor "
             "model.layers.1.self_attn.k_proj.outlier_vals") in proc.stderr
+
+
+def test_a_clean_load_prints_no_loader_warnings(checkpoint):
+    """The deferred placeholders carry each tensor's stored dtype (contract.TENSOR_DTYPES), so vLLM's
+    loader has nothing to warn about (it warned once per quantized tensor before)."""
+    path, _ = checkpoint
+    proc = engine_process(path, 1, PROMPTS, new_tokens=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Attempted to load weight" not in proc.stdout + proc.stderr
