@@ -38,6 +38,8 @@ def collect(directory: Path) -> dict:
 
 def goal_lines(result: dict) -> list[str]:
     """One line per goal: the measured speedup(s) and PASS / MISS, or why there is none."""
+    if any(s.get("dry_run") for s in result["stages"].values()):
+        return ["dry run: nothing was measured on a GPU"]
     lines = []
     for stage, case, shape, m, goal in GOALS:
         rows = [r for r in result["stages"].get(stage, {}).get("rows", [])

@@ -126,21 +126,31 @@ def stage_inputs(stage: Stage, directory: Path, dry: bool) -> None:
                       lanes.words, lanes.bases, lanes.offsets, lanes.lut)) / z.numel())
 
 
+def prefix_layer(lanes: dict, scale: float, k: int, n: int, device) -> "PreparedHPTQ":
+    """PreparedHPTQ of rows [0, n) of a lane layout (LaneLayout fields as a dict) of a K = k layer:
+    lanes are stored row by row, so a row prefix is a prefix of bases and offsets (whole 32-row
+    blocks) over the same words and table."""
+    from babai_kernels.hptq.lanes import LANE_GROUP, ROW_BLOCK, SPAN
+    from babai_kernels.hptq.prepare import PreparedHPTQ
+    spans = lanes["padded_k"] // SPAN
+    rows = -(-n // ROW_BLOCK) * ROW_BLOCK
+    if rows * spans > lanes["offsets"].numel():
+        raise ValueError(f"n: {n} rows is more than the layout holds")
+    device = torch.device(device)
+    return PreparedHPTQ(n, k, scale, lanes["words"].to(device),
+                        lanes["bases"][:rows * -(-spans // LANE_GROUP)].to(device),
+                        lanes["offsets"][:rows * spans].to(device), lanes["lut"].to(device),
+                        lanes["padded_k"], device)
+
+
 def hptq_layer(directory: Path, k: int, n: int, device: torch.device, codes: bool = False):
     """(PreparedHPTQ of rows [0, n) of the saved K = k layer on `device`, its codes z (n, k) on the
     CPU when `codes` else None, scale)."""
-    from babai_kernels.hptq.lanes import ROW_BLOCK, SPAN
-    from babai_kernels.hptq.prepare import PreparedHPTQ
     saved = torch.load(directory / f"lanes_{k}.pt")
-    lanes, scale = saved["lanes"], saved["scale"]
     if n > saved["n"]:
         raise ValueError(f"n: the saved K={k} layer has {saved['n']} rows, asked for {n}")
-    groups = -(-lanes["padded_k"] // SPAN // 16)
-    rows = -(-n // ROW_BLOCK) * ROW_BLOCK
-    p = PreparedHPTQ(n, k, scale, lanes["words"].to(device), lanes["bases"][:rows * groups].to(device),
-                     lanes["offsets"][:rows * lanes["padded_k"] // SPAN].to(device), lanes["lut"].to(device),
-                     lanes["padded_k"], device)
-    return p, hptq_codes(k, saved["n"])[0][:n] if codes else None, scale
+    p = prefix_layer(saved["lanes"], saved["scale"], k, n, device)
+    return p, hptq_codes(k, saved["n"])[0][:n] if codes else None, saved["scale"]
 
 
 def ssqr_layer(k: int, n: int, bits: int, device: torch.device, seed: int):
@@ -153,14 +163,15 @@ def ssqr_layer(k: int, n: int, bits: int, device: torch.device, seed: int):
 
 
 def dry_launch_all(stage: Stage, name: str, calls) -> None:
-    """Resolve and pack every launch of `calls()` (a list of thunks) without running it."""
+    """Resolve and pack every launch of `calls` (thunks) without running it; one row per case."""
     from babai_kernels import aot
     with aot.dry_run() as log:
         for call in calls:
             call()
-    for kernel, variant, grid in log:
-        stage.add(case=name, kernel=kernel, cubin=variant.cubin, params=len(variant.params) + 2,
-                  grid=list(grid), warps=variant.num_warps, shared=variant.shared)
+    stage.add(case=name, launches=len(log), cubins=sorted({v.cubin for _, v, _ in log}),
+              params=sorted({len(v.params) + 2 for _, v, _ in log}),
+              warps=sorted({v.num_warps for _, v, _ in log}), max_grid=[max(g[i] for _, _, g in log)
+                                                                        for i in range(3)])
 
 
 def ssqr_candidates(x: torch.Tensor, p) -> list:

@@ -5,7 +5,7 @@
 Compiles every SSQR config the tuner can pick (kernels/ssqr/tuning.TILES, 2/3/4-bit, fp16 and
 bf16 activations, with outliers) and the HPTQ decode-GEMV for GPUTarget("cuda", 90, 32) with
 Triton's own ptxas, reads the cubin with the wheel's cuobjdump, and reports per kernel:
-registers, spills (LOCAL bytes), shared memory, the global-load opcodes of the steady-state loop
+registers, spills (stack-frame bytes: benchmarks.sass.resource_usage), shared memory, the global-load opcodes of the steady-state loop
 (LDG.E.64/.128 and LDGSTS widths), whether HMMA / HGMMA / LDGSTS / UTMALDG appear, and SASS
 instructions per weight (per decoded symbol for HPTQ) in the steady-state loop: the instructions
 of the largest backward-branch span (for SSQR: the largest that holds the HMMA/HGMMA) divided by the weights (symbols) each thread consumes per
@@ -65,6 +65,12 @@ NOTES = [
     "4096x4096 H200 only (1.09x fp16; bf16 0.90–1.02x on H200), issue-bound: each 128-row M tile "
     "decodes the weights again at 6–12 instr/weight with HGMMA. HPTQ M=1 is issue-bound on every target shape since its lanes are 128 "
     "symbols (with 256-symbol lanes 4096x4096 on H200 was latency-bound at 0.97x).",
+    "Spills are read from cuobjdump's STACK (before 2026-12-05 this check read LOCAL, which ptxas "
+    "leaves at 0, and reported 0 spills everywhere): the SSQR tiles for M ≥ 16 spill (LDL/STL in "
+    "the M = 16 loops too); M = 1 tiles and HPTQ have none.",
+    "The lent GPU image (Triton 3.6) launches these exact cubins from kernels/aot_sm90.zip "
+    "(babai_kernels.aot, built by benchmarks/aot_bundle.py); Triton 3.6's own compile of the same "
+    "kernels: kernels_static_versions.md (scripts/triton36_check.sh).",
     "No GPU was lent to the session that produced this file: benchmarks/gpu_check.sh has not run, "
     "the speedups below are estimates.",
 ]
@@ -160,7 +166,10 @@ def verdicts(rows: list[dict]) -> list[str]:
         if big:
             lines.append(f"M≥64 tiles use HGMMA: {'PASS' if all(r['has']['HGMMA'] for r in big) else 'FAIL'}")
     spills = [r for r in rows if r["spill_bytes"] > 0]
-    lines.append(f"0 spills on every config: {'PASS' if not spills else f'FAIL ({len(spills)} spill)'}")
+    worst = max(spills, key=lambda r: r["spill_bytes"]) if spills else None
+    lines.append("0 spills on every config: " + ("PASS" if not spills else
+                 f"FAIL ({len(spills)} of {len(rows)} configs have a stack frame, all at "
+                 f"M ≥ {min(r.get('m_tile_for', 1) for r in spills)}; worst {worst['spill_bytes']} B)"))
     hptq = [r for r in rows if r["kernel"] == "hptq" and r["m_tile_for"] == 1]
     if hptq:
         worst = max(hptq, key=lambda r: r["instr_per_symbol"])

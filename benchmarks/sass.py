@@ -1,7 +1,8 @@
 """SASS reading and the roofline estimate for benchmarks.kernel_static (sm_90, no GPU needed).
 
 SASS: `sass_stats` disassembles a triton.compile result's cubin with the Triton wheel's cuobjdump
-and reads registers, spills (LOCAL bytes) and shared memory; `parse_sass` finds the steady-state
+and reads registers, spills (the per-thread stack frame: cuobjdump's STACK; its LOCAL stays 0
+when ptxas spills) and shared memory; `parse_sass` finds the steady-state
 loop, the largest backward-branch span (optionally the largest holding an instruction that matches
 a regex, e.g. the MMA), whose instructions and global-load opcodes are counted; `load_bits` gives
 a load opcode's width.
@@ -89,6 +90,13 @@ def _opcode(text: str) -> str:
     return words[1] if words[0].startswith("@") else words[0]
 
 
+def resource_usage(text: str) -> tuple[int, int]:
+    """(registers, spill bytes) of the kernel in `cuobjdump --dump-resource-usage` output; spills
+    are the stack frame (STACK, plus LOCAL where a toolchain reports them there)."""
+    res = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text)}
+    return res.get("REG", 0), res.get("STACK", 0) + res.get("LOCAL", 0)
+
+
 def sass_stats(kernel, loop_contains: str = "") -> SassStats:
     """Compile result (triton.compile) → SassStats via cuobjdump (loop: see parse_sass)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,13 +106,13 @@ def sass_stats(kernel, loop_contains: str = "") -> SassStats:
                               capture_output=True, text=True).stdout
         usage = subprocess.run([_binary("cuobjdump"), "--dump-resource-usage", str(cubin)],
                                check=True, capture_output=True, text=True).stdout
-    res = dict(re.findall(r"(REG|LOCAL):(\d+)", usage))
+    registers, stack = resource_usage(usage)
     code, loop = parse_sass(sass, loop_contains)
     body = [t for a, t in code if loop and loop[0] <= a <= loop[1]]
     ops = collections.Counter(_opcode(t) for t in body)
     everything = collections.Counter(_opcode(t).split(".")[0] for _, t in code)
     return SassStats(
-        registers=int(res.get("REG", 0)), spill_bytes=int(res.get("LOCAL", 0)),
+        registers=registers, spill_bytes=stack,
         shared_bytes=int(kernel.metadata.shared), loop_instructions=len(body),
         loop_opcodes=dict(ops.most_common()),
         loop_global_loads={o: c for o, c in ops.items() if o.startswith(("LDG", "LDGSTS"))},

@@ -179,8 +179,8 @@ def pack_args(variant: Variant, args: dict) -> list:
 class Bundle:
     """The variants of a bundle file (index checked: every cubin present, sha256 matching)."""
 
-    def __init__(self, path: Path = BUNDLE):
-        self.path = Path(path)
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path or BUNDLE)
         if not self.path.is_file():
             raise ValueError(f"AOT bundle {self.path} is missing: build it with "
                              "`python -m benchmarks.aot_bundle` (Triton ≥ 3.9)")
@@ -197,11 +197,11 @@ class Bundle:
                 raise ValueError(f"AOT bundle {self.path}: cubin {v.cubin} is missing or corrupt")
             self.variants[v.key] = v
 
-    def find(self, kernel: str, constexprs: dict, args: dict, num_warps: int,
+    def find(self, kernel: str, constexprs: dict, types: dict[str, str], num_warps: int,
              num_stages: int) -> Variant:
-        """The variant compiled for these constexprs, argument types and options; MissingVariant
-        (a ValueError) otherwise."""
-        types = {n: type_of(v) for n, v in args.items() if n not in constexprs}
+        """The variant compiled for these constexprs, parameter types (name → Triton type; names
+        in `constexprs` are ignored) and options; MissingVariant (a ValueError) otherwise."""
+        types = {n: t for n, t in types.items() if n not in constexprs}
         variant = self.variants.get(variant_key(kernel, constexprs, types, num_warps, num_stages))
         if variant is None:
             have = sum(v.kernel == kernel for v in self.variants.values())
@@ -283,7 +283,8 @@ def launch(kernel: str, grid: tuple[int, ...], args: dict, constexprs: dict, num
            num_stages: int) -> None:
     """Launch `kernel` from the bundle on the current stream of the tensors' device; `args` maps
     every argument name to its value (constexprs included or not), `grid` has 1-3 entries."""
-    variant = bundle().find(kernel, constexprs, args, num_warps, num_stages)
+    variant = bundle().find(kernel, constexprs, {n: type_of(v) for n, v in args.items() if n not in constexprs},
+                            num_warps, num_stages)
     if (variant.num_ctas != 1 or variant.global_scratch_size or variant.profile_scratch_size
             or variant.launch_cooperative_grid or variant.launch_pdl):
         raise ValueError(f"{kernel}: the AOT launcher takes single-CTA kernels without scratch, "

@@ -32,8 +32,16 @@ def triton_interpret() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def gluon_available() -> bool:
-    """True if Triton has the Gluon API the HPTQ GPU kernel uses (Triton ≥ 3.9: shared-memory
-    gather and reinterpret). Under TRITON_INTERPRET the kernel runs without it (kernels/gluon_interp.py)."""
+    """True if the HPTQ Gluon kernel can run on CUDA: Triton ≥ 3.9 compiles it (Gluon's
+    shared-memory gather and reinterpret), or, with an older Triton (the lent GPU image's 3.6) or
+    none, its cubins launch from the AOT bundle (babai_kernels.aot; which K and dtypes it holds:
+    hptq.gemv.launch_reason). Under TRITON_INTERPRET the kernel runs without it (kernels/gluon_interp.py)."""
+    from babai_kernels import aot
+    if aot.use_aot(torch.device("cuda")):
+        try:
+            return len(aot.bundle().variants) > 0
+        except ValueError:
+            return False
     try:
         from triton.experimental.gluon import language as gl
     except Exception:

@@ -41,6 +41,21 @@ def test_use_aot_only_on_cuda_with_an_old_triton(clean_env):
         aot.use_aot(cuda)
 
 
+def test_gluon_available_with_an_old_triton_means_a_loadable_bundle(clean_env, tmp_path):
+    from babai_kernels import common
+    clean_env.setattr(aot, "triton_version", lambda: (3, 6))
+    try:
+        common.gluon_available.cache_clear()
+        assert common.gluon_available()
+        clean_env.setattr(aot, "BUNDLE", tmp_path / "none.zip")
+        aot.bundle.cache_clear()
+        common.gluon_available.cache_clear()
+        assert not common.gluon_available()
+    finally:
+        aot.bundle.cache_clear()
+        common.gluon_available.cache_clear()
+
+
 def test_bundle_refuses_a_corrupt_or_missing_cubin(tmp_path):
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(aot.BUNDLE) as src, zipfile.ZipFile(bad, "w") as dst:
@@ -96,13 +111,9 @@ def test_a_fresh_compile_matches_the_bundled_cubin_and_its_parameters():
 
 def _hptq_variant():
     """The bundle's HPTQ decode-GEMV at K = 4096, M = 1."""
-    scalar = dict(scale=1.0, N=32, K=64, spans=1)
-    tensors = dict(x_ptr=torch.bfloat16, words_ptr=torch.int32, bases_ptr=torch.int32,
-                   offsets_ptr=torch.int16, lut_ptr=torch.int32, bias_ptr=torch.bfloat16,
-                   out_ptr=torch.bfloat16)
-    args = {**{n: torch.zeros(1, dtype=d) for n, d in tensors.items()}, **scalar}
-    consts = dict(SPANS=32, BLOCK_M=1, HAS_BIAS=False, DECODE=False, USE_ASM=True, NUM_WARPS=8, M=1)
-    return aot.bundle().find("hptq", consts, args, num_warps=8, num_stages=3)
+    from babai_kernels.hptq.gemv import compile_spec
+    sig, consts = compile_spec(4096, 1)
+    return aot.bundle().find("hptq", consts, sig, num_warps=8, num_stages=3)
 
 
 def test_pack_args_names_the_bad_argument():
@@ -126,6 +137,13 @@ def test_a_launch_the_bundle_lacks_is_refused_by_name():
     with pytest.raises(aot.MissingVariant, match="BLOCK_M"):
         aot.bundle().find("hptq", dict(SPANS=32, BLOCK_M=1, HAS_BIAS=True, DECODE=False, USE_ASM=True,
                                        NUM_WARPS=8, M=1), {}, 8, 3)
+    from babai_kernels.hptq.gemv import launch_reason
+    cuda = torch.device("cuda")
+    with aot.dry_run():                       # the AOT route: the chooser's question per layer
+        assert launch_reason(4096, torch.bfloat16, cuda) is None
+        assert "SPANS" in launch_reason(576, torch.bfloat16, cuda)       # SmolLM2: not bundled
+        assert "fp16" in launch_reason(4096, torch.float16, cuda)
+    assert launch_reason(576, torch.bfloat16, torch.device("cpu")) is None   # Triton's JIT serves it
 
 
 @pytest.mark.parametrize("m", [1, 16, 128])
@@ -145,6 +163,18 @@ def test_the_ssqr_launcher_asks_for_a_bundled_variant(m):
     assert [v.num_warps for _, v, _ in calls] == [t[3] for t in TILES[m_range(m)]]
     assert all(("M", "i32") in v.params if m > 1 else ("M", "i32") not in v.params for _, v, _ in calls)
     assert calls[0][2] == (1, 2, -(-m // TILES[m_range(m)][0][0]))   # N tiles, split-K, M tiles
+
+
+def test_ssqr_launch_reason_names_what_the_bundle_lacks():
+    from babai_kernels.ssqr.matmul import launch_reason
+    cuda = torch.device("cuda")
+    with aot.dry_run():
+        assert launch_reason(4, 128, True, False, torch.bfloat16, cuda) is None
+        assert launch_reason(3, 128, True, False, torch.bfloat16, cuda) is None
+        assert "'GROUP': 64" in launch_reason(4, 64, True, False, torch.bfloat16, cuda)
+        assert "'HAS_BIAS': True" in launch_reason(4, 128, True, True, torch.bfloat16, cuda)
+        assert "fp16" in launch_reason(4, 128, True, False, torch.float16, cuda)
+    assert launch_reason(2, 64, True, True, torch.float16, torch.device("cpu")) is None
 
 
 def test_the_hptq_launcher_asks_for_bundled_gemv_and_decode_variants():

@@ -3,7 +3,7 @@ the roofline on made-up rows, and one real sm_90 compile."""
 import pytest
 
 from benchmarks.kernel_static import verdicts
-from benchmarks.sass import load_bits, parse_sass, roofline
+from benchmarks.sass import load_bits, parse_sass, resource_usage, roofline
 
 LISTING = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;
@@ -23,6 +23,13 @@ def test_parser_finds_the_loop_that_holds_the_mma():
     assert loop == (0x10, 0x40)                     # 4 instructions, the MMA loop
     assert parse_sass(LISTING, r"\bHGMMA")[1] is None
     assert parse_sass(LISTING)[1] == (0x10, 0x40)  # the larger of the two backward branches
+
+
+def test_spills_are_read_from_the_stack_frame():
+    """cuobjdump reports ptxas spills as STACK (LOCAL stays 0): a line of an SSQR M=16 cubin."""
+    line = "    REG:168 STACK:3408 SHARED:1024 LOCAL:0 CONSTANT[0]:640 TEXTURE:0 SURFACE:0 SAMPLER:0"
+    assert resource_usage("Resource usage:\n Function _ssqr_kernel:\n" + line) == (168, 3408)
+    assert resource_usage(line.replace("STACK:3408", "STACK:0")) == (168, 0)
 
 
 def test_load_widths():

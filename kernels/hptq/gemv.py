@@ -177,6 +177,25 @@ def compile_spec(in_features: int, m: int, act: str = "bf16", has_bias: bool = F
     return {n: "constexpr" if n in consts else types[n] for n in _hptq_lanes_kernel.arg_names}, consts
 
 
+ACT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def launch_reason(in_features: int, act_dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why these kernels cannot launch for a K = in_features layer taking `act_dtype` on `device`
+    (None: they can): launching from the AOT bundle (babai_kernels.aot.use_aot), it must hold the
+    M = 1 decode-GEMV and the decode cubins of that K and dtype (no bias)."""
+    from babai_kernels import aot
+    if not aot.use_aot(device):
+        return None
+    try:
+        for decode in (False, True):
+            sig, consts = compile_spec(in_features, 1, ACT[act_dtype], False, decode)
+            aot.bundle().find("hptq", consts, sig, consts["NUM_WARPS"], NUM_STAGES)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _launch(x, p: PreparedHPTQ, bias, out, decode: bool) -> None:
     from babai_kernels import aot
     spans = p.padded_k // SPAN

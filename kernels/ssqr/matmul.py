@@ -115,6 +115,31 @@ def compile_spec(bits: int, act: str, group: int, has_outliers: bool, has_bias: 
     return {n: "constexpr" if n in consts else types[n] for n in _ssqr_kernel.arg_names}, consts
 
 
+def launch_reason(bits: int, group: int, has_outliers: bool, has_bias: bool, act_dtype: torch.dtype,
+                  device: torch.device) -> str | None:
+    """Why the kernel cannot launch for such a layer on `device` (None: it can): launching from the
+    AOT bundle (babai_kernels.aot.use_aot), it must hold, at M = 1, 16 and 128, a cubin of at least
+    one tile the tuner may pick (tuning.TILES)."""
+    from babai_kernels import aot
+    from babai_kernels.ssqr.tuning import TILES, m_range
+    if not aot.use_aot(device):
+        return None
+    act = {torch.bfloat16: "bf16", torch.float16: "fp16"}[act_dtype]
+    for m in (1, 16, 128):
+        missing = []
+        for bm, bn, bk, warps, stages in TILES[m_range(m)]:
+            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+            sig, consts = compile_spec(bits, act, group, has_outliers, has_bias, cfg, m)
+            try:
+                aot.bundle().find("ssqr", consts, sig, warps, stages)
+                break
+            except aot.MissingVariant as e:
+                missing.append(str(e))
+        else:
+            return f"M={m}: {missing[0]}"
+    return None
+
+
 def launch(xp: torch.Tensor, p, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
     """y (M, N) in xp.dtype for xp = x[:, perm] (M, K) contiguous fp16/bf16, layer p, config cfg.
 

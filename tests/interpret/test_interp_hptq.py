@@ -163,3 +163,17 @@ def test_without_gluon_the_kernel_says_why(monkeypatch):
     assert "Gluon" in prepare.gpu_kernel_reason()
     monkeypatch.setattr(prepare, "gluon_available", lambda: True)
     assert prepare.gpu_kernel_reason() is None
+
+
+def test_a_row_prefix_of_a_lane_layout_is_the_layer_of_those_rows():
+    """benchmarks.gpu_stages serves 4096x4096 and 4096->6144 from the 4096->14336 layout's first
+    rows: the prefix decodes to exactly those rows (K spanning two lane groups)."""
+    from benchmarks.gpu_stages import prefix_layer
+    torch.manual_seed(3)
+    z = (torch.randn(96, 2304) * 3).round().to(torch.int64)
+    lanes = build_lane_layout(z)
+    for n in (32, 40, 96):
+        p = prefix_layer(lanes.__dict__, 0.5, 2304, n, DEVICE)
+        assert torch.equal(hptq_decode(p, torch.float32), (z[:n].float() * 0.5).to(DEVICE))
+    with pytest.raises(ValueError, match="rows"):
+        prefix_layer(lanes.__dict__, 0.5, 2304, 97, DEVICE)
