@@ -6,10 +6,10 @@
 # < 3.9 (the lent image has 3.6) the kernels launch from kernels/aot_sm90.zip, cubins compiled
 # with Triton 3.9 (babai_kernels.aot); with Triton >= 3.9 through Triton's JIT.
 # Stages (benchmarks/gpu_stages.py), each under its own timeout, the slowest last; seconds:
-#   env 45 · inputs 90 (HPTQ lane layouts, CPU) · correctness 75 · speed 120 ·
+#   env 30 · inputs 60 (HPTQ lane layouts, CPU; ~30 s on 2 cores here) · correctness 75 · speed 110 ·
 #   [e2e 60: python3 -m benchmarks.gpu_e2e --stage-dir DIR [--dry-run], run only when
 #    benchmarks/gpu_e2e.py exists (issue 22's transformers decode; it writes DIR/e2e.json with
-#    {"rows": [...], "info": {...}})] · quantizer 75 — 465 s in all.
+#    {"rows": [...], "info": {...}})] · quantizer 120 — 455 s in all.
 # Writes benchmarks/results/gpu_<gpu>.{json,md} (gpu_h200 on an H200; benchmarks/gpu_report.py)
 # from the stages' JSON in $GPU_CHECK_DIR (default: a fresh temporary folder); --dry-run writes
 # the report into that folder only. A stage that fails or times out is recorded and the next runs.
@@ -35,14 +35,14 @@ stage() {  # name, timeout in seconds, python module, then its arguments
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" "$limit" >>"$DIR/status.tsv"
   echo "-- $name: rc=$rc, $((SECONDS - start)) s"
 }
-stage env 45 benchmarks.gpu_stages env
-stage inputs 90 benchmarks.gpu_stages inputs
+stage env 30 benchmarks.gpu_stages env
+stage inputs 60 benchmarks.gpu_stages inputs
 stage correctness 75 benchmarks.gpu_stages correctness
-stage speed 120 benchmarks.gpu_stages speed
+stage speed 110 benchmarks.gpu_stages speed
 if [[ -f benchmarks/gpu_e2e.py ]]; then   # the end-to-end decode stage hook (issue 22)
   stage e2e 60 benchmarks.gpu_e2e
 fi
-stage quantizer 75 benchmarks.gpu_stages quantizer
+stage quantizer 120 benchmarks.gpu_stages quantizer
 OUTDIR=benchmarks/results
 [[ ${#DRY[@]} -gt 0 ]] && OUTDIR=$DIR
 "$PY" -m benchmarks.gpu_report --stage-dir "$DIR" --out "$OUTDIR"

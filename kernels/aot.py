@@ -220,10 +220,11 @@ def bundle() -> Bundle:
 class _Driver:
     """The few libcuda entry points a launch needs (ctypes; the library is loaded on first use)."""
 
-    def __init__(self):
-        self.lib = ctypes.CDLL("libcuda.so.1")
+    def __init__(self, lib=None):
+        self.lib = lib if lib is not None else ctypes.CDLL("libcuda.so.1")
         self.functions: dict[tuple[int, str], ctypes.c_void_p] = {}
         self.lock = threading.Lock()
+        self.local = threading.local()           # per thread: devices whose context was checked
 
     def check(self, result: int, what: str) -> None:
         if result != 0:
@@ -262,10 +263,25 @@ class _Driver:
             self.functions[(index, variant.key)] = fn
             return fn
 
+    def ensure_context(self, index: int) -> None:
+        """Make the device's primary context (torch's) current on this thread, once per thread."""
+        checked = self.local.__dict__.setdefault("devices", set())
+        if index in checked:
+            return
+        ctx = ctypes.c_void_p()
+        self.check(self.lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+        if not ctx.value:
+            self.check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), ctypes.c_int(index)),
+                       "cuDevicePrimaryCtxRetain")
+            self.check(self.lib.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        checked.add(index)
+
     def launch(self, variant: Variant, grid: tuple[int, int, int], params: list,
-               device: torch.device) -> None:
+               device: torch.device, stream: int) -> None:
+        """cuLaunchKernel of `variant` on `stream` (a CUstream handle) with the packed `params`."""
         fn = self.function(variant, device)
-        stream = ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+        self.ensure_context(device.index if device.index is not None else torch.cuda.current_device())
+        stream = ctypes.c_void_p(stream)
         pointers = (ctypes.c_void_p * len(params))(*[ctypes.addressof(p) for p in params])
         gx, gy, gz = grid
         self.check(self.lib.cuLaunchKernel(
@@ -299,4 +315,4 @@ def launch(kernel: str, grid: tuple[int, ...], args: dict, constexprs: dict, num
     if _dry_log is not None:
         _dry_log.append((kernel, variant, grid))
     elif min(grid) > 0:
-        _driver().launch(variant, grid, params, device)
+        _driver().launch(variant, grid, params, device, torch.cuda.current_stream(device).cuda_stream)

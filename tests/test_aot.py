@@ -191,3 +191,44 @@ def test_the_hptq_launcher_asks_for_bundled_gemv_and_decode_variants():
         hptq_decode(p, torch.bfloat16)
     assert [v.num_warps for _, v, _ in calls] == [8, 8, 8] and all(g == (1, 1, 1) for _, _, g in calls)
     assert len({v.key for _, v, _ in calls}) == 3
+
+
+class _FakeCuda:
+    """Records the libcuda calls the launcher makes (no GPU here); every call succeeds."""
+
+    def __init__(self):
+        self.launches = []
+
+    def cuCtxGetCurrent(self, out):
+        ctypes.cast(out, ctypes.POINTER(ctypes.c_void_p))[0] = 0x1234
+        return 0
+
+    def cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+        self.launches.append(dict(fn=fn.value, grid=(gx.value, gy.value, gz.value),
+                                  block=(bx.value, by.value, bz.value), shared=shared.value,
+                                  stream=stream.value, params=params, extra=extra))
+        return 0
+
+
+def test_the_launch_passes_triton_launch_geometry_and_a_pointer_per_parameter():
+    """cuLaunchKernel gets Triton's geometry (grid × num_ctas, 32·num_warps threads, metadata.shared
+    bytes) and kernelParams[i] pointing at packed parameter i (the scratch pointers last)."""
+    v = _hptq_variant()
+    x = torch.zeros(1, 4096, dtype=torch.bfloat16)
+    args = dict(x_ptr=x, words_ptr=torch.zeros(64, dtype=torch.int32),
+                bases_ptr=torch.zeros(64, dtype=torch.int32), offsets_ptr=torch.zeros(64, dtype=torch.int16),
+                lut_ptr=torch.zeros(1024, dtype=torch.int32), bias_ptr=x, out_ptr=x, scale=0.25,
+                N=4096, K=4096, spans=32)
+    packed = aot.pack_args(v, args)
+    driver = aot._Driver(_FakeCuda())
+    driver.functions[(0, v.key)] = ctypes.c_void_p(0xF00)       # as if cuModuleLoadData ran
+    driver.launch(v, (128, 1, 1), packed, torch.device("cuda", 0), stream=0xABC)
+    (call,) = driver.lib.launches
+    assert call["fn"] == 0xF00 and call["stream"] == 0xABC and call["extra"] is None
+    assert call["grid"] == (128 * v.num_ctas, 1, 1) and call["block"] == (32 * v.num_warps, 1, 1)
+    assert call["shared"] == v.shared
+    got = [call["params"][i] for i in range(len(packed))]
+    assert got == [ctypes.addressof(p) for p in packed]
+    assert ctypes.c_uint64.from_address(got[0]).value == x.data_ptr()
+    assert ctypes.c_float.from_address(got[7]).value == 0.25
+    assert ctypes.c_int32.from_address(got[9]).value == 4096
