@@ -200,3 +200,103 @@ def test_startup_hook_makes_a_program_that_never_imports_us_load_babai(tiny, tmp
             "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)\n"
             "print(type(m.model.layers[0].mlp.up_proj).__name__)")
     assert run_python(code, tiny["ssqr-w4"][0], tmp_path).split()[-1] == "BabaiLinear"
+
+
+# ------------------------------------------------------------------ against vLLM (slow)
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.parametrize("name", ["ssqr-w4", "ssqr-w3", "ssqr-w2", "hptq"])
+def test_float32_greedy_tokens_equal_vllm(tiny, name):
+    """float32: both engines run the dense torch reference, so greedy tokens must be equal."""
+    pytest.importorskip("vllm")
+    from tests.fixtures.vllm_engine import run_engine
+
+    folder, _ = tiny[name]
+    tokens, _ = run_engine(folder, 1, PROMPTS, new_tokens=NEW_TOKENS)
+    assert greedy(load_model(folder, dtype=torch.float32)[0], PROMPTS, NEW_TOKENS) == tokens
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(LUT is None, reason="the CPU kernel cannot run on this host")
+@pytest.mark.parametrize("name", ["ssqr-w4", "hptq"])
+def test_bfloat16_logprobs_equal_vllm_within_the_bf16_tolerance(tiny, name):
+    """bfloat16: the same kernel in both engines, the rest of each engine's bf16 arithmetic differs:
+    |lp_transformers − lp_vllm| ≤ 4·d (d: the oracle's own bf16 deviation, module docstring)."""
+    pytest.importorskip("vllm")
+    from tests.fixtures.vllm_engine import kernels_used, run_engine
+
+    folder, _ = tiny[name]
+    fp32 = teacher_forced(load_dequantized(folder, dtype=torch.float32)[0], SEQUENCES)
+    d = max_deviation(teacher_forced(load_dequantized(folder, dtype=torch.bfloat16)[0], SEQUENCES), fp32)
+    vllm_lp, log = run_engine(folder, 1, SEQUENCES, dtype="bfloat16")
+    assert kernels_used(log) == {LUT}
+    assert max_deviation(teacher_forced(load_model(folder, dtype=torch.bfloat16)[0], SEQUENCES), vllm_lp) <= 4 * d
+
+
+# ------------------------------------------------------------------ the embedded model (slow)
+
+@pytest.fixture(scope="module")
+def smollm2_checkpoints():
+    """{row: folder}: the serving benchmark's cached SSQR-w4 and HPTQ-4.3 checkpoints of SmolLM2-135M
+    (quantized on first use, several minutes each)."""
+    from benchmarks.serving_cpu import ensure_checkpoint
+
+    return {row: ensure_checkpoint(row) for row in ("ssqr-w4", "hptq-4.3")}
+
+
+def token_nll(model, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token next-token NLL (L-1,) float64 of one window `ids` (L,)."""
+    with torch.no_grad():
+        logits = model(ids[None]).logits[0, :-1].float()
+    return torch.nn.functional.cross_entropy(logits, ids[1:], reduction="none").double()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", ["ssqr-w4", "hptq-4.3"])
+def test_embedded_model_resident_bytes_tied_embeddings(smollm2_checkpoints, row):
+    model, _ = load_model(smollm2_checkpoints[row], dtype=torch.bfloat16)
+    resident, disk = resident_bytes(model)
+    assert len(babai_layers(model)) == 210 and 0 < resident <= 1.25 * disk, (resident, disk)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_embedded_hptq_greedy_tokens_equal_vllm(smollm2_checkpoints, austen_text):
+    pytest.importorskip("vllm")
+    from tests.fixtures.vllm_engine import run_engine
+
+    folder = smollm2_checkpoints["hptq-4.3"]
+    model, tokenizer = load_model(folder, dtype=torch.float32)
+    words = austen_text["eval"].split()
+    prompts = [tokenizer(" ".join(words[i:i + 12]))["input_ids"] for i in (100, 2000, 30000)]
+    tokens, _ = run_engine(folder, 1, prompts, new_tokens=16)
+    assert greedy(model, prompts, 16) == tokens
+
+
+@pytest.mark.slow
+def test_embedded_perplexity_on_4_windows_matches_babai_eval(smollm2_checkpoints, austen_text, tmp_path):
+    """babai-eval (float32, through the integration) equals the oracle's float32 perplexity; the
+    integration in bfloat16 (the CPU kernel) is within the bf16 tolerance of it: per window,
+    |mean NLL_babai16 − mean NLL_32| ≤ 4 · mean |NLL_oracle16 − NLL_oracle32| per token."""
+    from babai_quantizer.evaluate import main as babai_eval
+    from babai_quantizer.evaluate import token_windows
+
+    folder = smollm2_checkpoints["hptq-4.3"]
+    assert babai_eval([str(folder), "--split", "eval", "--window", "1024", "--max-windows", "4",
+                       "--json", str(tmp_path / "ppl.json")]) == 0
+    ppl_eval = json.loads((tmp_path / "ppl.json").read_text())["ppl"]
+    oracle32, tokenizer = load_dequantized(folder, dtype=torch.float32)
+    oracle16, _ = load_dequantized(folder, dtype=torch.bfloat16)
+    babai16, _ = load_model(folder, dtype=torch.bfloat16)
+    ids = torch.tensor(tokenizer(austen_text["eval"], add_special_tokens=False)["input_ids"])
+    windows = token_windows(ids, 1024)[:4]
+    nll32 = [token_nll(oracle32, w) for w in windows]
+    ppl32 = float(torch.cat(nll32).mean().exp())
+    assert ppl_eval == pytest.approx(ppl32, rel=1e-4)
+    for w, n32 in zip(windows, nll32):
+        d = (token_nll(oracle16, w) - n32).abs().mean()
+        assert 0 < d < 0.5, d
+        assert abs(token_nll(babai16, w).mean() - n32.mean()) <= 4 * d
