@@ -23,7 +23,8 @@ import transformers_babai
 from babai_kernels import cpu_lut
 from transformers_babai import BabaiLinear, load_model, resident_bytes
 from tests.fixtures.dequantized import load_dequantized
-from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint, transformers_greedy
+from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint, max_deviation, transformers_greedy
+from tests.fixtures.tiny_checkpoint import teacher_forced_logprobs as teacher_forced
 
 SEQUENCES = [[1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110],
              [1, 200, 7, 9, 11, 13, 300, 21, 23, 25],
@@ -48,20 +49,6 @@ def greedy(model, prompts, new_tokens) -> list[list[int]]:
     with torch.no_grad():
         return [model.generate(torch.tensor([p]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
                                pad_token_id=0)[0, len(p):].tolist() for p in prompts]
-
-
-def teacher_forced(model, sequences) -> list[list[float]]:
-    """log p(token_t | tokens_<t) of every sequence, float32 log-softmax."""
-    out = []
-    with torch.no_grad():
-        for seq in sequences:
-            logits = model(torch.tensor([seq])).logits[0, :-1].float()
-            out.append(torch.log_softmax(logits, -1).gather(1, torch.tensor(seq[1:])[:, None])[:, 0].tolist())
-    return out
-
-
-def max_deviation(a, b) -> float:
-    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
 
 
 def babai_layers(model) -> dict[str, BabaiLinear]:
@@ -300,3 +287,39 @@ def test_embedded_perplexity_on_4_windows_matches_babai_eval(smollm2_checkpoints
         d = (token_nll(oracle16, w) - n32).abs().mean()
         assert 0 < d < 0.5, d
         assert abs(token_nll(babai16, w).mean() - n32.mean()) <= 4 * d
+
+
+# ------------------------------------------------------------------ lm-eval, both backends (slow)
+
+def lm_eval_results(tmp_path, backend: str, model_args: str, tasks) -> dict:
+    """Run `python -m eval.run` (lm_eval with the integration) on a local task; its results JSON."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / backend
+    cmd = [sys.executable, "-m", "eval.run", "--model", backend, "--model_args", model_args, "--include_path",
+           str(tasks), "--tasks", "austen_cloze", "--limit", "12", "--batch_size", "4", "--output_path", str(out)]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (result,) = out.rglob("results_*.json")
+    return json.loads(result.read_text())["results"]["austen_cloze"]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_lm_eval_hf_and_vllm_backends_agree_on_the_local_task(tiny, tmp_path, austen_text):
+    """float32 (the dense reference kernel in both engines): same accuracy, perplexity within 1e-3."""
+    pytest.importorskip("vllm")
+    pytest.importorskip("lm_eval")
+    from eval.austen_tasks import write_tasks
+
+    write_tasks(tmp_path / "tasks", austen_text["eval"])
+    folder, _ = tiny["ssqr-w4"]
+    hf = lm_eval_results(tmp_path, "hf", f"pretrained={folder},dtype=float32", tmp_path / "tasks")
+    vllm = lm_eval_results(tmp_path, "vllm", f"pretrained={folder},quantization=babai,dtype=float32,"
+                                             "enforce_eager=True,max_model_len=256", tmp_path / "tasks")
+    assert hf["acc,none"] == vllm["acc,none"]
+    assert hf["perplexity,none"] == pytest.approx(vllm["perplexity,none"], rel=1e-3)

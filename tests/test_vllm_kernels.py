@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("vllm")
 
 from tests.fixtures.dequantized import load_dequantized  # noqa: E402
-from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint, transformers_greedy  # noqa: E402
+from tests.fixtures.tiny_checkpoint import (build_tiny_checkpoint, max_deviation,  # noqa: E402
+                                           teacher_forced_logprobs, transformers_greedy)
 from tests.fixtures.vllm_engine import kernels_used, run_engine  # noqa: E402
 
 SEQUENCES = [[1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110],
@@ -45,18 +46,8 @@ def checkpoints(tmp_path_factory):
 
 
 def reference_logprobs(folder, dtype: torch.dtype) -> list[list[float]]:
-    """Teacher-forced log p(token_t | tokens_<t) of transformers on the torch loader's weights."""
-    model, _ = load_dequantized(folder, dtype=dtype)
-    out = []
-    with torch.no_grad():
-        for seq in SEQUENCES:
-            logits = model(torch.tensor([seq])).logits[0, :-1].float()
-            out.append(torch.log_softmax(logits, -1).gather(1, torch.tensor(seq[1:])[:, None])[:, 0].tolist())
-    return out
-
-
-def max_deviation(a, b) -> float:
-    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+    """Teacher-forced log p(token_t | tokens_<t) of transformers on the reference dequantizer's weights."""
+    return teacher_forced_logprobs(load_dequantized(folder, dtype=dtype)[0], SEQUENCES)
 
 
 from babai_kernels import cpu_lut  # noqa: E402
