@@ -1,41 +1,22 @@
-"""SSQR linear entry points on CPU: torch path, custom op, bad input.
+"""SSQR linear entry points on CPU: refusals, bad input, the kernel code layout.
 
-The Triton cases live in tests/interpret/test_interp_ssqr.py (run by tests/test_triton_interpreter.py).
+The Triton cases (and the custom op's checks) live in tests/interpret/ (run by
+tests/test_triton_interpreter.py).
 """
 import pytest
 import torch
 
-from babai_kernels.ssqr import pack_ssqr, prepare_ssqr, ssqr_linear, ssqr_linear_reference
+from babai_kernels.ssqr import pack_ssqr, prepare_ssqr, ssqr_linear
 from babai_kernels.ssqr.tiles import block_positions, repack_codes, unpack_kernel_codes
 from tests.test_ssqr_pack import random_layer
 
 
-def assert_matches_reference(y, x, tensors, bias):
-    ref = ssqr_linear_reference(x.float(), tensors, None if bias is None else bias.float())
-    eps = torch.finfo(x.dtype).eps
-    assert y.dtype == x.dtype
-    torch.testing.assert_close(y.float(), ref, rtol=2 * eps, atol=4 * eps * ref.abs().max().item())
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_ssqr_linear_torch_path(monkeypatch, dtype):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    tensors = pack_ssqr(*random_layer(16, 64, 2, 32, seed=2), bits=2)
-    prepared = prepare_ssqr(tensors, "cpu")
-    x = torch.randn(2, 3, 64).to(dtype)
-    bias = torch.randn(16).to(dtype)
-    y = ssqr_linear(x, prepared, bias)
-    assert y.shape == (2, 3, 16)
-    assert_matches_reference(y.reshape(6, 16), x.reshape(6, 64), tensors, bias)
-
-
-def test_custom_op_registration(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_ssqr_linear_refuses_where_triton_cannot_run(monkeypatch):
+    """No silent dense fallback: on a CPU without the interpreter the op says why."""
+    monkeypatch.setattr("babai_kernels.ssqr.linear.use_triton", lambda device: False)
     p = prepare_ssqr(pack_ssqr(*random_layer(8, 64, 4, 32, seed=1), bits=4), "cpu")
-    x = torch.randn(3, 64, dtype=torch.bfloat16)
-    torch.library.opcheck(torch.ops.babai.ssqr_linear.default,
-                          (x, p.qcodes, p.scales, p.perm, p.outlier_cols, p.outlier_vals, p.locks,
-                           None, p.bits, p.group_size, p.has_perm, p.has_outliers))
+    with pytest.raises(ValueError, match="Triton cannot run on cpu"):
+        ssqr_linear(torch.randn(3, 64, dtype=torch.bfloat16), p)
 
 
 def test_ssqr_linear_rejects_bad_input():
@@ -43,6 +24,8 @@ def test_ssqr_linear_rejects_bad_input():
     x = torch.randn(3, 64, dtype=torch.float16)
     with pytest.raises(ValueError, match="x: dtype"):
         ssqr_linear(x.int(), p)
+    with pytest.raises(ValueError, match="x: dtype torch.float32"):
+        ssqr_linear(x.float(), p)
     with pytest.raises(ValueError, match="x: last dim must be K=64"):
         ssqr_linear(x[:, :32].contiguous(), p)
     with pytest.raises(ValueError, match="x: must be contiguous"):

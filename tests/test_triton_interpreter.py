@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("suite", ["test_interp_ssqr.py", "test_interp_hptq.py", "test_interp_hptq_dense.py"])
+@pytest.mark.parametrize("suite", ["test_interp_ssqr.py", "test_interp_hptq.py", "test_interp_hptq_dense.py",
+                                   "test_interp_ssqr_op.py"])
 def test_triton_interpreter_suite(suite):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -1,7 +1,8 @@
 """SSQR linear layer entry points: `prepare_ssqr` once per layer, `ssqr_linear` per forward.
 
-`ssqr_linear` dispatches to the Triton kernel (kernels/ssqr/matmul.py; CUDA, or CPU under
-TRITON_INTERPRET=1) for fp16/bf16 activations, and to a torch implementation otherwise. It runs
+`ssqr_linear` runs the Triton kernel (kernels/ssqr/matmul.py; CUDA, or CPU under
+TRITON_INTERPRET=1) on float16/bfloat16 activations and refuses anything else (no dense fallback:
+the kernel chooser, babai_kernels.chooser, decides what serves a layer Triton cannot). It runs
 as the opaque custom op `babai::ssqr_linear` (with a fake implementation) so torch.compile and
 CUDA graphs do not trace into it. Per call: one gather x[:, perm] (when perm is not the
 identity) and one kernel launch.
@@ -18,7 +19,6 @@ from babai_kernels.ssqr.tiles import repack_codes, unpack_kernel_codes
 from babai_kernels.ssqr.tuning import choose_config, m_bucket
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16)
-ACT_DTYPES = TRITON_DTYPES + (torch.float32,)
 LOCKS_PER_16_COLUMNS = 4   # split-K counters: one per (N tile, M tile), N tiles ≥ 16 wide, ≤ 4 M tiles
 
 
@@ -76,17 +76,6 @@ def prepare_ssqr(tensors: dict[str, torch.Tensor], device: torch.device | str) -
         has_outliers=bool((vals != 0).any()))
 
 
-def _linear_torch(x: torch.Tensor, p: PreparedSSQR, bias: torch.Tensor | None) -> torch.Tensor:
-    """Torch path from the prepared layout: dense float32 weight, x (M, K) -> (M, N) in x.dtype."""
-    stored = unpack_kernel_codes(p.qcodes, p.bits, p.k).float() \
-        * p.scales.float().repeat_interleave(p.group_size, dim=0).T
-    stored.scatter_add_(1, p.outlier_cols.T.long(), p.outlier_vals.T.float())
-    y = x.float()[:, p.perm.long()] @ stored.T
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
-
-
 def run_kernel(x: torch.Tensor, p: PreparedSSQR, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
     """Gather x by perm and launch the kernel with config cfg; x (M, K) contiguous -> (M, N) x.dtype."""
     from babai_kernels.ssqr.matmul import launch
@@ -111,9 +100,9 @@ def _ssqr_linear_op(x: torch.Tensor, qcodes: torch.Tensor, scales: torch.Tensor,
     # `locks` is written during the call but always left all-zero: no net mutation to declare.
     p = PreparedSSQR(qcodes, scales, perm, outlier_cols, outlier_vals, locks, bits, group_size,
                      has_perm, has_outliers)
-    if use_triton(x.device) and x.dtype in TRITON_DTYPES:
-        return _linear_triton(x, p, bias)
-    return _linear_torch(x, p, bias)
+    if not use_triton(x.device):
+        raise ValueError(f"x: Triton cannot run on {x.device} (CUDA, or CPU with TRITON_INTERPRET=1)")
+    return _linear_triton(x, p, bias)
 
 
 @_ssqr_linear_op.register_fake
@@ -124,13 +113,13 @@ def _(x, qcodes, scales, perm, outlier_cols, outlier_vals, locks, bias, bits, gr
 
 def ssqr_linear(x: torch.Tensor, prepared: PreparedSSQR,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x Wᵀ (+ bias) for x (..., K) float16/bfloat16/float32 contiguous -> (..., N) in x.dtype."""
+    """y = x Wᵀ (+ bias) for x (..., K) float16/bfloat16 contiguous -> (..., N) in x.dtype."""
     p = prepared
-    check_tensor("x", x, dtype=ACT_DTYPES, device=p.qcodes.device, contiguous=True)
+    check_tensor("x", x, dtype=TRITON_DTYPES, device=p.qcodes.device, contiguous=True)
     if x.dim() < 1 or x.shape[-1] != p.k:
         raise ValueError(f"x: last dim must be K={p.k}, got shape {tuple(x.shape)}")
     if bias is not None:
-        check_tensor("bias", bias, dtype=ACT_DTYPES, shape=(p.n,), device=x.device,
+        check_tensor("bias", bias, dtype=TRITON_DTYPES, shape=(p.n,), device=x.device,
                      contiguous=True)
     x2d = x.reshape(-1, p.k)
     if x2d.shape[0] == 0:

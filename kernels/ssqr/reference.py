@@ -1,7 +1,4 @@
-"""Torch reference for SSQR (docs/format.md §2): dense dequantization and y = x Wᵀ (+ b).
-
-Also the CPU path of the vLLM plugin when Triton is not used.
-"""
+"""Torch reference for SSQR (docs/format.md §2): dense dequantization and y = x Wᵀ (+ b)."""
 from __future__ import annotations
 
 import torch
