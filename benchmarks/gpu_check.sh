@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check at Llama-3-8B shapes, sized for one 8-minute call on an H200.
 #   bash benchmarks/gpu_check.sh              # on a CUDA machine, from anywhere
-#   bash benchmarks/gpu_check.sh --dry-run    # here, in .venv-gpuimage: everything up to the first CUDA call
+#   PYTHON=.venv-gpuimage/bin/python bash benchmarks/gpu_check.sh --dry-run   # here: up to the first CUDA call
 # Needs python3 with torch, transformers and any Triton (no vLLM, no pip install): with Triton
 # < 3.9 (the lent image has 3.6) the kernels launch from kernels/aot_sm90.zip, cubins compiled
 # with Triton 3.9 (babai_kernels.aot); with Triton >= 3.9 through Triton's JIT.
