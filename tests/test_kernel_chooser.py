@@ -1,8 +1,8 @@
 """The kernel chooser's decision table (babai_kernels.chooser), without vLLM and without a GPU.
 
-For every format and bit width the CLI writes × activation dtype × platform (CPU with and without
-AVX-512 BF16; CUDA with Triton ≥ 3.9's Gluon and with an older Triton) the kernel picked is
-asserted. CUDA is simulated: `plan` never touches a device; resident bytes of the CUDA kernels are
+For every format and bit width the CLI writes × activation dtype × platform (CPU with AVX-512 BF16,
+with AVX2 only, and with neither; CUDA with Triton ≥ 3.9's Gluon and with an older Triton) the
+kernel picked is asserted. CUDA is simulated: `plan` never touches a device; resident bytes of the CUDA kernels are
 measured by building them on the CPU (same tensors, same sizes). Layers are SmolLM2-135M's decoder
 shapes, with codes drawn as a real checkpoint's are (Gaussian weights, heavy columns, rounded to
 the format's grid at the step that gives the target rate).
@@ -26,7 +26,8 @@ HIDDEN, INTER, KV = 576, 1536, 192
 LAYERS = {"qkv_proj": ([HIDDEN, KV, KV], HIDDEN), "o_proj": ([HIDDEN], HIDDEN),
           "gate_up_proj": ([INTER, INTER], HIDDEN), "down_proj": ([HIDDEN], INTER)}
 CHECKPOINTS = ["ssqr-w2", "ssqr-w3", "ssqr-w4", "hptq-3.3", "hptq-4.3", "hptq-6"]
-PLATFORMS = ["cpu-avx512bf16", "cpu-no-avx512bf16", "cuda-triton-gluon", "cuda-triton-old"]
+PLATFORMS = ["cpu-avx512bf16", "cpu-avx2", "cpu-no-avx2", "cuda-triton-gluon", "cuda-triton-old"]
+NO_AVX2 = "this CPU lacks avx2, f16c, fma, which the kernel's build (-mavx2 -mfma -mf16c) needs"
 
 
 def _weights(n: int, k: int, g: torch.Generator) -> torch.Tensor:
@@ -85,8 +86,8 @@ def platform(request, monkeypatch):
     """Simulate the platform named by the test's `platform_name` parameter."""
     name = request.param
     if name.startswith("cpu"):
-        ok = name == "cpu-avx512bf16"
-        monkeypatch.setattr(cpu_lut, "load", lambda: (True, None) if ok else (False, "this CPU has no AVX-512 BF16"))
+        ok = name != "cpu-no-avx2"
+        monkeypatch.setattr(cpu_lut, "load", lambda: (True, None) if ok else (False, NO_AVX2))
     else:
         monkeypatch.setattr(cuda_choices, "triton_available", lambda: True)
         monkeypatch.setattr(hptq_prepare, "triton_available", lambda: True)
@@ -103,8 +104,8 @@ def expected_kernel(platform: str, checkpoint: str, act: torch.dtype, spec) -> s
         return "HuffmanLanes" if platform == "cuda-triton-gluon" else "TritonHPTQDense"
     if act != torch.bfloat16:
         return "TorchReference"
-    if platform == "cpu-avx512bf16":
-        return "BabaiLutCPU"
+    if platform != "cpu-no-avx2":
+        return "BabaiLutCPU"                   # its AVX-512 BF16 or AVX2 variant (cpu_lut.isa())
     return {4: "TorchInt4CPU", 5: "TorchInt8CPU", 8: "TorchInt8CPU"}[spec.dense_layout().bits]
 
 
@@ -164,7 +165,7 @@ def test_cuda_never_falls_to_the_reference_unless_everything_is_disabled(checkpo
 
 
 def test_the_log_line_names_the_winner_and_why_better_kernels_refused(checkpoints, monkeypatch, caplog):
-    monkeypatch.setattr(cpu_lut, "load", lambda: (False, "this CPU has no AVX-512 BF16"))
+    monkeypatch.setattr(cpu_lut, "load", lambda: (False, NO_AVX2))
     (_, spec), *_ = specs(checkpoints["ssqr-w3"], torch.bfloat16, "cpu")
     with caplog.at_level(logging.INFO, logger="vllm.babai"):
         kernel = chooser.choose_kernel(spec, "model.layers.0.qkv_proj")
@@ -173,7 +174,7 @@ def test_the_log_line_names_the_winner_and_why_better_kernels_refused(checkpoint
     lines = [r.getMessage() for r in caplog.records if "babai kernel for" in r.getMessage()]
     assert len(lines) == 1, lines
     assert "ssqr 960x576 (bfloat16, cpu): TorchInt4CPU (" in lines[0]
-    assert "BabaiLutCPU: this CPU has no AVX-512 BF16" in lines[0]
+    assert f"BabaiLutCPU: {NO_AVX2}" in lines[0]
     assert "HuffmanDecodeCPU: HPTQ with VLLM_BABAI_HPTQ_RUNTIME=huffman only" in lines[0]
 
 
