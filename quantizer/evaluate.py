@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         model, tokenizer = load_for_eval(model_dir, args.device, DTYPES[args.dtype])
-    except ValueError as e:
+    except (ValueError, ImportError) as e:   # ImportError: e.g. transformers' GPTQ backend is not installed
         print(f"babai-eval: {e}", file=sys.stderr)
         return 2
     result = evaluate_text(model, tokenizer, text_file.read_text(encoding="utf-8"), args.window, args.device,
