@@ -101,7 +101,7 @@ def report(directory: Path, out: Path) -> str:
     labels = [r["label"] for r in bundle["rows"]]
     by = {r["triton"]: {row["label"]: row for row in r["rows"]} for r in runs}
     cubins = {r["label"]: r for r in bundle["rows"]}
-    head = ["config"] + [f"Triton {t}: loop instr (per weight/symbol), regs" for t in by] + \
+    head = ["config"] + [f"Triton {t}: loop instr (per weight/symbol), regs, stack B" for t in by] + \
            [f"AOT cubin (built with {bundle['triton']}): loop instr"]
     lines = ["# SASS under two Tritons and in the AOT bundle (sm_90)", "",
              "Command: `bash scripts/triton36_check.sh`. Steady-state loop instructions as "
@@ -114,7 +114,7 @@ def report(directory: Path, out: Path) -> str:
         for rows in by.values():
             r = rows.get(name)
             cells.append("–" if r is None else f"does not compile ({r['error']})" if "error" in r else
-                         f"{r['loop_instructions']} ({r['per']:.2f}), {r['registers']}")
+                         f"{r['loop_instructions']} ({r['per']:.2f}), {r['registers']}, {r.get('spill_bytes', '?')}")
         cells.append(str(cubins[name]["loop_instructions"]))
         lines.append("| " + " | ".join(cells) + " |")
     md = "\n".join(lines) + "\n"

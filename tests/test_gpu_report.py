@@ -41,14 +41,15 @@ def test_a_dry_run_claims_nothing(tmp_path):
 
 def test_version_table_shows_a_failed_compile_and_the_bundle(tmp_path):
     old = dict(triton="3.6.0", rows=[dict(label="ssqr 4-bit M=1", loop_instructions=960, per=3.75,
-                                          registers=168), dict(label="hptq K=4096 M=1", error="AttributeError: x")])
+                                          registers=168, spill_bytes=0), dict(label="hptq K=4096 M=1", error="AttributeError: x")])
     new = dict(triton="3.9.0", rows=[dict(label="ssqr 4-bit M=1", loop_instructions=621, per=2.43,
-                                          registers=168), dict(label="hptq K=4096 M=1", loop_instructions=135,
-                                                                per=8.44, registers=40)])
+                                          registers=168, spill_bytes=0),
+                                     dict(label="hptq K=4096 M=1", loop_instructions=135, per=8.44,
+                                          registers=40, spill_bytes=8)])
     bundle = dict(triton="3.9.0", bytes=10, variants=2, rows=[dict(label="ssqr 4-bit M=1", loop_instructions=621),
                                                               dict(label="hptq K=4096 M=1", loop_instructions=135)])
     for name, data in (("triton-3.6.0.json", old), ("triton-3.9.0.json", new), ("bundle.json", bundle)):
         (tmp_path / name).write_text(json.dumps(data))
     md = report(tmp_path, tmp_path / "out")
-    assert "| ssqr 4-bit M=1 | 960 (3.75), 168 | 621 (2.43), 168 | 621 |" in md
-    assert "| hptq K=4096 M=1 | does not compile (AttributeError: x) | 135 (8.44), 40 | 135 |" in md
+    assert "| ssqr 4-bit M=1 | 960 (3.75), 168, 0 | 621 (2.43), 168, 0 | 621 |" in md
+    assert "| hptq K=4096 M=1 | does not compile (AttributeError: x) | 135 (8.44), 40, 8 | 135 |" in md
