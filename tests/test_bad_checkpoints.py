@@ -170,3 +170,23 @@ def test_quantized_layer_listed_as_skipped(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"model.layers.0.mlp.\w+_proj is stored quantized but listed in "
                                          r"modules_to_not_convert"):
         hf_load(folder)
+
+
+def test_fused_siblings_with_different_perms(tiny, tmp_path):
+    """SSQR q/k/v must share their permutation (docs/format.md §2): vLLM fuses them and refuses; the
+    transformers integration runs them one by one but refuses the checkpoint with vLLM's message."""
+    attn = "model.layers.1.self_attn"
+
+    def shuffle(t):
+        t[f"{attn}.k_proj.perm"] = t[f"{attn}.k_proj.perm"].flip(0).contiguous()
+
+    folder = corrupted(tiny["ssqr4"], tmp_path / "c", shuffle)
+    config = read_quantization_config(folder)
+    tensors = load_file(folder / "model.safetensors")
+    siblings = [Sibling(f"{attn}.{m}", {n: tensors[f"{attn}.{m}.{n}"] for n in config.tensor_names}, None, rows)
+                for m, rows in (("q_proj", 128), ("k_proj", 64), ("v_proj", 64))]
+    with pytest.raises(ValueError) as vllm_error:
+        shard_layer(FORMATS["ssqr"], siblings, 128, None, torch.device("cpu"), config)
+    with pytest.raises(ValueError) as hf_error:
+        hf_load(folder)
+    assert "different perm" in str(vllm_error.value) and str(hf_error.value) == str(vllm_error.value)

@@ -1,10 +1,10 @@
 """`BabaiLinear`: what a quantized `nn.Linear` of a transformers model becomes.
 
 Before loading it holds one empty placeholder buffer per checkpoint tensor of its format (the
-tensor's stored dtype, so transformers loads each tensor bit for bit); `build()` hands the loaded
+tensor's stored dtype, so transformers loads each tensor bit for bit); `spec()` hands the loaded
 tensors to the shared loading rules (babai_kernels.layer_spec.shard_layer: every tensor checked,
-errors naming the module and tensor) and to the kernel chooser (babai_kernels.chooser), then drops
-them: afterwards the module holds only the chosen kernel's resident tensors.
+errors naming the module and tensor), `adopt(spec)` to the kernel chooser (babai_kernels.chooser)
+and drops them: afterwards the module holds only the chosen kernel's resident tensors.
 
 Inference only: no gradient flows through it (a backward raises, naming the layer), nothing can be
 merged into it, and it cannot move to another device after loading (load on the target device).
@@ -15,7 +15,7 @@ import torch
 
 from babai_kernels.chooser import choose_kernel
 from babai_kernels.contract import TENSOR_DTYPES, BabaiCheckpointConfig
-from babai_kernels.layer_spec import FORMATS, Sibling, shard_layer
+from babai_kernels.layer_spec import FORMATS, LinearSpec, Sibling, shard_layer
 
 
 class _NoBackward(torch.autograd.Function):
@@ -48,19 +48,23 @@ class BabaiLinear(torch.nn.Module):
         self.act_dtype: torch.dtype | None = None
         self.stored_bytes = 0
 
-    def build(self, config: BabaiCheckpointConfig, act_dtype: torch.dtype) -> None:
-        """Validate the loaded tensors, choose the kernel, keep only its resident form."""
+    def spec(self, config: BabaiCheckpointConfig, act_dtype: torch.dtype) -> LinearSpec:
+        """The loaded tensors, validated by the shared loading rules (shard_layer: ValueError naming
+        the module and tensor), as the kernel chooser's input."""
         tensors = {n: getattr(self, n) for n in FORMATS[self.format].tensor_names}
         device = next(iter(tensors.values())).device
         if device.type == "meta":
             raise ValueError(f"{self.name}: the checkpoint's tensors were not loaded into this layer")
-        spec = shard_layer(FORMATS[self.format], [Sibling(self.name, {n: t.cpu() for n, t in tensors.items()},
+        return shard_layer(FORMATS[self.format], [Sibling(self.name, {n: t.cpu() for n, t in tensors.items()},
                                                           None, self.out_features)],
                            self.in_features, None, device, config, act_dtype)
-        for n in tensors:
+
+    def adopt(self, spec: LinearSpec) -> None:
+        """Drop the loaded tensors and keep only the resident form of the kernel chosen for `spec`."""
+        for n in FORMATS[self.format].tensor_names:
             delattr(self, n)
         self.kernel = choose_kernel(spec, self.name)
-        self.act_dtype, self.device, self.stored_bytes = act_dtype, device, spec.stored_bytes()
+        self.act_dtype, self.device, self.stored_bytes = spec.act_dtype, spec.device, spec.stored_bytes()
 
     def resident_bytes(self) -> int:
         """Bytes the kernel keeps for the quantized weight (bias excluded)."""

@@ -19,7 +19,8 @@ import torch
 from transformers.quantizers.base import HfQuantizer
 
 from babai_kernels.common import safetensors_names
-from babai_kernels.contract import TENSOR_NAMES, quantized_modules
+from babai_kernels.contract import FUSED_SIBLINGS, TENSOR_NAMES, check_skip_consistent, fused_layer, quantized_modules
+from babai_kernels.layer_spec import FORMATS
 
 from .linear import BabaiLinear
 
@@ -47,6 +48,8 @@ class BabaiHfQuantizer(HfQuantizer):
         self.files = [Path(f) for f in checkpoint_files]
         checkpoint = self.quantization_config.checkpoint
         self.modules = quantized_modules(safetensors_names(self.folder), checkpoint, str(self.folder))
+        check_skip_consistent([n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)],
+                              checkpoint.modules_to_not_convert)
         self.act_dtype = dtype if isinstance(dtype, torch.dtype) else torch.get_default_dtype()
         for name in self.modules:
             try:
@@ -65,10 +68,13 @@ class BabaiHfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model, **kwargs):
         checkpoint = self.quantization_config.checkpoint
         stored = resident = 0
-        for name in self.modules:
-            layer = model.get_submodule(name)
-            layer.build(checkpoint, self.act_dtype)
-            stored, resident = stored + layer.stored_bytes, resident + layer.resident_bytes()
+        for members in fused_groups(self.modules):   # one group at a time: its tensors are copied once
+            layers = [model.get_submodule(m) for m in members]
+            specs = [layer.spec(checkpoint, self.act_dtype) for layer in layers]
+            check_fused_siblings(members, specs)
+            for layer, spec in zip(layers, specs):
+                layer.adopt(spec)
+                stored, resident = stored + layer.stored_bytes, resident + layer.resident_bytes()
         logger.info("babai: %d quantized linears, %d bytes resident for %d on disk (%.3fx)", len(self.modules),
                     resident, stored, resident / max(stored, 1))
         return model
@@ -102,3 +108,25 @@ class BabaiHfQuantizer(HfQuantizer):
         if wanted:
             raise ValueError(f"{self.folder}: no longer holds {sorted(wanted)[:3]}, which the model was loaded from")
         return state, {}
+
+
+
+def fused_groups(modules: list[str]) -> list[list[str]]:
+    """The modules grouped as vLLM fuses them (q/k/v, gate/up; others alone), members in vLLM's order."""
+    order = {leaf: i for group in FUSED_SIBLINGS for i, leaf in enumerate(group)}
+    groups: dict[str, list[str]] = {}
+    for name in modules:
+        groups.setdefault(fused_layer(name), []).append(name)
+    return [sorted(g, key=lambda m: order.get(m.rpartition(".")[2], 0)) for g in groups.values()]
+
+
+def check_fused_siblings(members: list[str], specs: list) -> None:
+    """The check a fusing reader makes (docs/format.md §2): SSQR siblings that vLLM fuses must share
+    perm, bits and group size. transformers runs them one by one, but refuses such a checkpoint as
+    the vLLM plugin does, with its message. HPTQ siblings keep their own scale and code table."""
+    if len(specs) < 2 or specs[0].format != "ssqr":
+        return
+    try:
+        FORMATS["ssqr"].fuse([s.parts[0] for s in specs])
+    except ValueError as e:
+        raise ValueError(f"{' + '.join(members)}: {e}") from None
