@@ -11,8 +11,8 @@ arguments in order, then two scratch pointers (global, profile; NULL when the si
 
 Bundle `aot_sm90.zip` (beside this file): `index.json` (a list of variants: kernel, key, cubin
 name, function name, parameters with types, the parameters specialized ÷16, launch metadata,
-sha256) and one cubin per variant. A variant's key is the kernel name, its constexprs and its
-parameter types (`variant_key`); a launch looks its key up and refuses (ValueError naming what
+sha256) and one cubin per variant. A variant's key is the kernel name, its constexprs, its
+parameter types, num_warps and num_stages (`variant_key`); a launch looks its key up and refuses (ValueError naming what
 is missing) a key the bundle lacks, a tensor of the wrong dtype or device, or an argument that
 breaks a ÷16 specialization. VLLM_BABAI_TRITON_LAUNCH=aot|jit forces a route (default: aot on
 CUDA with Triton < 3.9 or none, jit otherwise).
@@ -33,11 +33,12 @@ from pathlib import Path
 import torch
 
 MIN_TRITON = (3, 9)
-TARGET = "sm_90"
+TARGET = "sm_90"                      # the bundle's cubins run on compute capability 9.0 only
 BUNDLE = Path(__file__).resolve().parent / "aot_sm90.zip"
 LAUNCH_ENV = "VLLM_BABAI_TRITON_LAUNCH"
 DIVISIBILITY = 16
 SMEM_DEFAULT = 48 * 1024
+CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1            # static shared memory of a function
 CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
 POINTER_DTYPES = {"*bf16": torch.bfloat16, "*fp16": torch.float16, "*fp32": torch.float32,
@@ -189,6 +190,8 @@ class Bundle:
             self.cubins = {name: z.read(name) for name in z.namelist() if name != "index.json"}
         self.triton = index["triton"]
         self.target = index["target"]
+        if self.target != TARGET:
+            raise ValueError(f"AOT bundle {self.path} holds {self.target} cubins, this module launches {TARGET}")
         self.variants = {}
         for d in index["variants"]:
             v = Variant.from_json(d)
@@ -224,7 +227,7 @@ class _Driver:
         self.lib = lib if lib is not None else ctypes.CDLL("libcuda.so.1")
         self.functions: dict[tuple[int, str], ctypes.c_void_p] = {}
         self.lock = threading.Lock()
-        self.local = threading.local()           # per thread: devices whose context was checked
+        self.primary: dict[int, ctypes.c_void_p] = {}   # device → its primary context (torch's)
 
     def check(self, result: int, what: str) -> None:
         if result != 0:
@@ -240,41 +243,47 @@ class _Driver:
             fn = self.functions.get((index, variant.key))
             if fn is not None:
                 return fn
-            with torch.cuda.device(index):
-                torch.cuda.init()
-                torch.empty(1, device=device)          # makes torch's primary context current
-                module, fn = ctypes.c_void_p(), ctypes.c_void_p()
-                cubin = bundle().cubins[variant.cubin]
-                self.check(self.lib.cuModuleLoadData(ctypes.byref(module), cubin), "cuModuleLoadData")
-                self.check(self.lib.cuModuleGetFunction(ctypes.byref(fn), module,
-                                                        variant.function.encode()),
-                           "cuModuleGetFunction")
-                if variant.shared > SMEM_DEFAULT:
-                    optin = ctypes.c_int()
-                    self.check(self.lib.cuDeviceGetAttribute(
-                        ctypes.byref(optin), CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-                        ctypes.c_int(index)), "cuDeviceGetAttribute")
-                    if variant.shared > optin.value:
-                        raise ValueError(f"{variant.kernel}: needs {variant.shared} B of shared memory, "
-                                         f"the device allows {optin.value}")
-                    self.check(self.lib.cuFuncSetAttribute(
-                        fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        ctypes.c_int(variant.shared)), "cuFuncSetAttribute")
+            capability = torch.cuda.get_device_capability(index)
+            if capability != (9, 0):
+                raise ValueError(f"{variant.kernel}: the AOT cubins are {TARGET}, cuda:{index} is "
+                                 f"sm_{capability[0]}{capability[1]} (install Triton ≥ 3.9)")
+            self.ensure_context(index)
+            module, fn = ctypes.c_void_p(), ctypes.c_void_p()
+            cubin = bundle().cubins[variant.cubin]
+            self.check(self.lib.cuModuleLoadData(ctypes.byref(module), cubin), "cuModuleLoadData")
+            self.check(self.lib.cuModuleGetFunction(ctypes.byref(fn), module,
+                                                    variant.function.encode()),
+                       "cuModuleGetFunction")
+            if variant.shared > SMEM_DEFAULT:    # opt in as Triton's loader: all the room left
+                optin, static = ctypes.c_int(), ctypes.c_int()
+                self.check(self.lib.cuDeviceGetAttribute(
+                    ctypes.byref(optin), CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                    ctypes.c_int(index)), "cuDeviceGetAttribute")
+                self.check(self.lib.cuFuncGetAttribute(
+                    ctypes.byref(static), CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn), "cuFuncGetAttribute")
+                room = optin.value - static.value
+                if variant.shared > room:
+                    raise ValueError(f"{variant.kernel}: needs {variant.shared} B of dynamic shared "
+                                     f"memory, the device allows {room}")
+                self.check(self.lib.cuFuncSetAttribute(
+                    fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, ctypes.c_int(room)),
+                    "cuFuncSetAttribute")
             self.functions[(index, variant.key)] = fn
             return fn
 
     def ensure_context(self, index: int) -> None:
-        """Make the device's primary context (torch's) current on this thread, once per thread."""
-        checked = self.local.__dict__.setdefault("devices", set())
-        if index in checked:
-            return
-        ctx = ctypes.c_void_p()
-        self.check(self.lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
-        if not ctx.value:
-            self.check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), ctypes.c_int(index)),
+        """Make device `index`'s primary context (the one torch uses) current on this thread."""
+        primary = self.primary.get(index)
+        if primary is None:
+            self.check(self.lib.cuInit(0), "cuInit")
+            primary = ctypes.c_void_p()
+            self.check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(primary), ctypes.c_int(index)),
                        "cuDevicePrimaryCtxRetain")
-            self.check(self.lib.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
-        checked.add(index)
+            self.primary[index] = primary
+        current = ctypes.c_void_p()
+        self.check(self.lib.cuCtxGetCurrent(ctypes.byref(current)), "cuCtxGetCurrent")
+        if current.value != primary.value:
+            self.check(self.lib.cuCtxSetCurrent(primary), "cuCtxSetCurrent")
 
     def launch(self, variant: Variant, grid: tuple[int, int, int], params: list,
                device: torch.device, stream: int) -> None:

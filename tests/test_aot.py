@@ -194,13 +194,44 @@ def test_the_hptq_launcher_asks_for_bundled_gemv_and_decode_variants():
 
 
 class _FakeCuda:
-    """Records the libcuda calls the launcher makes (no GPU here); every call succeeds."""
+    """Records the libcuda calls the launcher makes (no GPU here); every call succeeds. Out
+    parameters arrive as ctypes.byref(...) objects, whose `_obj` is the ctypes value."""
+    OPTIN, STATIC = 232448, 1024
 
-    def __init__(self):
-        self.launches = []
+    def __init__(self, current=0):
+        self.current, self.calls, self.launches = current, [], []
+
+    def __getattr__(self, name):             # calls whose results the launcher does not read
+        return lambda *args: self.calls.append((name, args)) or 0
+
+    def cuDevicePrimaryCtxRetain(self, out, dev):
+        out._obj.value = 0x1000 + dev.value
+        return 0
 
     def cuCtxGetCurrent(self, out):
-        ctypes.cast(out, ctypes.POINTER(ctypes.c_void_p))[0] = 0x1234
+        out._obj.value = self.current
+        return 0
+
+    def cuCtxSetCurrent(self, ctx):
+        self.current = ctx.value
+        return 0
+
+    def cuModuleLoadData(self, out, image):
+        self.calls.append(("cuModuleLoadData", image))
+        out._obj.value = 0xD00
+        return 0
+
+    def cuModuleGetFunction(self, out, module, name):
+        self.calls.append(("cuModuleGetFunction", module.value, name))
+        out._obj.value = 0xF00
+        return 0
+
+    def cuDeviceGetAttribute(self, out, attribute, dev):
+        out._obj.value = self.OPTIN
+        return 0
+
+    def cuFuncGetAttribute(self, out, attribute, fn):
+        out._obj.value = self.STATIC
         return 0
 
     def cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
@@ -223,6 +254,7 @@ def test_the_launch_passes_triton_launch_geometry_and_a_pointer_per_parameter():
     driver = aot._Driver(_FakeCuda())
     driver.functions[(0, v.key)] = ctypes.c_void_p(0xF00)       # as if cuModuleLoadData ran
     driver.launch(v, (128, 1, 1), packed, torch.device("cuda", 0), stream=0xABC)
+    assert driver.lib.current == 0x1000                         # device 0's primary context made current
     (call,) = driver.lib.launches
     assert call["fn"] == 0xF00 and call["stream"] == 0xABC and call["extra"] is None
     assert call["grid"] == (128 * v.num_ctas, 1, 1) and call["block"] == (32 * v.num_warps, 1, 1)
@@ -232,3 +264,31 @@ def test_the_launch_passes_triton_launch_geometry_and_a_pointer_per_parameter():
     assert ctypes.c_uint64.from_address(got[0]).value == x.data_ptr()
     assert ctypes.c_float.from_address(got[7]).value == 0.25
     assert ctypes.c_int32.from_address(got[9]).value == 4096
+
+
+def test_loading_a_variant_opts_in_to_its_dynamic_shared_memory(monkeypatch):
+    """cuModuleLoadData gets the bundled cubin, cuModuleGetFunction its kernel name, and a kernel
+    above 48 KB gets Triton's opt-in (all the shared memory the device leaves beside the static)."""
+    from babai_kernels.ssqr.matmul import compile_spec
+    from babai_kernels.ssqr.tuning import TILES
+    bm, bn, bk, warps, stages = TILES["small"][0]
+    sig, consts = compile_spec(4, "bf16", 128, True, False, dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                                                                 num_warps=warps, num_stages=stages), 1)
+    v = aot.bundle().find("ssqr", consts, sig, warps, stages)
+    assert v.shared > aot.SMEM_DEFAULT
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    driver = aot._Driver(_FakeCuda(current=0x7777))
+    fn = driver.function(v, torch.device("cuda", 1))
+    assert fn.value == 0xF00 and driver.lib.current == 0x1001
+    names = [c[0] for c in driver.lib.calls]
+    assert names.index("cuInit") < names.index("cuModuleLoadData")
+    (image,) = [c[1] for c in driver.lib.calls if c[0] == "cuModuleLoadData"]
+    assert image == aot.bundle().cubins[v.cubin]
+    assert ("cuModuleGetFunction", 0xD00, b"_ssqr_kernel") in driver.lib.calls
+    (opt,) = [c[1] for c in driver.lib.calls if c[0] == "cuFuncSetAttribute"]
+    assert opt[1] == aot.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    assert opt[2].value == _FakeCuda.OPTIN - _FakeCuda.STATIC
+    assert driver.function(v, torch.device("cuda", 1)) is fn           # loaded once
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (10, 0))
+    with pytest.raises(ValueError, match="sm_100"):
+        aot._Driver(_FakeCuda()).function(v, torch.device("cuda", 0))
