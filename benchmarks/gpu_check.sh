@@ -24,7 +24,7 @@ for pair in kernels:babai_kernels quantizer:babai_quantizer serve:babai_serve; d
   ln -sfn "$PWD/${pair%%:*}" ".gpu_check_path/${pair##*:}"
 done
 export PYTHONPATH="$PWD/.gpu_check_path:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} TRITON_DEFAULT_FP_FUSION=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} TRITON_DEFAULT_FP_FUSION=1
 : >"$DIR/status.tsv"
 stage() {  # name, timeout in seconds, python module, then its arguments
   local name=$1 limit=$2 module=$3 start=$SECONDS rc

@@ -219,7 +219,7 @@ def stage_correctness(stage: Stage, directory: Path, dry: bool) -> None:
                 x = torch.zeros(m, k, dtype=torch.bfloat16)
                 dry_launch_all(stage, f"hptq-{HPTQ_BITS} {shape} M={m}", hptq_runs(x, p))
             continue
-        weight = (z.to(torch.float32) * scale).to(device)
+        weight = z.to(device).to(torch.float32) * scale      # float32 products, as the kernel's
         exact = torch.equal(hptq_decode(p, torch.float32), weight)
         stage.add(case="hptq-decode", shape=shape, m=0, max_rel_err=0.0 if exact else float("nan"), ok=exact)
         for m in ms:
