@@ -52,7 +52,7 @@ namespace {
 constexpr int kRows = 16;        // output rows per block
 constexpr int kTile = 32;        // tile row stride (floats): up to 2 blocks
 constexpr int kMaxMB = 8;        // activation rows per pass (avx512; avx2 takes 4)
-constexpr int64_t kChunkM = 256; // activation rows per outer chunk
+constexpr int64_t kChunkM = 64;  // activation rows per outer chunk (xᵀ of a chunk stays in L2 for K ≤ 1536)
 
 void check(bool ok, const std::string& what) { TORCH_CHECK(ok, "babai_cpu::lut_linear: ", what); }
 
@@ -381,30 +381,80 @@ DecodeFn pick_decode(int bits) { return bits == 4 ? decode_unit<4> : bits == 5 ?
 
 // --- residual ----------------------------------------------------------------------------------
 
+// a[0 .. 8V) = Σ_e val[e] · xt[col[e]][m .. m + 8V) for the entries [e0, e1) of one row: V accumulators
+// in registers; with V = 1 two partial sums (alternate entries) so one FMA latency per entry does not
+// bound it.
+template <int V>
+inline void residual_block(const uint16_t* col, const at::Half* val, int32_t e0, int32_t e1, const float* xt,
+                           int64_t ldt, int64_t m, float* a) {
+  constexpr int P = V == 1 ? 2 : 1;
+  __m256 acc[P][V];
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < V; ++v) acc[p][v] = _mm256_setzero_ps();
+  for (int32_t e = e0; e < e1; ++e) {
+    const __m256 w = _mm256_set1_ps(_cvtsh_ss(val[e].x));
+    const float* xc = xt + col[e] * ldt + m;
+    for (int v = 0; v < V; ++v) acc[(e - e0) % P][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xc + 8 * v), acc[(e - e0) % P][v]);
+  }
+  for (int v = 0; v < V; ++v) _mm256_storeu_ps(a + 8 * v, P == 2 ? _mm256_add_ps(acc[0][v], acc[P - 1][v]) : acc[0][v]);
+}
+
 // res[r][m] = Σ_e val[e] · xt[col[e]][m] over the CSR entries of rows row0 .. row0 + rows - 1, for every
-// row m < ldt of the chunk (ldt a multiple of 8), 8 at a time in registers with two partial sums
-// (alternate entries), so neither a memory round trip nor one FMA latency per entry limits it.
+// row m < ldt of the chunk (ldt a multiple of 8; xt (K, ldt) float32).
 void residual_rows(const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0, int rows,
                    const float* xt, int64_t ldt, float* res) {
   for (int r = 0; r < rows; ++r) {
     const int32_t e0 = off[row0 + r], e1 = off[row0 + r + 1];
-    for (int64_t m = 0; m < ldt; m += 8) {
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      int32_t e = e0;
-      for (; e + 1 < e1; e += 2) {
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(val[e].x)), _mm256_loadu_ps(xt + col[e] * ldt + m), a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(val[e + 1].x)), _mm256_loadu_ps(xt + col[e + 1] * ldt + m), a1);
-      }
-      if (e < e1) a0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(val[e].x)), _mm256_loadu_ps(xt + col[e] * ldt + m), a0);
-      _mm256_storeu_ps(res + r * ldt + m, _mm256_add_ps(a0, a1));
-    }
+    int64_t m = 0;
+    for (; m + 64 <= ldt; m += 64) residual_block<8>(col, val, e0, e1, xt, ldt, m, res + r * ldt + m);
+    for (; m < ldt; m += 8) residual_block<1>(col, val, e0, e1, xt, ldt, m, res + r * ldt + m);
   }
 }
 
-// tile[m][r] += res[r][m0 + m] for m < mb, r < rows.
+// v[i] (row i of an 8 × 8 block) → v[i] = column i.
+inline void transpose8(__m256 v[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    v[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+// tile[m][r] += res[r][m0 + m] for m < mb, r < rows (a multiple of 8). res must have 8 readable floats
+// from every res[r][m0].
 void add_residual(const float* res, int rows, int64_t ldt, int64_t m0, int mb, float* tile) {
-  for (int r = 0; r < rows; ++r)
-    for (int m = 0; m < mb; ++m) tile[m * kTile + r] += res[r * ldt + m0 + m];
+  for (int r0 = 0; r0 < rows; r0 += 8) {
+    __m256 v[8];
+    for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(res + (r0 + i) * ldt + m0);
+    transpose8(v);
+    for (int m = 0; m < mb; ++m)
+      _mm256_storeu_ps(tile + m * kTile + r0, _mm256_add_ps(_mm256_loadu_ps(tile + m * kTile + r0), v[m]));
+  }
+}
+
+// xt[k][m] = x[m][k] as float32 for m < mc, 0 for mc ≤ m < ldt (a multiple of 8); x (mc, K) bfloat16,
+// K a multiple of 8. (torch's transposing copy takes ~3x longer.)
+void transpose_x(const uint16_t* x, int64_t mc, int64_t K, int64_t ldt, float* xt) {
+  for (int64_t m0 = 0; m0 < ldt; m0 += 8)
+    for (int64_t k0 = 0; k0 < K; k0 += 8) {
+      __m256 v[8];
+      for (int i = 0; i < 8; ++i)
+        v[i] = m0 + i < mc ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                                 reinterpret_cast<const __m128i*>(x + (m0 + i) * K + k0))), 16))
+                           : _mm256_setzero_ps();
+      transpose8(v);
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(xt + (k0 + i) * ldt + m0, v[i]);
+    }
 }
 
 // --- validation --------------------------------------------------------------------------------
@@ -430,6 +480,22 @@ void check_csr(const at::Tensor& offsets, const at::Tensor& cols, const at::Tens
   uint16_t top = 0;
   for (int64_t e = 0; e < nnz; ++e) top = std::max(top, col[e]);
   check(nnz == 0 || top < K, "residual column " + std::to_string(top) + " is out of range for K = " + std::to_string(K));
+}
+
+// xp[m][j] = x[m][perm[j]] (x (M, K) contiguous, perm (K) int64 within [0, K), checked by the caller);
+// ~7x faster than index_select along the last dimension here.
+at::Tensor permute_columns(const at::Tensor& x, const at::Tensor& perm) {
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor xp = at::empty_like(x);
+  const at::Tensor pc = perm.contiguous();
+  const int64_t* pi = pc.data_ptr<int64_t>();
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  uint16_t* dst = reinterpret_cast<uint16_t*>(xp.data_ptr<at::BFloat16>());
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / K), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t j = 0; j < K; ++j) dst[m * K + j] = src[m * K + pi[j]];
+  });
+  return xp;
 }
 
 // --- the op ------------------------------------------------------------------------------------
@@ -466,7 +532,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t 
   auto out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
 
-  const at::Tensor xp = perm.numel() ? x.index_select(1, perm).contiguous() : x;   // stored order (checks perm)
+  const at::Tensor xp = perm.numel() ? permute_columns(x, perm) : x;   // stored order
   const bool wide = isa == Isa::kAvx512;
   const int NB = wide ? 2 : 1, MBmax = wide ? kMaxMB : y::kMB;
   const int64_t nnz = vals.numel(), blk_bytes = kRows * K * bits / 8, sc_block = (K / G) * kRows;
@@ -491,8 +557,8 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t 
     const int64_t ldt = (mc + 7) / 8 * 8;
     at::Tensor xt;
     if (nnz) {
-      xt = at::zeros({K, ldt}, xf.options().dtype(at::kFloat));
-      xt.narrow(1, 0, mc).copy_(xc.t());
+      xt = at::empty({K, ldt}, xc.options().dtype(at::kFloat));
+      transpose_x(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), mc, K, ldt, xt.data_ptr<float>());
     }
     const float* xtp = nnz ? xt.data_ptr<float>() : nullptr;
     const char* xin = static_cast<const char*>(xf.data_ptr());
@@ -506,7 +572,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t 
       alignas(64) float tile[kMaxMB * kTile];
       alignas(64) float s[kTile], c[kTile];
       std::vector<uint8_t> buf(dec ? dec_bytes + 64 : 0);
-      std::vector<float> res(nnz ? kTile * ldt : 0);
+      std::vector<float> res(nnz ? kTile * ldt + 8 : 0);
       void* dbuf = dec ? buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64 : nullptr;
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t b = u * NB;
@@ -541,7 +607,7 @@ std::string best_isa() { return has_avx512() ? "avx512" : has_avx2() ? "avx2" : 
 TORCH_LIBRARY(babai_cpu, m) {
   m.def("lut_linear(Tensor x, Tensor packed, int bits, Tensor scales, int group_size, Tensor perm, "
         "Tensor offsets, Tensor cols, Tensor vals, Tensor row_scale, Tensor bias, str isa='auto', "
-        "int predecode_from=16) -> Tensor");
+        "int predecode_from=32) -> Tensor");
   m.def("cpu_features() -> str[]", &cpu_features);
   m.def("best_isa() -> str", &best_isa);
 }

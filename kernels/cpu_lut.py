@@ -48,7 +48,7 @@ SANITIZE_CFLAGS = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,u
 ISA_FEATURES = {"avx2": ("avx2", "fma", "f16c"),
                 "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")}
 BUILD_ISA = "avx2"
-PREDECODE_FROM = 16    # rows of x from which blocks are decoded once per chunk (benchmarks/results/linear_cpu.md)
+PREDECODE_FROM = 32    # rows of x from which blocks are decoded once per chunk (crossover: benchmarks/results/linear_cpu.md)
 
 
 def host_features() -> frozenset[str]:
