@@ -94,6 +94,13 @@ def use_aot(device: torch.device) -> bool:
     return version is None or version < MIN_TRITON
 
 
+def jit_available() -> bool:
+    """Whether a kernel the bundle lacks may still be compiled by the importable (older) Triton: the
+    SSQR kernel compiles with Triton 3.6 (slower SASS, benchmarks/results/kernels_static_versions.md);
+    never inside `dry_run`, where every launch must come from the bundle."""
+    return _dry_log is None and triton_version() is not None and os.environ.get(LAUNCH_ENV, "").strip().lower() != "aot"
+
+
 def type_of(value) -> str:
     """Triton signature type of a launch argument: '*bf16' … for tensors, 'i32' for ints, 'fp32'
     for floats (the bundle compiles every int as i32 and every float as fp32)."""

@@ -15,7 +15,7 @@ import logging
 import pytest
 import torch
 
-from babai_kernels import chooser, cpu_lut
+from babai_kernels import aot, chooser, common, cpu_lut
 from babai_kernels.choices import cuda as cuda_choices
 from babai_kernels.hptq import prepare as hptq_prepare
 from babai_kernels.hptq.pack import choose_chunk_cols, encode_hptq
@@ -88,11 +88,16 @@ def platform(request, monkeypatch):
     if name.startswith("cpu"):
         ok = name != "cpu-no-avx2"
         monkeypatch.setattr(cpu_lut, "load", lambda: (True, None) if ok else (False, NO_AVX2))
-    else:
+    else:   # an older Triton (3.6, the lent GPU image's): the AOT bundle launches what it holds
         monkeypatch.setattr(cuda_choices, "triton_available", lambda: True)
         monkeypatch.setattr(hptq_prepare, "triton_available", lambda: True)
         monkeypatch.setattr(hptq_prepare, "triton_interpret", lambda: False)
-        monkeypatch.setattr(hptq_prepare, "gluon_available", lambda: name == "cuda-triton-gluon")
+        monkeypatch.setattr(aot, "triton_version", lambda: (3, 9) if name == "cuda-triton-gluon" else (3, 6))
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        common.gluon_available.cache_clear()
+        request.addfinalizer(common.gluon_available.cache_clear)
+        if name == "cuda-triton-gluon":
+            monkeypatch.setattr(hptq_prepare, "gluon_available", lambda: True)
     return name
 
 
@@ -198,3 +203,16 @@ def test_unknown_platform_and_bad_checkpoint_errors_name_the_layer(checkpoints):
     (_, spec), *_ = specs(checkpoints["ssqr-w4"], torch.bfloat16, "cpu")
     with pytest.raises(ValueError, match="model.layers.0.qkv_proj: no babai kernel can serve ssqr 960x576"):
         chooser.choose_kernel(dataclasses.replace(spec, device=torch.device("meta")), "model.layers.0.qkv_proj")
+
+
+@pytest.mark.parametrize("platform", ["cuda-triton-old"], indirect=True)
+def test_old_triton_serves_hptq_lanes_where_the_aot_bundle_holds_the_shape(platform):
+    """The lent GPU image (Triton 3.6): Llama-3-8B's K = 4096 in bfloat16 is in the bundle (lanes),
+    float16 is not (the dense route on the SSQR kernel, compiled by the old Triton)."""
+    g = torch.Generator().manual_seed(0)
+    module = _hptq_module(_weights(64, 4096, g), 3.3)
+    for act, expected in ((torch.bfloat16, "HuffmanLanes"), (torch.float16, "TritonHPTQDense")):
+        spec = shard_layer(FORMATS["hptq"], [Sibling("model.layers.0.o_proj", module, None, 64)], 4096, None,
+                           torch.device("cuda"), act_dtype=act)
+        cls, reasons = chooser.plan(spec)
+        assert cls.__name__ == expected, reasons

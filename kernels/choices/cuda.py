@@ -22,6 +22,13 @@ def hptq_runtime_override() -> str | None:
     return value
 
 
+def ssqr_launch_reason(spec: LinearSpec, bits: int, group: int, has_outliers: bool) -> str | None:
+    """Why the SSQR kernel cannot launch for the layer (only where the AOT bundle is the sole route;
+    a bias, unknown before the first call, is assumed absent)."""
+    from babai_kernels.ssqr.matmul import launch_reason
+    return launch_reason(bits, group, has_outliers, False, spec.act_dtype, spec.device)
+
+
 def triton_reason(spec: LinearSpec, fmt: str, dtypes: tuple[torch.dtype, ...]) -> str | None:
     """Why a Triton kernel for `fmt` taking `dtypes` activations cannot serve `spec`."""
     if spec.format != fmt:
@@ -44,6 +51,10 @@ class TritonSSQR(BabaiKernel):
     @classmethod
     def can_implement(cls, spec):
         reason = triton_reason(spec, "ssqr", HALF_DTYPES)
+        if reason is None:
+            from babai_kernels.ssqr.pack import ssqr_meta
+            _, _, bits, group = ssqr_meta(spec.parts[0])
+            reason = ssqr_launch_reason(spec, bits, group, bool((spec.parts[0]["outlier_vals"] != 0).any()))
         return reason is None, reason
 
     def __init__(self, spec: LinearSpec):
@@ -72,6 +83,9 @@ class HuffmanLanes(BabaiKernel):
         if reason is None and hptq_runtime_override() == "dense":
             reason = f"{HPTQ_RUNTIME_ENV}=dense asks for the dense route"
         reason = reason or gpu_kernel_reason()
+        if reason is None:
+            from babai_kernels.hptq.gemv import launch_reason
+            reason = launch_reason(spec.shape[1], spec.act_dtype, spec.device)
         if reason is None and any(lanes is None for lanes in cls._lanes(spec)):
             from babai_kernels.hptq.lanes import LANE_CODE_LEN, MAX_ABS_CODE
             reason = (f"a part has more than {1 << LANE_CODE_LEN} distinct codes or a code of magnitude "
@@ -109,6 +123,9 @@ class TritonHPTQDense(TritonSSQR):
         if reason is None:
             tensors = cls._ssqr_tensors(spec)
             reason = tensors if isinstance(tensors, str) else None
+        if reason is None:
+            reason = ssqr_launch_reason(spec, 4, spec.shape[1] // tensors["scales"].shape[0],
+                                        bool((tensors["outlier_vals"] != 0).any()))
         return reason is None, reason
 
     @staticmethod

@@ -118,11 +118,11 @@ def compile_spec(bits: int, act: str, group: int, has_outliers: bool, has_bias: 
 def launch_reason(bits: int, group: int, has_outliers: bool, has_bias: bool, act_dtype: torch.dtype,
                   device: torch.device) -> str | None:
     """Why the kernel cannot launch for such a layer on `device` (None: it can): launching from the
-    AOT bundle (babai_kernels.aot.use_aot), it must hold, at M = 1, 16 and 128, a cubin of at least
-    one tile the tuner may pick (tuning.TILES)."""
+    AOT bundle (babai_kernels.aot.use_aot) with no Triton to compile what it lacks, the bundle must
+    hold, at M = 1, 16 and 128, a cubin of at least one tile the tuner may pick (tuning.TILES)."""
     from babai_kernels import aot
     from babai_kernels.ssqr.tuning import TILES, m_range
-    if not aot.use_aot(device):
+    if not aot.use_aot(device) or aot.jit_available():
         return None
     act = {torch.bfloat16: "bf16", torch.float16: "fp16"}[act_dtype]
     for m in (1, 16, 128):
@@ -144,7 +144,8 @@ def launch(xp: torch.Tensor, p, bias: torch.Tensor | None, cfg: dict) -> torch.T
     """y (M, N) in xp.dtype for xp = x[:, perm] (M, K) contiguous fp16/bf16, layer p, config cfg.
 
     cfg: BLOCK_M, BLOCK_N, BLOCK_K (clipped to divide G), SPLIT_K, num_warps, num_stages. On CUDA
-    with a Triton older than 3.9 the kernel runs from the AOT bundle (babai_kernels.aot).
+    with a Triton older than 3.9 the kernel runs from the AOT bundle (babai_kernels.aot) where it
+    holds the variant, else the older Triton compiles it (aot.jit_available).
     """
     from babai_kernels import aot
     m, n = xp.shape[0], p.n
@@ -159,8 +160,11 @@ def launch(xp: torch.Tensor, p, bias: torch.Tensor | None, cfg: dict) -> torch.T
     consts = constexprs(p.bits, p.group_size, p.has_outliers, bias is not None, cfg, m,
                         xp.dtype == torch.bfloat16, triton_interpret())
     if aot.use_aot(xp.device):
-        aot.launch("ssqr", grid, args, consts, cfg["num_warps"], cfg["num_stages"])
-    else:
-        _ssqr_kernel[grid](**{**args, **consts}, num_warps=cfg["num_warps"],
-                           num_stages=cfg["num_stages"])
+        try:
+            aot.launch("ssqr", grid, args, consts, cfg["num_warps"], cfg["num_stages"])
+            return out
+        except aot.MissingVariant:
+            if not aot.jit_available():
+                raise
+    _ssqr_kernel[grid](**{**args, **consts}, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
