@@ -1,6 +1,6 @@
 """SSQR on real SmolLM2 layers: layer error at equal bits against GPTQ (issue 15's hypotheses).
 
-For the float model's Hessians at a few depths (benchmarks.reduction_layers.capture_hessians:
+For the float model's Hessians at a few depths (research.reduction_layers.capture_hessians:
 Austen calib split, cached), every linear is quantized by each config and we record the layer
 error ‖X(w−q)‖² (on the damped H, as quant_report.json) and its effective bits (every stored byte).
 GPTQ at 3/4 bits × g32/64/192 gives each linear an error-vs-bits curve; a config's score on a linear
@@ -12,19 +12,17 @@ geometric mean. Hypotheses (issue 15): (a) global act-order vs row-parallel bloc
 (v2) outliers as int8 codes at the group scale + 8-bit column delta: 16 bits per outlier
 (`v2` configs: simulated, bits = stored bits − 16 per ELL slot).
 
-    python -m benchmarks.ssqr_layers [--depths 0 14 29] [--configs NAME ...] [--threads 1]
+    python -m research.ssqr_layers [--depths 0 14 29] [--configs NAME ...] [--threads 1]
 
-Writes benchmarks/results/ssqr_layers.{json,md}; per-(config, linear) results are cached under
+Writes research/results/ssqr_layers.{json,md}; per-(config, linear) results are cached under
 ~/.cache/vllm-babai/ssqr-layers/ (keyed by the config, calibration and the SSQR source hash).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -32,17 +30,18 @@ from babai_kernels.contract import ROW_PARALLEL, row_parallel_parts
 from babai_quantizer import assets
 from babai_quantizer.formats.registry import FORMAT_QUANTIZERS
 from babai_quantizer.options import QuantizeOptions
-from benchmarks.quality import code_version, _hash
-from benchmarks.reduction_layers import capture_hessians
-from benchmarks.ssqr_allocation import allocation_rows
+from benchmarks.cache_keys import cached_json, code_version, stable_hash
+from research.reduction_layers import capture_hessians
+from research.ssqr_allocation import allocation_rows
 from benchmarks.ssqr_v2sim import simulated_v2, v2_bits
+from research.common import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 CACHE = assets.cache_dir() / "ssqr-layers"
 SOURCES = ["quantizer/formats/ssqr.py", "quantizer/formats/registry.py", "quantizer/lattice/*.py"]
 
 
-def _ssqr(b, g, rate, blocks=1, **kw):
+def ssqr_spec(b, g, rate, blocks=1, **kw) -> dict:
+    """QuantizeOptions fields of an SSQR config: b-bit, group size g, outlier rate, row-parallel blocks."""
     return dict(format="ssqr", bits=b, group_size=g, outlier_rate=rate, row_parallel_blocks=blocks, **kw)
 
 
@@ -50,30 +49,30 @@ GPTQ = {f"gptq-w{b}g{g}": dict(format="gptq", bits=b, group_size=g, dtype="float
         for b in (3, 4) for g in (32, 64, 192)}
 CONFIGS = {
     **GPTQ,
-    "w3g64-1%-blocks8": _ssqr(3, 64, 0.01, 8),                 # the current quality rows
-    "w3g64-1%": _ssqr(3, 64, 0.01),                            # (a) global order
-    "w3g64-1%-cap": _ssqr(3, 64, 0.01, rate_mode="cap"),
-    "w3g64-1%-cap-rms": _ssqr(3, 64, 0.01, rate_mode="cap", scale_init="rms"),   # (b)
-    "w3g64-0.5%-cap": _ssqr(3, 64, 0.005, rate_mode="cap"),
-    "w3g64-2%-cap": _ssqr(3, 64, 0.02, rate_mode="cap"),
-    "w3g192-1%-cap": _ssqr(3, 192, 0.01, rate_mode="cap"),    # (c)
-    "w3g192-2%-cap": _ssqr(3, 192, 0.02, rate_mode="cap"),
-    "w3g32-1%-cap": _ssqr(3, 32, 0.01, rate_mode="cap"),
-    "w4g64-1%-blocks8": _ssqr(4, 64, 0.01, 8),
-    "w4g64-1%": _ssqr(4, 64, 0.01),
-    "w4g64-1%-cap": _ssqr(4, 64, 0.01, rate_mode="cap"),
-    "w4g64-0.5%-cap": _ssqr(4, 64, 0.005, rate_mode="cap"),
-    "w4g192-0.5%-cap": _ssqr(4, 192, 0.005, rate_mode="cap"),
-    "w4g192-1%-cap": _ssqr(4, 192, 0.01, rate_mode="cap"),
-    "v2-w3g192-2%-cap": _ssqr(3, 192, 0.02, rate_mode="cap"),  # simulated int8 outlier codes
-    "v2-w3g64-2%-cap": _ssqr(3, 64, 0.02, rate_mode="cap"),
-    "v2-w4g192-1%-cap": _ssqr(4, 192, 0.01, rate_mode="cap"),
-    "w3g192-0.5%-cap": _ssqr(3, 192, 0.005, rate_mode="cap"),
-    "w3g192-1%-cap-rms": _ssqr(3, 192, 0.01, rate_mode="cap", scale_init="rms"),
-    "w4g192-1%-cap-rms": _ssqr(4, 192, 0.01, rate_mode="cap", scale_init="rms"),
-    "v2-w3g192-1%-cap": _ssqr(3, 192, 0.01, rate_mode="cap"),
-    "v2-w3g192-3%-cap": _ssqr(3, 192, 0.03, rate_mode="cap"),
-    "v2-w4g192-2%-cap": _ssqr(4, 192, 0.02, rate_mode="cap"),
+    "w3g64-1%-blocks8": ssqr_spec(3, 64, 0.01, 8),                 # the current quality rows
+    "w3g64-1%": ssqr_spec(3, 64, 0.01),                            # (a) global order
+    "w3g64-1%-cap": ssqr_spec(3, 64, 0.01, rate_mode="cap"),
+    "w3g64-1%-cap-rms": ssqr_spec(3, 64, 0.01, rate_mode="cap", scale_init="rms"),   # (b)
+    "w3g64-0.5%-cap": ssqr_spec(3, 64, 0.005, rate_mode="cap"),
+    "w3g64-2%-cap": ssqr_spec(3, 64, 0.02, rate_mode="cap"),
+    "w3g192-1%-cap": ssqr_spec(3, 192, 0.01, rate_mode="cap"),    # (c)
+    "w3g192-2%-cap": ssqr_spec(3, 192, 0.02, rate_mode="cap"),
+    "w3g32-1%-cap": ssqr_spec(3, 32, 0.01, rate_mode="cap"),
+    "w4g64-1%-blocks8": ssqr_spec(4, 64, 0.01, 8),
+    "w4g64-1%": ssqr_spec(4, 64, 0.01),
+    "w4g64-1%-cap": ssqr_spec(4, 64, 0.01, rate_mode="cap"),
+    "w4g64-0.5%-cap": ssqr_spec(4, 64, 0.005, rate_mode="cap"),
+    "w4g192-0.5%-cap": ssqr_spec(4, 192, 0.005, rate_mode="cap"),
+    "w4g192-1%-cap": ssqr_spec(4, 192, 0.01, rate_mode="cap"),
+    "v2-w3g192-2%-cap": ssqr_spec(3, 192, 0.02, rate_mode="cap"),  # simulated int8 outlier codes
+    "v2-w3g64-2%-cap": ssqr_spec(3, 64, 0.02, rate_mode="cap"),
+    "v2-w4g192-1%-cap": ssqr_spec(4, 192, 0.01, rate_mode="cap"),
+    "w3g192-0.5%-cap": ssqr_spec(3, 192, 0.005, rate_mode="cap"),
+    "w3g192-1%-cap-rms": ssqr_spec(3, 192, 0.01, rate_mode="cap", scale_init="rms"),
+    "w4g192-1%-cap-rms": ssqr_spec(4, 192, 0.01, rate_mode="cap", scale_init="rms"),
+    "v2-w3g192-1%-cap": ssqr_spec(3, 192, 0.01, rate_mode="cap"),
+    "v2-w3g192-3%-cap": ssqr_spec(3, 192, 0.03, rate_mode="cap"),
+    "v2-w4g192-2%-cap": ssqr_spec(4, 192, 0.02, rate_mode="cap"),
 }
 
 
@@ -140,14 +139,6 @@ def summarize(results: dict) -> list[dict]:
     return rows
 
 
-def _cached(path: Path, compute) -> dict:
-    if path.is_file():
-        return json.loads(path.read_text())
-    r = compute()
-    path.write_text(json.dumps(r))
-    return r
-
-
 def _mean(per: dict, key: str):
     vals = [r[key] for r in per.values() if r.get(key) is not None]
     return sum(vals) / len(vals) if vals else None
@@ -155,10 +146,8 @@ def _mean(per: dict, key: str):
 
 def write(results: dict, alloc: list[dict], args, command: str) -> None:
     summary = summarize(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ssqr_layers.json").write_text(json.dumps(
-        {"command": command, "depths": args.depths, "summary": summary, "allocation": alloc, "per_linear": results},
-        indent=1) + "\n")
+    write_json("ssqr_layers", {"command": command, "depths": args.depths, "summary": summary,
+                               "allocation": alloc, "per_linear": results})
     f = lambda x, s=".3f": "–" if x is None else format(x, s)  # noqa: E731
     lines = ["# SSQR layer error at equal bits (issue 15)", "", f"Command: `{command}`  ",
              f"Linears: every linear at depths {args.depths} (float-model Hessians, Austen calib split 16 × 512). "
@@ -180,7 +169,7 @@ def write(results: dict, alloc: list[dict], args, command: str) -> None:
         for a in alloc:
             lines.append(f"| {a['setting']} | {a['linears']} | {a['uniform_ratio']:.3f} | {a['allocated_ratio']:.3f} | "
                          f"{a['allocated_over_uniform']:.3f} | {a['max_row_over_cap']:.2f} |")
-    (RESULTS / "ssqr_layers.md").write_text("\n".join(lines) + "\n")
+    write_markdown("ssqr_layers", lines)
 
 
 def main(argv=None) -> int:
@@ -192,7 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m benchmarks.ssqr_layers " + " ".join(argv or sys.argv[1:])
+    command = "python -m research.ssqr_layers " + " ".join(argv or sys.argv[1:])
     hessians = capture_hessians(args.depths, 16, 512, 0)
     version = code_version(SOURCES)
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -202,14 +191,14 @@ def main(argv=None) -> int:
             for H, weights in groups.values():
                 for kind, W in weights.items():
                     lin = f"{depth}.{kind}"
-                    path = CACHE / f"{_hash([CONFIGS[name], name.startswith('v2-'), lin, version])}.json"
-                    r = _cached(path, lambda: {**run_linear(name, CONFIGS[name], W, H, kind),
+                    path = CACHE / f"{stable_hash([CONFIGS[name], name.startswith('v2-'), lin, version])}.json"
+                    r = cached_json(path, lambda: {**run_linear(name, CONFIGS[name], W, H, kind),
                                                "weight_count": W.numel()})
                     results.setdefault(name, {})[lin] = r
                     print(name, lin, {k: r[k] for k in ("bits", "error", "seconds")}, flush=True)
         write(results, [], args, command)
     alloc = allocation_rows(hessians, args.allocation, results, gptq_reference, GPTQ,
-                            lambda key, compute: _cached(CACHE / f"alloc-{_hash([key, version])}.json", compute))
+                            lambda key, compute: cached_json(CACHE / f"alloc-{stable_hash([key, version])}.json", compute))
     write(results, alloc, args, command)
     return 0
 

@@ -14,12 +14,12 @@ configuration method:window:
   Gram–Schmidt profile (mean log₂ r over 8 slices of the Babai order), max |T|, reduction time.
 
 And the time per layer of one 4096×4096 layer with a Hessian from random correlated activations
-(benchmarks.lattice_sweep.synthetic_layer), windowed. Writes benchmarks/results/reduction.{json,md}.
+(benchmarks.lattice_sweep.synthetic_layer), windowed. Writes research/results/reduction.{json,md}.
 
 This module is the CLI and the report (summaries, reduction.{json,md}); capturing the Hessians and
-measuring each layer are in benchmarks/reduction_layers.py.
+measuring each layer are in research/reduction_layers.py.
 
-    python -m benchmarks.reduction [--depths 0 14 29] [--targets 3.3 4.3] [--configs lll:256 lll:full bkz-10:256]
+    python -m research.reduction [--depths 0 14 29] [--targets 3.3 4.3] [--configs lll:256 lll:full bkz-10:256]
 """
 from __future__ import annotations
 
@@ -32,13 +32,12 @@ import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.reduction_layers import TOL, big_layer, capture_hessians, layer_rows, reductions
+from research.reduction_layers import TOL, big_layer, capture_hessians, layer_rows, reductions
+from research.common import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -75,10 +74,9 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def write(meta: dict, groups: dict, rows: list[dict], big: dict | None) -> None:
     summary = summarize(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     data = {**meta, "summary": summary, "by_kind": by_kind(rows), "hessians": groups, "layers": rows,
             "big_layer": big}
-    (RESULTS / "reduction.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_json("reduction", data)
     lines = ["# Lattice basis reduction before Babai for HPTQ (issue 16)", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ", f"Versions: {meta['versions']}  ",
              f"Device: {meta['device']}  ", f"Model/data: {meta['data']}  ",
@@ -135,7 +133,7 @@ def write(meta: dict, groups: dict, rows: list[dict], big: dict | None) -> None:
         lines += ["", "Parts, timed separately (seconds): " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
                   + ". The reduced search pays reduce_basis and reduced_hessian_setup once, then "
                     "sweep_reduced per step."]
-    (RESULTS / "reduction.md").write_text("\n".join(lines) + "\n")
+    write_markdown("reduction", lines)
 
 
 def main(argv=None) -> int:
@@ -150,7 +148,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m benchmarks.reduction " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m research.reduction " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     meta = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(), "device": f"cpu ({platform.processor() or platform.machine()}, "
                                               f"{os.cpu_count()} cores shared, {args.threads} thread)",

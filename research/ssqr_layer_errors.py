@@ -1,14 +1,14 @@
 """Per-linear output error of the quality rows' cached weights, every linear of all 30 layers (issue 15).
 
 Why does SSQR w3's layer-error ratio to GPTQ (1.05 on the 21 linears at depths 0/14/29,
-benchmarks/ssqr_layers.py) not carry to perplexity (132 % of GPTQ's Δppl, benchmarks/quality.py)?
+research/ssqr_layers.py) not carry to perplexity (132 % of GPTQ's Δppl, benchmarks/quality.py)?
 For each row's dequantized weights Q (cached by benchmarks/quality.py) and every linear W, the
 relative output error on calibration data with float-model inputs:
     err = tr((W−Q) H (W−Q)ᵀ) / tr(W H Wᵀ),   H = XᵀX / tokens over the Austen calib split (16 × 512),
-from benchmarks.reduction_layers.capture_hessians (float model, every layer; q/k/v share an input,
+from research.reduction_layers.capture_hessians (float model, every layer; q/k/v share an input,
 gate/up one), evaluated in float64.
 Per linear, GPTQ's error is interpolated log-linearly in bits between the six GPTQ rows
-(benchmarks.ssqr_layers.gptq_reference, at each row's model-wide effective bits) and
+(research.ssqr_layers.gptq_reference, at each row's model-wide effective bits) and
 ratio = SSQR / GPTQ(bits); summarized by geometric mean over linears, depth buckets and linear types.
 Then how the errors propagate: each row's weights put into the whole model, run on the first
 PROPAGATION_WINDOWS calibration windows: relative squared error of the residual stream after
@@ -16,9 +16,9 @@ every layer, ||h_Q − h||² / ||h||² per token averaged over tokens, and the K
 the float model's (mean over tokens); plus HYBRIDS, one row with one layer's weights taken from
 another row (does that layer decide the gap?).
 
-    python -m benchmarks.ssqr_layer_errors [--threads 1]
+    python -m research.ssqr_layer_errors [--threads 1]
 
-Writes benchmarks/results/ssqr_layer_errors.{json,md}.
+Writes research/results/ssqr_layer_errors.{json,md}.
 """
 from __future__ import annotations
 
@@ -36,17 +36,18 @@ import transformers
 
 from babai_quantizer import assets
 from babai_quantizer.calibration import calibration_windows, decoder_layers, load_causal_lm
-from benchmarks.quality import CACHE, EVAL_SOURCES, _hash, code_version
-from benchmarks.reduction_layers import capture_hessians
-from benchmarks.ssqr_layers import gptq_reference
+from benchmarks.cache_keys import code_version, stable_hash
+from benchmarks.quality import CACHE, EVAL_SOURCES
+from research.reduction_layers import capture_hessians
+from research.ssqr_layers import gptq_reference
+from research.common import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 GPTQ_ROWS = [f"gptq-w{b}g{g}" for b in (3, 4) for g in (32, 64, 192)]
 SSQR_ROWS = {"w3": "ssqr-w3g192-1%-cap-rms", "w4": "ssqr-w4g192-1%-cap-rms"}
 OTHER_ROWS = ["hptq-3.3"]
 TYPES = ["q", "k", "v", "o", "gate", "up", "down"]
 BUCKETS = [(0, 9), (10, 19), (20, 29)]
-SAMPLE_DEPTHS = (0, 14, 29)      # benchmarks/ssqr_layers.py's default
+SAMPLE_DEPTHS = (0, 14, 29)      # research/ssqr_layers.py's default
 PROPAGATION_ROWS = ["gptq-w3g64", "gptq-w3g32", "ssqr-w3g192-1%-cap-rms", "gptq-w4g64",
                     "ssqr-w4g192-1%-cap-rms", "hptq-3.3"]
 # hybrids: (label, row, depth, row whose weights that depth takes) — where does w3 SSQR lose?
@@ -60,7 +61,7 @@ def row_files(row: str, max_windows: int = 32) -> tuple[Path, dict]:
     ev = code_version(EVAL_SOURCES)
     for path in sorted(CACHE.glob("*.weights.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
         m = re.fullmatch(r"(.+)-([0-9a-f]{16})\.weights\.pt", path.name)
-        js = CACHE / f"{row}-{_hash([m.group(2), max_windows, ev])}.json" if m and m.group(1) == row else None
+        js = CACHE / f"{row}-{stable_hash([m.group(2), max_windows, ev])}.json" if m and m.group(1) == row else None
         if js is not None and js.is_file():
             return path, json.loads(js.read_text())
     raise FileNotFoundError(f"no cached weights with a result JSON for {row} under {CACHE}")
@@ -68,7 +69,7 @@ def row_files(row: str, max_windows: int = 32) -> tuple[Path, dict]:
 
 def float_model(nsamples: int, seqlen: int, seed: int):
     """Float model's {linear name: (W float32, H (K, K) of its input)}
-    (benchmarks.reduction_layers.capture_hessians, all layers), the model and its calibration windows."""
+    (research.reduction_layers.capture_hessians, all layers), the model and its calibration windows."""
     model, tokenizer = load_causal_lm(assets.model_dir())
     model.float().eval()
     windows = calibration_windows(tokenizer, assets.text_path("calib").read_text(encoding="utf-8"),
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m benchmarks.ssqr_layer_errors " + " ".join(argv or sys.argv[1:])
+    command = "python -m research.ssqr_layer_errors " + " ".join(argv or sys.argv[1:])
     start = time.perf_counter()
     linears, model, windows = float_model(args.nsamples, args.seqlen, args.seed)
     capture_s = time.perf_counter() - start
@@ -182,10 +183,8 @@ def main(argv=None) -> int:
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
                               transformers=transformers.__version__, threads=args.threads),
                 seconds=seconds, capture_seconds=capture_s, calibration=[args.nsamples, args.seqlen, args.seed])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ssqr_layer_errors.json").write_text(json.dumps(
-        {**meta, "rows": facts, "summary": summary, "propagation": prop, "per_linear_error": err},
-        indent=1) + "\n")
+    write_json("ssqr_layer_errors", {**meta, "rows": facts, "summary": summary, "propagation": prop,
+                                     "per_linear_error": err})
     write_md(meta, facts, summary, prop)
     return 0
 
@@ -222,7 +221,7 @@ def write_md(meta: dict, facts: dict, summary: dict, prop: dict) -> None:
           "| row | " + " | ".join(f"after {d}" for d in depths) + " | KL |", "|" + "---|" * (len(depths) + 2)]
     L += [f"| {r} | " + " | ".join(f"{p['hidden_error'][d]:.4f}" for d in depths) + f" | {p['kl']:.4f} |"
           for r, p in prop.items()]
-    (RESULTS / "ssqr_layer_errors.md").write_text("\n".join(L) + "\n")
+    write_markdown("ssqr_layer_errors", L)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,14 @@ Configs (all SSQR, 1 % outliers, rate_mode "cap", scale_init "rms"; w3 and w4):
                       row_parallel_parts lowers it to 3 blocks of 192 columns = 3 heads per block
   heads3-g64      extra: 3-head blocks at g64 (separates "blocks" from "one head per block")
   identity-g64    extra: original column order (no act-order at all), g64: groups are the heads
-Scores as benchmarks/ssqr_layers.py: layer error / GPTQ's error at the same effective bits
+Scores as research/ssqr_layers.py: layer error / GPTQ's error at the same effective bits
 (gptq_reference over GPTQ w3/w4 × g32/64/192 on that linear), geometric mean over o_proj linears.
 
-    python -m benchmarks.ssqr_head_order [--depths 0 14 29 | --depths all] [--threads 1]
+    python -m research.ssqr_head_order [--depths 0 14 29 | --depths all] [--threads 1]
 
-Hessians: benchmarks.reduction_layers.capture_hessians (float model, Austen calib split 16 × 512;
+Hessians: research.reduction_layers.capture_hessians (float model, Austen calib split 16 × 512;
 depths 0/14/29 alone reuse ssqr_layers' capture and per-linear cache). Writes
-benchmarks/results/ssqr_head_order.{json,md}.
+research/results/ssqr_head_order.{json,md}.
 """
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ import torch
 
 from babai_kernels.contract import row_parallel_parts
 from babai_quantizer.lattice.ordering import block_local_ordering
-from benchmarks.quality import _hash, code_version
-from benchmarks.reduction_layers import capture_hessians
-from benchmarks.ssqr_layers import CACHE, GPTQ, RESULTS, SOURCES, _cached, _ssqr, gptq_reference, run_linear
+from benchmarks.cache_keys import cached_json, code_version, stable_hash
+from research.reduction_layers import capture_hessians
+from research.ssqr_layers import CACHE, GPTQ, SOURCES, gptq_reference, run_linear, ssqr_spec
+from research.common import write_json, write_markdown
 
 SAMPLE = [0, 14, 29]
 KIND = "self_attn.o_proj"
@@ -50,12 +51,12 @@ HEADS, HEAD_DIM = 9, 64
 def _configs(b: int) -> dict:
     kw = dict(rate_mode="cap", scale_init="rms")
     return {
-        f"w{b} act-g192": _ssqr(b, 192, 0.01, **kw),
-        f"w{b} act-g64": _ssqr(b, 64, 0.01, **kw),
-        f"w{b} heads9-g64": _ssqr(b, 64, 0.01, HEADS, **kw),
-        f"w{b} heads3-g192": _ssqr(b, 192, 0.01, HEADS, **kw),   # 9 requested, row_parallel_parts → 3
-        f"w{b} heads3-g64": _ssqr(b, 64, 0.01, 3, **kw),
-        f"w{b} identity-g64": _ssqr(b, 64, 0.01, ordering="identity", **kw),
+        f"w{b} act-g192": ssqr_spec(b, 192, 0.01, **kw),
+        f"w{b} act-g64": ssqr_spec(b, 64, 0.01, **kw),
+        f"w{b} heads9-g64": ssqr_spec(b, 64, 0.01, HEADS, **kw),
+        f"w{b} heads3-g192": ssqr_spec(b, 192, 0.01, HEADS, **kw),   # 9 requested, row_parallel_parts → 3
+        f"w{b} heads3-g64": ssqr_spec(b, 64, 0.01, 3, **kw),
+        f"w{b} identity-g64": ssqr_spec(b, 64, 0.01, ordering="identity", **kw),
     }
 
 
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     start = time.time()
     depths = list(range(30)) if args.depths == ["all"] else sorted(int(d) for d in args.depths)
-    command = "python -m benchmarks.ssqr_head_order " + " ".join(argv or sys.argv[1:])
+    command = "python -m research.ssqr_head_order " + " ".join(argv or sys.argv[1:])
     version = code_version(SOURCES)
     CACHE.mkdir(parents=True, exist_ok=True)
 
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
         for d in depths:
             H, W = layers[d]
             lin = f"{d}.{KIND}"
-            r = _cached(CACHE / f"{_hash([spec, False, lin, version])}.json",
+            r = cached_json(CACHE / f"{stable_hash([spec, False, lin, version])}.json",
                         lambda: {**run_linear(name, spec, W, H, KIND), "weight_count": W.numel()})
             results.setdefault(name, {})[lin] = r
         print(name, {k: round(v, 3) for k, v in zip(("bits", "s"), (r["bits"], r["seconds"]))}, flush=True)
@@ -140,17 +141,15 @@ def main(argv=None) -> int:
     versions = {"python": platform.python_version(), "torch": torch.__version__, "code": version,
                 "threads": args.threads}
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ssqr_head_order.json").write_text(json.dumps(
-        {"command": command, "date": date, "versions": versions, "runtime_s": runtime, "depths": depths,
-         "block_check": block_check, "gptq_blocks": gptq_blocks,
-         "configs": CONFIGS, "summary": summary, "per_linear": results}, indent=1) + "\n")
+    write_json("ssqr_head_order", {"command": command, "date": date, "versions": versions, "runtime_s": runtime,
+                                   "depths": depths, "block_check": block_check, "gptq_blocks": gptq_blocks,
+                                   "configs": CONFIGS, "summary": summary, "per_linear": results})
 
     lines = ["# SSQR on o_proj: head-local order vs global act-order (issue 15)", "",
              f"Command: `{command}`  ", f"Date: {date}  ", f"Versions: {versions}  ", f"Runtime: {runtime:.0f} s", "",
              f"Linears: self_attn.o_proj at depths {depths} (K = 576 = 9 heads × 64). SSQR 1 % outliers, "
              "rate_mode cap, scale_init rms. Ratio: layer error / GPTQ's at the same effective bits "
-             "(benchmarks.ssqr_layers.gptq_reference over GPTQ w3/w4 × g32/64/192, act-order, default "
+             "(research.ssqr_layers.gptq_reference over GPTQ w3/w4 × g32/64/192, act-order, default "
              f"row_parallel_blocks=8 → blocks used {gptq_blocks}); geometric mean and range over linears.", "",
              "Block check (K = 576; `row_parallel_parts` picks the largest P ≤ requested with K/P a multiple of "
              "the group and of 32):", ""]
@@ -166,8 +165,7 @@ def main(argv=None) -> int:
         for r in rows:
             lines.append(f"| {r['config']} | {r['blocks']} | {r['bits']:.3f} | {r['ratio_geomean']:.3f} | "
                          f"{r['ratio_min']:.3f} | {r['ratio_max']:.3f} | {r['extrapolated']} | {r['seconds']:.0f} |")
-    (RESULTS / "ssqr_head_order.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown("ssqr_head_order", lines, echo=True)
     return 0
 
 

@@ -1,16 +1,14 @@
-"""Hessian capture and per-layer measurement for benchmarks.reduction (issue 16).
+"""Hessian capture and per-layer measurement for research.reduction (issue 16).
 
 `capture_hessians` runs the float SmolLM2 model on the Austen calib split and keeps, at the chosen
 depths, each sequential group's input Hessian H = Σ xxᵀ/n and its linears' weights (cached under the
 asset cache). `reductions` reduces one group's basis per method:window config; `layer_rows` compares
 plain HPTQ with each reduction on one linear at each bit target (error at equal coded bits, the same
 sweep at plain's scale, code entropy, largest code, times); `big_layer` times the whole search and
-its parts on one synthetic K×K layer. The CLI and the report are in benchmarks/reduction.py.
+its parts on one synthetic K×K layer. The CLI and the report are in research/reduction.py.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 
 import torch
@@ -23,6 +21,7 @@ from babai_quantizer.formats.hptq import HptqSweep
 from babai_quantizer.formats.layer import prepare_layer
 from babai_quantizer.hessian_capture import GramAccumulator, capture_inputs, catch_layer_inputs, run_layer
 from babai_quantizer.lattice import achieved_error, reduce_basis
+from benchmarks.cache_keys import stable_hash
 from benchmarks.lattice_sweep import synthetic_layer
 
 CACHE = assets.cache_dir() / "reduction-hessians"
@@ -33,7 +32,7 @@ SLICES = 8
 def capture_hessians(depths: list[int], nsamples: int, seqlen: int, seed: int) -> dict:
     """{depth: {group's first linear: (H (K, K) float32, {linear: W (N, K) float32})}} from the float
     model on the Austen calib split (cached under the asset cache, keyed by the arguments)."""
-    key = hashlib.sha256(json.dumps([depths, nsamples, seqlen, seed]).encode()).hexdigest()[:16]
+    key = stable_hash([depths, nsamples, seqlen, seed])
     path = CACHE / f"{key}.pt"
     if path.is_file():
         return torch.load(path)

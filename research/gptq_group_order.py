@@ -6,7 +6,7 @@ original column order (standard GPTQ checkpoints: `groups_in="original"`), so it
 groups contain whole Q4_1 groups; SSQR groups in quantization order. Hypothesis tested: "GPTQ
 profits from its groups being aligned with the model's Q4_1 grid, SSQR's are not".
 
-On the linears of benchmarks.ssqr_layers (every linear at depths 0, 14, 29; float-model Hessians
+On the linears of research.ssqr_layers (every linear at depths 0, 14, 29; float-model Hessians
 from the Austen calib split, same cache), each linear is quantized by GPTQ w3/w4 × g32/64/192 twice
 with `babai_quantizer.lattice.quantize_layer`: (a) groups_in="original" (exactly the gptq format's
 call), (b) groups_in="quant_order" (steps [gG, (g+1)G) of the act-order permutation, as SSQR).
@@ -15,9 +15,9 @@ grouping order differs (same number of scales, so the same bits). err = tr((W−
 damped H, as ssqr_layers.py. Per (bits, group size): geometric mean, min and max over linears of
 err_b / err_a and the number of linears where (b) is better.
 
-    python -m benchmarks.gptq_group_order [--depths 0 14 29] [--threads 1]
+    python -m research.gptq_group_order [--depths 0 14 29] [--threads 1]
 
-Writes benchmarks/results/gptq_group_order.{json,md}. (a) is checked against ssqr_layers' cached
+Writes research/results/gptq_group_order.{json,md}. (a) is checked against ssqr_layers' cached
 gptq results where present (`check_vs_ssqr_layers`: max relative difference).
 """
 from __future__ import annotations
@@ -29,17 +29,16 @@ import math
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from babai_quantizer import lattice
 from babai_quantizer.options import QuantizeOptions
-from benchmarks.quality import _hash, code_version
-from benchmarks.reduction_layers import capture_hessians
-from benchmarks.ssqr_layers import CACHE as SSQR_CACHE, GPTQ, SOURCES as SSQR_SOURCES
+from benchmarks.cache_keys import code_version, stable_hash
+from research.reduction_layers import capture_hessians
+from research.ssqr_layers import CACHE as SSQR_CACHE, GPTQ, SOURCES as SSQR_SOURCES
+from research.common import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 MODES = ("original", "quant_order")
 
 
@@ -55,7 +54,7 @@ def quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, group
 def ssqr_layers_error(bits: int, group_size: int, lin: str, version: str) -> float | None:
     """GPTQ's error on `lin` from ssqr_layers' cache (None if absent)."""
     name = f"gptq-w{bits}g{group_size}"
-    path = SSQR_CACHE / f"{_hash([GPTQ[name], False, lin, version])}.json"
+    path = SSQR_CACHE / f"{stable_hash([GPTQ[name], False, lin, version])}.json"
     return json.loads(path.read_text())["error"] if path.is_file() else None
 
 
@@ -67,7 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m benchmarks.gptq_group_order " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m research.gptq_group_order " + " ".join(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     hessians = capture_hessians(args.depths, 16, 512, 0)
     version = code_version(SSQR_SOURCES)
@@ -101,9 +100,7 @@ def main(argv=None) -> int:
             "command": command, "python": platform.python_version(), "torch": torch.__version__,
             "threads": args.threads, "code_version": version, "depths": args.depths,
             "runtime_s": runtime, "check_vs_ssqr_layers": check}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gptq_group_order.json").write_text(json.dumps(
-        {**meta, "summary": summary, "per_linear": per_linear}, indent=1) + "\n")
+    write_json("gptq_group_order", {**meta, "summary": summary, "per_linear": per_linear})
     lines = ["# GPTQ scale groups: original column order vs quantization order (issue 15)", "",
              f"Date: {meta['date']}  ", f"Command: `{command}`  ",
              f"Versions: Python {meta['python']}, torch {meta['torch']}, lattice/ssqr code {version}; "
@@ -119,8 +116,7 @@ def main(argv=None) -> int:
     for s in summary:
         lines.append(f"| {s['bits']} | {s['group_size']} | {s['linears']} | {s['ratio_geomean']:.4f} | "
                      f"{s['ratio_min']:.4f} | {s['ratio_max']:.4f} | {s['quant_order_better']} |")
-    (RESULTS / "gptq_group_order.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown("gptq_group_order", lines, echo=True)
     return 0
 
 
