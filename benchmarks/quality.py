@@ -67,6 +67,10 @@ def _rows() -> dict[str, dict | None]:
         rows[f"hptq-{t}"] = dict(format="hptq", target_bits=exact)
         if t in (3.3, 4.3):
             rows[f"hrtn-{t}"] = dict(format="hrtn", target_bits=exact)
+            # Per-column steps α ∝ D^{-1/2} (issue 23, WaterSIC), and HRTN with the same α as the control.
+            rows[f"hptq-{t}-ldl"] = dict(format="hptq", target_bits=exact, col_steps="ldl")
+            rows[f"hrtn-{t}-ldl"] = dict(format="hrtn", target_bits=exact, col_steps="ldl")
+            rows[f"hptq-{t}-ldl0.5"] = dict(format="hptq", target_bits=exact, col_steps="ldl0.5")
     for b, g, rate in ((3, 64, 0.01), (3, 64, 0.03), (4, 64, 0.01), (4, 64, 0.03)):
         rows[f"ssqr-w{b}g{g}-{rate:.0%}"] = dict(format="ssqr", bits=b, group_size=g, outlier_rate=rate)
     # The best settings of benchmarks/ssqr_layers.py: global act-order, g192, capped 1 % rate, rms scale shape.

@@ -13,6 +13,7 @@ formula for every format:
                                              per nonzero (the CPU kernel's uint16 column + fp16 value),
                                              one int32 row offset per row
                    + K·4                     input permutation, int32 (when not the identity)
+                   + K·4                     HPTQ's per-column steps α, float32 (format version 2)
 
 GPTQ/RTN (standard GPTQ layout, served by stock kernels that hold 4- or 8-bit codes): codes at
 max(b, 4) bits, fp16 group scales and the packed zeros at max(b, 4) bits per group, no residual.
@@ -21,7 +22,7 @@ GPU resident bytes (`gpu_resident_bytes`): the tensors the Triton/Gluon kernels 
 SSQR: kernels/ssqr/linear.PreparedSSQR (b-bit codes, fp16 scales, int32 perm, int16 column +
 fp16 value per outlier slot, split-K counters); HPTQ/HRTN: the Huffman-resident lane layout
 (kernels/hptq/lanes.py: stream words, int32 lane-group bases, int16 lane offsets, the 4 KB table,
-the scale), or the dense float32 weight where the lane code cannot cover the layer; GPTQ/RTN as above.
+the scale, α as float32), or the dense float32 weight where the lane code cannot cover the layer; GPTQ/RTN as above.
 `RESIDENT_VERSION` hashes this file and the layouts it counts, so cached rows are recounted when
 any of them changes.
 """
@@ -42,6 +43,7 @@ SCALE_BYTES = 2
 ROW_SCALE_BYTES = 4
 CSR_OFFSET_BYTES = 4
 PERM_BYTES = 4
+COL_SCALE_BYTES = 4        # HPTQ's per-column steps α, float32 on the device (runtime.hptq_col_scale)
 RESIDENT_VERSION = hashlib.sha256(b"".join(Path(f).read_bytes() for f in (
     __file__, runtime.__file__, lanes.__file__, ssqr_linear.__file__))).hexdigest()[:16]
 
@@ -54,7 +56,8 @@ def layout_bytes(layout: DenseResidual) -> float:
     nnz = layout.residual.nnz
     residual = nnz * runtime.RESIDUAL_ENTRY_BYTES + (n + 1) * CSR_OFFSET_BYTES if nnz else 0
     perm = k * PERM_BYTES if layout.perm is not None else 0
-    return n * k * layout.bits / 8 + scales + row_scale + residual + perm
+    col_scale = k * COL_SCALE_BYTES if layout.col_scale is not None else 0
+    return n * k * layout.bits / 8 + scales + row_scale + residual + perm + col_scale
 
 
 def gptq_bytes(tensors: dict[str, torch.Tensor], bits: int, n: int, k: int) -> float:
@@ -91,7 +94,8 @@ def gpu_resident_bytes(fmt: str, tensors: dict[str, torch.Tensor], n: int, k: in
         lay = lanes.build_lane_layout(decode_hptq(tensors, k))
         if lay is None:
             return n * k * 4
-        return _nbytes(lay.words, lay.bases, lay.offsets, lay.lut) + 4
+        alpha = k * COL_SCALE_BYTES if "col_steps" in tensors else 0
+        return _nbytes(lay.words, lay.bases, lay.offsets, lay.lut) + 4 + alpha
     return resident_bytes(fmt, tensors, n, k, bits)
 
 

@@ -14,8 +14,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-FORMAT_VERSION = 1                      # what writers write
-READABLE_VERSIONS = (1,)                # what readers accept
+FORMAT_VERSION = 2                      # what writers write (2 = 1 + HPTQ's optional per-column steps)
+READABLE_VERSIONS = (1, 2)              # what readers accept
 BABAI_FORMATS = ("ssqr", "hptq")
 
 # --- layout constants -------------------------------------------------------------------------
@@ -40,6 +40,10 @@ TENSOR_DTYPES = {                       # dtype of each tensor as stored (docs/f
     "gptq": {"qweight": "int32", "qzeros": "int32", "scales": "float16"},
 }
 OPTIONAL_TENSOR_NAMES = ("bias",)       # a quantized linear's bias, in the model dtype
+# Tensors a format may carry from a version on (docs/format.md §3): HPTQ's per-column steps α, (K,) float16.
+OPTIONAL_FORMAT_TENSORS = {"ssqr": (), "hptq": ("col_steps",), "gptq": ()}
+OPTIONAL_FORMAT_DTYPES = {"hptq": {"col_steps": "float16"}}
+OPTIONAL_SINCE_VERSION = 2
 
 # --- the checkpoint folder --------------------------------------------------------------------
 CONFIG_NAME = "config.json"
@@ -91,6 +95,8 @@ def quantized_modules(tensor_names, config: "BabaiCheckpointConfig | GPTQCheckpo
     against the format: it has every tensor of `config.tensor_names`, nothing else but a bias, and
     is not listed in modules_to_not_convert. ValueError naming `source`, the module and the tensor."""
     names = config.tensor_names
+    fmt = getattr(config, "format", "gptq")
+    optional = OPTIONAL_FORMAT_TENSORS[fmt] if getattr(config, "version", 1) >= OPTIONAL_SINCE_VERSION else ()
     by_module: dict[str, set[str]] = {}
     for full in tensor_names:
         module, _, leaf = full.rpartition(".")
@@ -100,11 +106,10 @@ def quantized_modules(tensor_names, config: "BabaiCheckpointConfig | GPTQCheckpo
         leaves = by_module[module]
         problems = [f"has no tensor {module}.{n}" for n in names if n not in leaves]
         problems += [f"has an unexpected tensor {module}.{n}"
-                     for n in sorted(leaves - set(names) - set(OPTIONAL_TENSOR_NAMES))]
+                     for n in sorted(leaves - set(names) - set(OPTIONAL_TENSOR_NAMES) - set(optional))]
         if config.is_skipped(module):
             problems.append("is stored quantized but listed in modules_to_not_convert")
         if problems:
-            fmt = getattr(config, "format", "gptq")
             raise ValueError(f"{source}: quantized layer {module} {'; '.join(problems)} "
                              f"(format {fmt} stores {list(names)})")
     return quantized
@@ -132,6 +137,29 @@ def _skip_list(value, source: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         _fail(source, "modules_to_not_convert", value, "must be a list of strings")
     return tuple(value)
+
+
+def present_optional_tensors(tensor_names, modules, config) -> tuple[str, ...]:
+    """The format's optional tensors (OPTIONAL_FORMAT_TENSORS) that the quantized `modules` carry, in
+    the checkpoint's `tensor_names`; ValueError unless every module carries each of them or none does
+    (a loader registers one placeholder per name for every layer)."""
+    fmt = getattr(config, "format", "gptq")
+    present = []
+    names = set(tensor_names)
+    for opt in OPTIONAL_FORMAT_TENSORS[fmt]:
+        have = [f"{m}.{opt}" in names for m in modules]
+        if any(have) and not all(have):
+            missing = next(m for m, h in zip(modules, have) if not h)
+            raise ValueError(f"quantized layer {missing} has no tensor {missing}.{opt}, which other layers carry "
+                             f"(a checkpoint has it in every layer or in none)")
+        if modules and all(have):
+            present.append(opt)
+    return tuple(present)
+
+
+def tensor_dtype(fmt: str, name: str) -> str:
+    """The stored dtype of tensor `name` of format `fmt`, required or optional."""
+    return {**TENSOR_DTYPES[fmt], **OPTIONAL_FORMAT_DTYPES.get(fmt, {})}[name]
 
 
 def _check_babai(c: dict, source: str) -> None:

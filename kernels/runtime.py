@@ -1,12 +1,14 @@
 """The serving layout of every babai linear: dense b-bit codes + a sparse residual.
 
-    y = ((x[..., perm] @ (S ⊙ Z + R)ᵀ) · row_scale) (+ bias)
+    y = (((x ⊙ col_scale)[..., perm] @ (S ⊙ Z + R)ᵀ) · row_scale) (+ bias)
 
 Z (N, K) are signed dense codes within `bits` (stored order), S their group scales (stored order,
 G columns per group), R a sparse residual holding what the dense codes cannot (SSQR: the outlier
 values; HPTQ: the codes outside the dense range, z − clamp(z)), and row_scale a per-row factor
 applied after the matmul (HPTQ: the matrix scale of each fused sibling, so S is all ones and the
-dense part is exact in any float type). Both formats map onto it losslessly: `dequantize(layout)`
+dense part is exact in any float type), and col_scale a per-input-column factor applied to x before
+the matmul (HPTQ version 2's `col_steps` α: w_nk = s·α_k·z_nk, so y = (Z·(α ⊙ x))·s; one elementwise
+product per call, scale_input). Both formats map onto it losslessly: `dequantize(layout)`
 equals the format's reference dequantizer bit for bit. A kernel takes this layout, keeps its own
 resident form and drops the rest (vllm_babai/kernels.py).
 """
@@ -80,6 +82,7 @@ class DenseResidual:
     residual: Residual
     perm: torch.Tensor | None        # (K,) int64, stored column j = original column perm[j]
     row_scale: torch.Tensor | None   # (N,) float32
+    col_scale: torch.Tensor | None = None   # (K,) float32, original column order (HPTQ col_steps)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -130,6 +133,7 @@ def from_hptq_codes(codes: list[torch.Tensor], parts: list[dict[str, torch.Tenso
     for tensors in parts:
         meta = hptq_meta(tensors, in_features)
         row_scales.append(torch.full((meta["out_features"],), meta["scale"], dtype=torch.float32))
+    col_scale = hptq_col_scale(parts)
     z = torch.cat(codes)
     bits = bits or hptq_dense_bits(z)
     if bits not in DENSE_BITS:
@@ -139,14 +143,34 @@ def from_hptq_codes(codes: list[torch.Tensor], parts: list[dict[str, torch.Tenso
         raise ValueError(f"group_size: {group_size} does not divide K={in_features}")
     scales = torch.ones(z.shape[0], in_features // group_size)
     return DenseResidual(dense.to(torch.int8), bits, scales, Residual.from_dense((z - dense).float()), None,
-                         torch.cat(row_scales))
+                         torch.cat(row_scales), col_scale)
+
+
+def hptq_col_scale(parts: list[dict[str, torch.Tensor]]) -> torch.Tensor | None:
+    """The fused siblings' shared per-column steps α (K,) float32 (CPU), or None when no part has
+    `col_steps`. Siblings share the input Hessian, hence α: ValueError unless all parts carry the
+    same one (as SSQR's shared perm)."""
+    steps = [p.get("col_steps") for p in parts]
+    if all(s is None for s in steps):
+        return None
+    first = steps[0]
+    if any(s is None or s.shape != first.shape or not torch.equal(s.cpu(), first.cpu()) for s in steps):
+        raise ValueError("col_steps: fused HPTQ siblings must carry the same per-column steps "
+                         "(they share one input Hessian); the parts differ")
+    return first.cpu().to(torch.float32)
+
+
+def scale_input(x: torch.Tensor, col_scale: torch.Tensor | None) -> torch.Tensor:
+    """x (M, K) ⊙ col_scale (K,) in float32, back in x's dtype (None: x unchanged); one pass over x."""
+    return x if col_scale is None else (x.to(torch.float32) * col_scale).to(x.dtype)
 
 
 def to_ssqr_tensors(layout: DenseResidual) -> dict[str, torch.Tensor]:
     """A ≤ 4-bit layout → SSQR tensors (docs/format.md §2) for the SSQR kernels: codes with no
     residual stay codes, a code with one becomes 0 and its whole weight an outlier, and the row scale
     is folded into the group scales. Both rounded once to float16 (relative error ≤ 2^-11 per
-    weight; exact for SSQR's own layout). ValueError when float16 or the outlier columns cannot hold it."""
+    weight; exact for SSQR's own layout). The col_scale is not folded (it varies along K, across a
+    group): the kernel scales x by it (scale_input). ValueError when float16 or the outlier columns cannot hold it."""
     n, k = layout.shape
     if layout.bits > 4:
         raise ValueError(f"bits: the SSQR kernels take ≤ 4-bit codes, the layout has {layout.bits}")
@@ -168,16 +192,18 @@ def to_ssqr_tensors(layout: DenseResidual) -> dict[str, torch.Tensor]:
 
 def dequantize(layout: DenseResidual) -> torch.Tensor:
     """(N, K) float32 weight in original column order (exact: every term is a float32 product
-    of an fp16/fp32 scale and a small integer, or a value held exactly)."""
+    of an fp16/fp32 scale and a small integer, or a value held exactly; then · col_scale, as the
+    HPTQ reference dequantizer rounds it)."""
     stored = layout.scales.repeat_interleave(layout.group_size, dim=1) * layout.codes.float()
     stored = stored + layout.residual.to_dense(stored.shape[1])
     if layout.row_scale is not None:
         stored = stored * layout.row_scale[:, None]
     if layout.perm is None:
-        return stored
-    weight = torch.empty_like(stored)
-    weight[:, layout.perm] = stored
-    return weight
+        weight = stored
+    else:
+        weight = torch.empty_like(stored)
+        weight[:, layout.perm] = stored
+    return weight if layout.col_scale is None else weight * layout.col_scale[None, :]
 
 
 def permute_input(x: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "B, on 256-column windows of the Babai order) before Babai's nearest plane; the codes "
                         "are mapped back (z = T·z'), so the checkpoint format is unchanged. Needs the "
                         "'reduce' extra (pip install 'vllm-babai[reduce]'); ~1 %% lower layer error at equal bits")
+    p.add_argument("--col-steps", default="none", metavar="{none,ldl,ldlP}",
+                   help="hptq/hrtn: one step per input column, α ∝ D^(-1/2) from the LDL diagonal of the Hessian in "
+                        "the Babai order (WaterSIC's waterfilling; 'ldlP': α ∝ D^(-P/2)), stored as one float16 per "
+                        "column (format version 2, counted in the bits); 'none': one step per matrix")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch CPU threads. On a shared, busy machine use 1: OpenMP threads spin when cores "
                         "are oversubscribed and a sweep can run 100x slower")
@@ -100,7 +104,8 @@ def options_from_args(args: argparse.Namespace) -> QuantizeOptions:
         outlier_rate=args.outlier_rate, ordering=args.ordering, algorithm=args.algorithm, damping=args.damping,
         float_target=args.float_target, true_sequential=args.true_sequential,
         row_parallel_blocks=args.row_parallel_blocks, skip=tuple(args.skip), device=args.device,
-        dtype=args.dtype, reduce=args.reduce, scale_init=args.scale_init, rate_mode=args.rate_mode)
+        dtype=args.dtype, reduce=args.reduce, scale_init=args.scale_init, rate_mode=args.rate_mode,
+        col_steps=args.col_steps)
     try:
         options.validate()
     except ValueError as e:

@@ -16,6 +16,20 @@ RATE_MODES = ("closest", "cap")             # ssqr (formats/ssqr.py)
 GROUPED_FORMATS = ("ssqr", "gptq", "rtn")
 
 
+def parse_col_steps(spec: str) -> float:
+    """'none' → 0, 'ldl' → 1 (α ∝ D^{-1/2}), 'ldl<p>' → p (α ∝ D^{-p/2}); ValueError naming col_steps."""
+    if spec == "none":
+        return 0.0
+    if isinstance(spec, str) and spec.startswith("ldl"):
+        try:
+            power = float(spec[3:]) if spec[3:] else 1.0
+        except ValueError:
+            power = -1.0
+        if 0 < power <= 2:
+            return power
+    raise ValueError(f"col_steps: expected 'none', 'ldl' or 'ldl<p>' with 0 < p ≤ 2, got {spec!r}")
+
+
 @dataclass
 class QuantizeOptions:
     """Options of one quantization run; `validate()` raises ValueError naming the field (the
@@ -38,6 +52,7 @@ class QuantizeOptions:
     reduce: str = "none"                    # hptq: lattice basis reduction before Babai ("lll", "bkz-<B>")
     scale_init: str = "mse"                 # ssqr: group-scale shape before the row multiplier (SCALE_INITS)
     rate_mode: str = "closest"              # ssqr: outlier count closest to rate·K, or capped at it (RATE_MODES)
+    col_steps: str = "none"                 # hptq/hrtn: per-column steps α ∝ D^{-1/2} ("ldl", "ldl<p>")
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -69,6 +84,11 @@ class QuantizeOptions:
         if self.rate_mode not in RATE_MODES:
             raise ValueError(f"rate_mode: {self.rate_mode!r} not in {list(RATE_MODES)}")
         parse_method(self.reduce)
+        parse_col_steps(self.col_steps)
+        if self.col_steps != "none" and self.format not in TARGET_BITS_FORMATS:
+            raise ValueError(f"col_steps: {self.col_steps!r} needs format 'hptq' or 'hrtn', got {self.format!r}")
+        if self.col_steps != "none" and self.reduce != "none":
+            raise ValueError(f"col_steps: {self.col_steps!r} needs reduce 'none' (the plain basis)")
         if self.reduce != "none" and self.format != "hptq":
             raise ValueError(f"reduce: {self.reduce!r} needs format 'hptq' (one scale per matrix, so every row "
                              f"shares the basis), got format {self.format!r}")

@@ -130,7 +130,7 @@ def test_interrupt_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"version": 2}, "version=2: unsupported babai format version"),
+    ({"version": 3}, "version=3: unsupported babai format version"),
     ({"format": "awq"}, "format='awq': unknown babai format"),
     ({"quant_method": "awq"}, "quant_method='awq': expected 'babai'"),
     ({"bits": 5}, "bits=5: ssqr bits must be one of"),

@@ -33,7 +33,7 @@ PROMPTS, NEW_TOKENS = [s[:5] for s in SEQUENCES], 10
 # name -> build_tiny_checkpoint kwargs
 TINY = {"ssqr-w4": dict(fmt="ssqr", bits=4), "ssqr-w3": dict(fmt="ssqr", bits=3), "ssqr-w2": dict(fmt="ssqr", bits=2),
         "hptq": dict(fmt="hptq"), "ssqr-w4-bias": dict(fmt="ssqr", bits=4, bias=True),
-        "hptq-bias": dict(fmt="hptq", bias=True)}
+        "hptq-bias": dict(fmt="hptq", bias=True), "hptq-alpha": dict(fmt="hptq", col_steps=True)}
 LUT = "BabaiLutCPU" if cpu_lut.load()[0] else None
 
 

@@ -18,10 +18,11 @@ PROMPTS = [[1, 10, 20, 30, 40], [1, 200, 7], [1, 5, 6, 7, 8, 9, 10, 11, 12]]
 NEW_TOKENS = 12
 
 
-@pytest.fixture(scope="module", params=["ssqr", "hptq"])
+@pytest.fixture(scope="module", params=["ssqr", "hptq", "hptq-alpha"])
 def checkpoint(request, tmp_path_factory):
+    """hptq-alpha: HPTQ with per-column steps (format version 2; TP 2 splits α with the columns)."""
     path = tmp_path_factory.mktemp("vllm_engine") / f"tiny-{request.param}"
-    state = build_tiny_checkpoint(path, request.param)
+    state = build_tiny_checkpoint(path, request.param.removesuffix("-alpha"), col_steps=request.param.endswith("-alpha"))
     return path, transformers_greedy(path, state, PROMPTS, NEW_TOKENS)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from babai_kernels.chooser import choose_kernel
-from babai_kernels.contract import TENSOR_DTYPES, BabaiCheckpointConfig
+from babai_kernels.contract import BabaiCheckpointConfig, tensor_dtype
 from babai_kernels.layer_spec import FORMATS, LinearSpec, Sibling, shard_layer
 
 
@@ -37,12 +37,13 @@ class BabaiLinear(torch.nn.Module):
     (out_features, in_features) matrix served by the kernel the chooser picked for this layer."""
 
     def __init__(self, name: str, fmt: str, in_features: int, out_features: int, bias: bool,
-                 dtype: torch.dtype | None):
+                 dtype: torch.dtype | None, optional: tuple[str, ...] = ()):
         super().__init__()
         self.name, self.format = name, fmt
         self.in_features, self.out_features = in_features, out_features
-        for tensor, stored in TENSOR_DTYPES[fmt].items():
-            self.register_buffer(tensor, torch.empty(0, dtype=getattr(torch, stored)))
+        self.tensor_names = (*FORMATS[fmt].tensor_names, *optional)   # optional: e.g. HPTQ v2's col_steps
+        for tensor in self.tensor_names:
+            self.register_buffer(tensor, torch.empty(0, dtype=getattr(torch, tensor_dtype(fmt, tensor))))
         self.bias = torch.nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.kernel = None
         self.act_dtype: torch.dtype | None = None
@@ -51,7 +52,7 @@ class BabaiLinear(torch.nn.Module):
     def spec(self, config: BabaiCheckpointConfig, act_dtype: torch.dtype) -> LinearSpec:
         """The loaded tensors, validated by the shared loading rules (shard_layer: ValueError naming
         the module and tensor), as the kernel chooser's input."""
-        tensors = {n: getattr(self, n) for n in FORMATS[self.format].tensor_names}
+        tensors = {n: getattr(self, n) for n in self.tensor_names}
         device = next(iter(tensors.values())).device
         if device.type == "meta":
             raise ValueError(f"{self.name}: the checkpoint's tensors were not loaded into this layer")
@@ -61,7 +62,7 @@ class BabaiLinear(torch.nn.Module):
 
     def adopt(self, spec: LinearSpec) -> None:
         """Drop the loaded tensors and keep only the resident form of the kernel chosen for `spec`."""
-        for n in FORMATS[self.format].tensor_names:
+        for n in self.tensor_names:
             delattr(self, n)
         self.kernel = choose_kernel(spec, self.name)
         self.act_dtype, self.device, self.stored_bytes = spec.act_dtype, spec.device, spec.stored_bytes()

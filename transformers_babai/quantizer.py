@@ -19,7 +19,8 @@ import torch
 from transformers.quantizers.base import HfQuantizer
 
 from babai_kernels.common import safetensors_names
-from babai_kernels.contract import FUSED_SIBLINGS, TENSOR_NAMES, check_skip_consistent, fused_layer, quantized_modules
+from babai_kernels.contract import (FUSED_SIBLINGS, TENSOR_NAMES, check_skip_consistent, fused_layer,
+                                    present_optional_tensors, quantized_modules)
 from babai_kernels.layer_spec import FORMATS
 
 from .linear import BabaiLinear
@@ -47,7 +48,9 @@ class BabaiHfQuantizer(HfQuantizer):
         self.folder = Path(checkpoint_files[0]).parent
         self.files = [Path(f) for f in checkpoint_files]
         checkpoint = self.quantization_config.checkpoint
-        self.modules = quantized_modules(safetensors_names(self.folder), checkpoint, str(self.folder))
+        names = safetensors_names(self.folder)
+        self.modules = quantized_modules(names, checkpoint, str(self.folder))
+        self.optional = present_optional_tensors(names, self.modules, checkpoint)
         check_skip_consistent([n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)],
                               checkpoint.modules_to_not_convert)
         self.act_dtype = dtype if isinstance(dtype, torch.dtype) else torch.get_default_dtype()
@@ -62,7 +65,7 @@ class BabaiHfQuantizer(HfQuantizer):
             parent, _, leaf = name.rpartition(".")
             model.get_submodule(parent).add_module(leaf, BabaiLinear(
                 name, checkpoint.format, linear.in_features, linear.out_features, linear.bias is not None,
-                linear.weight.dtype))
+                linear.weight.dtype, self.optional))
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -96,7 +99,8 @@ class BabaiHfQuantizer(HfQuantizer):
         from safetensors import safe_open
 
         state = dict(model.state_dict())
-        wanted = {f"{m}.{n}" for m in self.modules for n in TENSOR_NAMES[self.quantization_config.checkpoint.format]}
+        names = (*TENSOR_NAMES[self.quantization_config.checkpoint.format], *self.optional)
+        wanted = {f"{m}.{n}" for m in self.modules for n in names}
         for f in self.files:
             if not f.is_file():
                 raise ValueError(f"{f}: the checkpoint file this model was loaded from is gone; save_pretrained "
@@ -123,7 +127,14 @@ def fused_groups(modules: list[str]) -> list[list[str]]:
 def check_fused_siblings(members: list[str], specs: list) -> None:
     """The check a fusing reader makes (docs/format.md §2): SSQR siblings that vLLM fuses must share
     perm, bits and group size. transformers runs them one by one, but refuses such a checkpoint as
-    the vLLM plugin does, with its message. HPTQ siblings keep their own scale and code table."""
+    the vLLM plugin does, with its message. HPTQ siblings keep their own scale and code table, but
+    share the per-column steps (format version 2), as the vLLM plugin checks."""
+    if len(specs) >= 2 and specs[0].format == "hptq":
+        from babai_kernels.runtime import hptq_col_scale
+        try:
+            hptq_col_scale([s.parts[0] for s in specs])
+        except ValueError as e:
+            raise ValueError(f"{' + '.join(members)}: {e}") from None
     if len(specs) < 2 or specs[0].format != "ssqr":
         return
     try:

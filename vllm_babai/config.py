@@ -13,7 +13,8 @@ from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
 from babai_kernels.common import safetensors_names
-from babai_kernels.contract import BabaiCheckpointConfig, fused_layer, matches_skip, quantized_modules
+from babai_kernels.contract import (BabaiCheckpointConfig, fused_layer, matches_skip, present_optional_tensors,
+                                    quantized_modules)
 
 
 @register_quantization_config("babai")
@@ -26,6 +27,7 @@ class BabaiConfig(QuantizationConfig):
         self.format: str = checkpoint.format
         self.modules_to_not_convert: list[str] = list(checkpoint.modules_to_not_convert)
         self.expected_layers: int | None = None   # babai vLLM layers in the checkpoint (maybe_update_config)
+        self.optional_tensors: tuple[str, ...] = ()   # the format's optional tensors the checkpoint holds
 
     def __repr__(self) -> str:
         return f"BabaiConfig(format={self.format!r}, skip={self.modules_to_not_convert})"
@@ -67,8 +69,10 @@ class BabaiConfig(QuantizationConfig):
         (missing, unknown or skipped-but-quantized tensors fail here, naming layer and tensor), and
         count the vLLM layers they make (fused siblings are one) for the resident-bytes log line."""
         if Path(model_name).is_dir():
-            modules = quantized_modules(safetensors_names(model_name), self.checkpoint, model_name)
+            names = safetensors_names(model_name)
+            modules = quantized_modules(names, self.checkpoint, model_name)
             self.expected_layers = len({fused_layer(m) for m in modules})
+            self.optional_tensors = present_optional_tensors(names, modules, self.checkpoint)
 
     def apply_vllm_mapper(self, hf_to_vllm_mapper) -> None:
         self.modules_to_not_convert = hf_to_vllm_mapper.apply_list(self.modules_to_not_convert)

@@ -17,7 +17,7 @@ from vllm.model_executor.layers.linear import (
 )
 
 from babai_kernels.chooser import choose_kernel, logger, register_kernel
-from babai_kernels.contract import TENSOR_DTYPES
+from babai_kernels.contract import tensor_dtype
 from babai_kernels.layer_spec import FORMATS, Format, Sibling, shard_layer
 
 from .mp_kernel import VllmMixedPrecision
@@ -64,12 +64,13 @@ class BabaiLinearMethod(LinearMethodBase):
         layer.babai_modules = modules
         layer.babai_input_size = input_size
         layer.babai_act_dtype = params_dtype
-        for name in self.fmt.tensor_names:
+        layer.babai_tensor_names = (*self.fmt.tensor_names, *self.quant_config.optional_tensors)
+        for name in layer.babai_tensor_names:
             layer.register_parameter(name, DeferredParameter(name=name, layer=layer, weight_loader=loader,
-                                                             dtype=getattr(torch, TENSOR_DTYPES[self.fmt.name][name])))
+                                                             dtype=getattr(torch, tensor_dtype(self.fmt.name, name))))
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        params = {name: getattr(layer, name) for name in self.fmt.tensor_names}
+        params = {name: getattr(layer, name) for name in layer.babai_tensor_names}
         siblings = []
         for i, (module, n_local) in enumerate(zip(layer.babai_modules, layer.output_partition_sizes)):
             pieces = {name: p.pieces[i] for name, p in params.items() if i in p.pieces}
@@ -81,7 +82,7 @@ class BabaiLinearMethod(LinearMethodBase):
         device = params[self.fmt.tensor_names[0]].device  # placeholders live on the target device
         spec = shard_layer(self.fmt, siblings, layer.babai_input_size, col_part, device,
                            self.quant_config.checkpoint, layer.babai_act_dtype)
-        for name in self.fmt.tensor_names:
+        for name in layer.babai_tensor_names:
             delattr(layer, name)
         layer.babai_kernel = choose_kernel(spec, self.prefix)
         layer.babai_shape = spec.shape

@@ -23,6 +23,16 @@ class BabaiKernel:
     tensors, on spec.device; `apply(x (M, K), bias) -> (M, N)` in x's dtype; `resident_bytes()`."""
 
     platforms: tuple[str, ...] = ()      # device types it serves ("cpu", "cuda")
+    col_scale: torch.Tensor | None = None   # (K,) float32 on the device: HPTQ's per-column steps α, applied to x
+
+    def set_col_scale(self, spec: LinearSpec) -> None:
+        """Keep HPTQ's per-column steps α (K,) (runtime.hptq_col_scale; None without) on spec.device."""
+        scale = runtime.hptq_col_scale(spec.parts) if spec.format == "hptq" else None
+        self.col_scale = None if scale is None else scale.to(spec.device)
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, K) ⊙ α (runtime.scale_input): y = Z·(α ⊙ x)·s; x itself without per-column steps."""
+        return runtime.scale_input(x, self.col_scale)
 
     @classmethod
     def can_implement(cls, spec: LinearSpec) -> tuple[bool, str | None]:
@@ -44,7 +54,7 @@ class DenseResidualKernel(BabaiKernel):
     def __init__(self, spec: LinearSpec):
         self.spec = spec
         layout, to = spec.dense_layout(self.dense_bits), (lambda t: None if t is None else t.to(spec.device))
-        self.perm, self.row_scale = to(layout.perm), to(layout.row_scale)
+        self.perm, self.row_scale, self.col_scale = to(layout.perm), to(layout.row_scale), to(layout.col_scale)
         residual = layout.residual.parts()
         self.residual = None if residual is None else tuple(to(t) for t in residual)
         self.packed = self.pack(layout)
@@ -56,7 +66,7 @@ class DenseResidualKernel(BabaiKernel):
         raise NotImplementedError
 
     def apply(self, x, bias):
-        xs = runtime.permute_input(x, self.perm)
+        xs = runtime.permute_input(self.scaled(x), self.perm)
         y = runtime.add_residual(self.dense(xs), self.residual, xs)
         if self.row_scale is not None:
             y = y * self.row_scale
@@ -65,4 +75,5 @@ class DenseResidualKernel(BabaiKernel):
         return y.to(x.dtype)
 
     def resident_bytes(self) -> int:
-        return tensor_bytes([*self.packed.values(), self.perm, self.row_scale, *(self.residual or ())])
+        return tensor_bytes([*self.packed.values(), self.perm, self.row_scale, self.col_scale,
+                             *(self.residual or ())])

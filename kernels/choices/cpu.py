@@ -39,12 +39,13 @@ class BabaiLutCPU(BabaiKernel):
 
     def __init__(self, spec: LinearSpec):
         self.packed = cpu_lut.pack(spec.dense_layout())
+        self.set_col_scale(spec)
 
     def apply(self, x, bias):
-        return cpu_lut.lut_linear(self.packed, x, bias)
+        return cpu_lut.lut_linear(self.packed, self.scaled(x), bias)
 
     def resident_bytes(self) -> int:
-        return tensor_bytes(self.packed.tensors())
+        return tensor_bytes([*self.packed.tensors(), self.col_scale])
 
 
 class TorchInt4CPU(DenseResidualKernel):

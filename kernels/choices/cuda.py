@@ -63,7 +63,7 @@ class TritonSSQR(BabaiKernel):
 
     def apply(self, x, bias):
         from babai_kernels.ssqr.linear import ssqr_linear
-        return ssqr_linear(x, self.prepared, bias)
+        return ssqr_linear(self.scaled(x), self.prepared, bias)
 
     def resident_bytes(self) -> int:
         return tensor_bytes(vars(self.prepared).values())
@@ -101,14 +101,16 @@ class HuffmanLanes(BabaiKernel):
         from babai_kernels.hptq.prepare import PreparedHPTQ
         self.prepared = [PreparedHPTQ.from_lanes(part, spec.shape[1], lanes, spec.device)
                          for part, lanes in zip(spec.parts, self._lanes(spec))]
+        self.set_col_scale(spec)
 
     def apply(self, x, bias):
         from babai_kernels.hptq.linear import hptq_linear
-        y = torch.cat([hptq_linear(x, p) for p in self.prepared], dim=-1)
+        xs = self.scaled(x)     # α ⊙ x once per call (a fused version would scale x where the kernel stages it)
+        y = torch.cat([hptq_linear(xs, p) for p in self.prepared], dim=-1)
         return y if bias is None else y + bias.to(y.dtype)
 
     def resident_bytes(self) -> int:
-        return sum(tensor_bytes(vars(p).values()) for p in self.prepared)
+        return sum(tensor_bytes(vars(p).values()) for p in self.prepared) + tensor_bytes([self.col_scale])
 
 
 class TritonHPTQDense(TritonSSQR):
@@ -143,3 +145,7 @@ class TritonHPTQDense(TritonSSQR):
     def __init__(self, spec: LinearSpec):
         from babai_kernels.ssqr.linear import prepare_ssqr
         self.prepared = prepare_ssqr(self._ssqr_tensors(spec), spec.device)
+        self.set_col_scale(spec)
+
+    def resident_bytes(self) -> int:
+        return super().resident_bytes() + tensor_bytes([self.col_scale])

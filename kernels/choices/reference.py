@@ -24,10 +24,12 @@ class HuffmanDecodeCPU(BabaiKernel):
 
     def __init__(self, spec: LinearSpec):
         self.parts = spec.parts
+        self.set_col_scale(spec)
 
     def apply(self, x, bias):
         from babai_kernels.hptq.reference import hptq_decode_matmul
-        y = torch.cat([hptq_decode_matmul(x, *(p[n] for n in TENSOR_NAMES["hptq"])) for p in self.parts], dim=-1)
+        xs = self.scaled(x)
+        y = torch.cat([hptq_decode_matmul(xs, *(p[n] for n in TENSOR_NAMES["hptq"])) for p in self.parts], dim=-1)
         return (y if bias is None else y + bias).to(x.dtype)
 
     def resident_bytes(self) -> int:

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from babai_kernels.common import check_tensor, stored_bits
-from babai_kernels.contract import TENSOR_NAMES as CONTRACT_TENSOR_NAMES
+from babai_kernels.contract import OPTIONAL_FORMAT_TENSORS, TENSOR_NAMES as CONTRACT_TENSOR_NAMES
 from babai_kernels.hptq.bits import pack_bits, peek32, words_to_uint
 from babai_kernels.hptq.huffman import (ESCAPE, ESCAPE_BITS, MAX_CODE_LEN, TABLE_ENTRY_BITS, CodeTable,
                                   canonical_codes, design_code)
 
 TENSOR_NAMES = CONTRACT_TENSOR_NAMES["hptq"]
+OPTIONAL_NAMES = OPTIONAL_FORMAT_TENSORS["hptq"]    # ("col_steps",): format version 2
 MAX_CHUNK_COLS = 1024       # worst case 1024 · (12 + 16) bits still fits an int16 chunk_bits
 CHUNK_BITS_DTYPE_BITS = 16
 SCALE_BITS = 32
@@ -86,13 +87,19 @@ def coded_bits(z: torch.Tensor, chunk_cols: int) -> int:
     return stream_bits + n * (k // chunk_cols) * CHUNK_BITS_DTYPE_BITS + _table_bits(table) + SCALE_BITS
 
 
-def encode_hptq(z: torch.Tensor, scale: float, chunk_cols: int) -> dict[str, torch.Tensor]:
-    """Pack integer codes z (N, K) and the matrix scale into the five HPTQ tensors (on z's device)."""
+def encode_hptq(z: torch.Tensor, scale: float, chunk_cols: int,
+                col_steps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Pack integer codes z (N, K) and the matrix scale into the five HPTQ tensors (on z's device),
+    plus `col_steps` (K,) float16 (format version 2) when given."""
     z = _as_codes(z)
     n, k = z.shape
     _check_chunk_cols(k, chunk_cols)
     if not math.isfinite(float(scale)):
         raise ValueError(f"scale: must be finite, got {scale}")
+    extra = {}
+    if col_steps is not None:
+        _check_col_steps(col_steps, k)
+        extra["col_steps"] = col_steps.to(z.device)
     table = _code_for(z)
     dev = z.device
     by_value = np.argsort(table.values)                 # escape (int32 min) sorts first here
@@ -115,7 +122,19 @@ def encode_hptq(z: torch.Tensor, scale: float, chunk_cols: int) -> dict[str, tor
         "code_lengths": torch.as_tensor(table.lengths, dtype=torch.uint8, device=dev),
         "chunk_bits": chunk_bits.to(torch.int16),
         "stream": pack_bits(codes, lengths),
+        **extra,
     }
+
+
+def _check_col_steps(col_steps: torch.Tensor, in_features: int | None = None) -> None:
+    """col_steps: (K,) float16, finite and > 0 (docs/format.md §3, version 2)."""
+    check_tensor("col_steps", col_steps, dtype=torch.float16, ndim=1)
+    if in_features is not None and col_steps.shape[0] != in_features:
+        raise ValueError(f"col_steps: shape {tuple(col_steps.shape)}, expected ({in_features},) (one per input column)")
+    bad = ~(torch.isfinite(col_steps) & (col_steps > 0))
+    if bad.any():
+        j = int(torch.nonzero(bad)[0])
+        raise ValueError(f"col_steps: column {j} has step {float(col_steps[j])}; steps must be finite and > 0")
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -146,9 +165,12 @@ def check_hptq_tensors(tensors: dict[str, torch.Tensor]) -> None:
     if not isinstance(tensors, dict):
         raise ValueError(f"tensors: expected a dict of HPTQ tensors, got {type(tensors).__name__}")
     missing = [k for k in TENSOR_NAMES if k not in tensors]
-    extra = [k for k in tensors if k not in TENSOR_NAMES]
+    extra = [k for k in tensors if k not in TENSOR_NAMES + OPTIONAL_NAMES]
     if missing or extra:
-        raise ValueError(f"tensors: missing {missing}, unexpected {extra} (need {list(TENSOR_NAMES)})")
+        raise ValueError(f"tensors: missing {missing}, unexpected {extra} (need {list(TENSOR_NAMES)}, "
+                         f"optionally {list(OPTIONAL_NAMES)})")
+    if "col_steps" in tensors:
+        _check_col_steps(tensors["col_steps"])
     check_tensor("hptq_scale", tensors["hptq_scale"], dtype=torch.float32, shape=(1,))
     check_tensor("code_values", tensors["code_values"], dtype=torch.int32, ndim=1)
     s = tensors["code_values"].numel()
@@ -182,6 +204,8 @@ def hptq_meta(tensors: dict[str, torch.Tensor], in_features: int) -> dict:
         raise ValueError(f"in_features: K={in_features} is not a multiple of the {per_row} chunks per row")
     chunk_cols = in_features // per_row
     _check_chunk_cols(in_features, chunk_cols)
+    if "col_steps" in tensors:
+        _check_col_steps(tensors["col_steps"], in_features)
     values = tensors["code_values"]
     return {"out_features": n, "in_features": in_features, "chunk_cols": chunk_cols,
             "chunks_per_row": per_row, "scale": float(tensors["hptq_scale"][0]),
@@ -242,7 +266,16 @@ def decode_hptq(tensors: dict[str, torch.Tensor], in_features: int) -> torch.Ten
     return torch.from_numpy(np.ascontiguousarray(out.T)).reshape(n, per_row * c)
 
 
+def dequantize_codes(z: torch.Tensor, scale: torch.Tensor | float,
+                     col_steps: torch.Tensor | None = None) -> torch.Tensor:
+    """Wq (N, K) float32 = (float32(scale) · z) · float32(α) from codes z (N, K) and optional α (K,) float16;
+    the one rounding order every writer and reader of docs/format.md §3 uses."""
+    w = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)[:1].to(z.device) * z.to(torch.float32)
+    return w if col_steps is None else w * col_steps.to(device=z.device, dtype=torch.float32)[None, :]
+
+
 def dequantize_hptq(tensors: dict[str, torch.Tensor], in_features: int) -> torch.Tensor:
-    """Wq (N, K) float32 = float32(scale) · z."""
+    """Wq (N, K) float32 = float32(scale) · z (· α per column with `col_steps`)."""
     z = decode_hptq(tensors, in_features)
-    return tensors["hptq_scale"].cpu() * z.to(torch.float32)
+    steps = tensors.get("col_steps")
+    return dequantize_codes(z, tensors["hptq_scale"].cpu(), None if steps is None else steps.cpu())

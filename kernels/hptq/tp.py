@@ -2,7 +2,7 @@
 
 Neither slice decodes the stream: the chunks of a row range, or of a chunk-column range in
 every row, are bit ranges located by `chunk_bits`, copied 32 bits at a time. The code table
-and scale are shared unchanged (symbols a slice no longer uses stay valid entries).
+and scale are shared unchanged, the per-column steps (version 2) split with the columns (symbols a slice no longer uses stay valid entries).
 """
 from __future__ import annotations
 
@@ -20,8 +20,12 @@ def _chunk_starts(chunk_bits: torch.Tensor) -> torch.Tensor:
     return (torch.cumsum(bits, 0) - bits).reshape(chunk_bits.shape)
 
 
-def _sliced(tensors, chunk_bits: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor):
+def _sliced(tensors, chunk_bits: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor,
+            cols: slice = slice(None)):
+    """The slice's tensors; `cols`: its input columns of the per-column steps (version 2), if any."""
     out = {name: tensors[name].clone() for name in _SHARED}
+    if "col_steps" in tensors:
+        out["col_steps"] = tensors["col_steps"][cols].clone()
     out["chunk_bits"] = chunk_bits.contiguous().clone()
     out["stream"] = gather_bit_ranges(tensors["stream"], starts, lengths)
     return out
@@ -53,4 +57,5 @@ def slice_cols(tensors: dict[str, torch.Tensor], part: int, parts: int) -> dict[
     chunk_bits = tensors["chunk_bits"][:, cols]
     starts = _chunk_starts(tensors["chunk_bits"])[:, cols.start].to(tensors["stream"].device)
     lengths = chunk_bits.to(torch.int64).sum(1).to(tensors["stream"].device)
-    return _sliced(tensors, chunk_bits, starts, lengths)
+    k_part = tensors["col_steps"].numel() // parts if "col_steps" in tensors else 0
+    return _sliced(tensors, chunk_bits, starts, lengths, slice(part * k_part, (part + 1) * k_part))

@@ -36,12 +36,13 @@ def _ssqr(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:
 
 def _hptq(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:
     return quantize_hptq(W, H, target_bits=options.target_bits, ordering=options.ordering,
-                         row_parallel_blocks=blocks, G_cross=G, reduce=options.reduce, **_sweep_kwargs(W, options))
+                         row_parallel_blocks=blocks, G_cross=G, reduce=options.reduce, col_steps=options.col_steps,
+                         **_sweep_kwargs(W, options))
 
 
 def _hrtn(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:
     return quantize_hrtn(W, H, target_bits=options.target_bits, row_parallel_blocks=blocks,
-                         damping=options.damping)
+                         damping=options.damping, col_steps=options.col_steps, ordering=options.ordering)
 
 
 def _clipped_result(W: torch.Tensor, codes, scales, q, error, bound, trace_d, options: QuantizeOptions,
