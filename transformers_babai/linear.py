@@ -60,11 +60,13 @@ class BabaiLinear(torch.nn.Module):
                                                           None, self.out_features)],
                            self.in_features, None, device, config, act_dtype)
 
-    def adopt(self, spec: LinearSpec) -> None:
-        """Drop the loaded tensors and keep only the resident form of the kernel chosen for `spec`."""
+    def adopt(self, spec: LinearSpec, kernel=None) -> None:
+        """Drop the loaded tensors and keep only the resident form of the kernel chosen for `spec`
+        (`kernel`: one already built for `spec`, e.g. an on-device copy of an identical layer's, as
+        benchmarks/gpu_e2e.py gives each layer of a model; default: the chooser builds it)."""
         for n in self.tensor_names:
             delattr(self, n)
-        self.kernel = choose_kernel(spec, self.name)
+        self.kernel = kernel if kernel is not None else choose_kernel(spec, self.name)
         self.act_dtype, self.device, self.stored_bytes = spec.act_dtype, spec.device, spec.stored_bytes()
 
     def resident_bytes(self) -> int:
