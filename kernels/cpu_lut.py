@@ -4,7 +4,7 @@ One op per linear, bfloat16 activations: activation permutation, dense 4-, 5- or
 into exact bfloat16 (AVX-512 BF16: a 16/32-entry lookup table, VDPBF16PS over up to 8 activation rows)
 or exact float32 (AVX2 + FMA + F16C, up to 4 rows) in registers, group scales, the CSR residual, row
 scale, bias and the output cast. Nothing dense stays resident. Large batches decode each block once
-per 256 rows into a small per-thread buffer and reuse it (`PREDECODE_FROM`).
+per 64 rows into a small per-thread buffer and reuse it (`PREDECODE_FROM`).
 
 Build: on first use (~1 min; `scripts/setup.sh` does it once) with explicit instruction-set flags
 (`CFLAGS`: the AVX2 baseline; the AVX-512 functions are compiled for their extensions inside the source),
@@ -48,7 +48,10 @@ SANITIZE_CFLAGS = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,u
 ISA_FEATURES = {"avx2": ("avx2", "fma", "f16c"),
                 "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")}
 BUILD_ISA = "avx2"
-PREDECODE_FROM = 32    # rows of x from which blocks are decoded once per chunk (crossover: benchmarks/results/linear_cpu.md)
+# Rows of x from which blocks are decoded once per chunk, per code width: the crossovers measured in
+# benchmarks/results/linear_cpu.md (5 bits: 16-32; 4 bits: 64, or never, by ≤ 3 %; 8 bits, whose
+# in-register decode costs more than 5 bits', as 5).
+PREDECODE_FROM = {4: 64, 5: 32, 8: 32}
 
 
 def host_features() -> frozenset[str]:
@@ -130,7 +133,7 @@ def isa() -> str | None:
 
 
 def _fake(x, packed, bits, scales, group_size, perm, offsets, cols, vals, row_scale, bias, isa="auto",
-          predecode_from=PREDECODE_FROM):
+          predecode_from=32):
     return x.new_empty(x.shape[0], packed.shape[0] * ROWS)
 
 
@@ -264,8 +267,10 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
-               predecode_from: int = PREDECODE_FROM) -> torch.Tensor:
-    """x (M, K) bfloat16 in original column order → (M, N) bfloat16."""
+               predecode_from: int | None = None) -> torch.Tensor:
+    """x (M, K) bfloat16 in original column order → (M, N) bfloat16. predecode_from: rows of x from which
+    codes are decoded once per chunk (default PREDECODE_FROM[bits])."""
     return torch.ops.babai_cpu.lut_linear(x, p.packed, p.bits, p.scales, p.group_size, p.perm,
                                           p.offsets, p.cols, p.vals, p.row_scale,
-                                          x.new_empty(0) if bias is None else bias, p.isa, predecode_from)
+                                          x.new_empty(0) if bias is None else bias, p.isa,
+                                          PREDECODE_FROM[p.bits] if predecode_from is None else predecode_from)
