@@ -38,7 +38,7 @@ import torch
 
 from babai_quantizer import assets
 from babai_quantizer.calibration import calibration_windows, load_causal_lm
-from babai_quantizer.driver import quantize_model
+from babai_quantizer.allocation import quantize_allocated
 from babai_quantizer.evaluate import evaluate_text
 from babai_quantizer.options import QuantizeOptions
 from benchmarks.quality_bits import RESIDENT_VERSION, model_resident_bits
@@ -71,6 +71,9 @@ def _rows() -> dict[str, dict | None]:
             rows[f"hptq-{t}-ldl"] = dict(format="hptq", target_bits=exact, col_steps="ldl")
             rows[f"hrtn-{t}-ldl"] = dict(format="hrtn", target_bits=exact, col_steps="ldl")
             rows[f"hptq-{t}-ldl0.5"] = dict(format="hptq", target_bits=exact, col_steps="ldl0.5")
+            # ... and one Lagrange multiplier for the model (quantizer/allocation.py, Fisher-weighted)
+            rows[f"hptq-{t}-ldl-fisher"] = dict(format="hptq", target_bits=exact, col_steps="ldl", allocation="fisher")
+            rows[f"hptq-{t}-fisher"] = dict(format="hptq", target_bits=exact, allocation="fisher")
     for b, g, rate in ((3, 64, 0.01), (3, 64, 0.03), (4, 64, 0.01), (4, 64, 0.03)):
         rows[f"ssqr-w{b}g{g}-{rate:.0%}"] = dict(format="ssqr", bits=b, group_size=g, outlier_rate=rate)
     # The best settings of benchmarks/ssqr_layers.py: global act-order, g192, capped 1 % rate, rms scale shape.
@@ -96,7 +99,7 @@ COMMON_SOURCES = ["quantizer/driver.py", "quantizer/calibration.py", "quantizer/
                   "quantizer/formats/layer.py", "quantizer/formats/result.py", "quantizer/lattice/*.py"]
 FORMAT_SOURCES = {"ssqr": ["quantizer/formats/ssqr.py", "quantizer/formats/bisection.py", "kernels/ssqr/pack.py"],
                   "hptq": ["quantizer/formats/hptq.py", "quantizer/formats/bisection.py", "kernels/hptq/pack.py",
-                           "kernels/hptq/huffman.py"],
+                           "kernels/hptq/huffman.py", "quantizer/allocation.py"],
                   "gptq": ["quantizer/formats/registry.py", "quantizer/babai_layer.py", "kernels/gptq.py"]}
 FORMAT_SOURCES["hrtn"] = FORMAT_SOURCES["hptq"]
 FORMAT_SOURCES["rtn"] = FORMAT_SOURCES["gptq"]
@@ -143,12 +146,13 @@ def quantized_weights(name: str, model, tokenizer, args, texts) -> dict:
         windows = calibration_windows(tokenizer, texts["calib"], args.nsamples, args.seqlen, args.seed)
         options = QuantizeOptions(**_options(spec))
         with simulated_v2(spec.get("simulate") == "v2"):
-            result = quantize_model(model, windows, options, progress=True)
+            result, allocation = quantize_allocated(model, windows, options, progress=True)
         report = result.report()
         facts = dict(effective_bits=_effective_bits(spec, result), quantize_seconds=report["totals"]["seconds"],
                      bound_holds_where_unclipped=report["totals"]["bound_holds_where_unclipped"],
                      clipped_rows=report["totals"]["clipped_rows"], options=dataclasses.asdict(options),
-                     outlier_rate=_mean_outlier_rate(report["layers"]))
+                     outlier_rate=_mean_outlier_rate(report["layers"]), allocation=allocation,
+                     layer_bits={n: r["effective_bits"] for n, r in report["layers"].items()})
         saved = {"weights": {n: q.weight for n, q in result.linears.items()},
                  "tensors": {n: q.tensors for n, q in result.linears.items()}, "facts": facts}
         CACHE.mkdir(parents=True, exist_ok=True)

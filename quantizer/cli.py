@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from babai_quantizer.options import ALGORITHMS, FORMATS, ORDERINGS, RATE_MODES, SCALE_INITS, QuantizeOptions
+from babai_quantizer.options import ALGORITHMS, ALLOCATIONS, FORMATS, ORDERINGS, RATE_MODES, SCALE_INITS, QuantizeOptions
 
 DESCRIPTION = """Quantize a Llama-family causal LM (Llama, Mistral, Qwen2, Qwen3) layer by layer with
 GPTQ/Babai and write a Hugging Face checkpoint folder (config.json quantization_config per
@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hptq/hrtn: one step per input column, α ∝ D^(-1/2) from the LDL diagonal of the Hessian in "
                         "the Babai order (WaterSIC's waterfilling; 'ldlP': α ∝ D^(-P/2)), stored as one float16 per "
                         "column (format version 2, counted in the bits); 'none': one step per matrix")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
+                   help="hptq/hrtn: 'uniform' = every linear at --target-bits; 'fisher' = one Lagrange multiplier "
+                        "for the model: bits where the Fisher-weighted Babai error falls most per bit (one float "
+                        "backward pass and Hessian pass first), the model average held to --target-bits "
+                        "(quant_report.json: allocation, and each layer's effective_bits)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch CPU threads. On a shared, busy machine use 1: OpenMP threads spin when cores "
                         "are oversubscribed and a sweep can run 100x slower")
@@ -105,7 +110,7 @@ def options_from_args(args: argparse.Namespace) -> QuantizeOptions:
         float_target=args.float_target, true_sequential=args.true_sequential,
         row_parallel_blocks=args.row_parallel_blocks, skip=tuple(args.skip), device=args.device,
         dtype=args.dtype, reduce=args.reduce, scale_init=args.scale_init, rate_mode=args.rate_mode,
-        col_steps=args.col_steps)
+        col_steps=args.col_steps, allocation=args.allocation)
     try:
         options.validate()
     except ValueError as e:
@@ -120,7 +125,7 @@ def run(args: argparse.Namespace) -> Path:
     """Quantize per `args` and write the checkpoint; returns its path. ValueError/OSError on bad input."""
     from babai_quantizer import assets
     from babai_quantizer.calibration import calibration_windows, load_causal_lm
-    from babai_quantizer.driver import quantize_model
+    from babai_quantizer.allocation import quantize_allocated
     from babai_quantizer.export import default_output, save_quantized
 
     options = options_from_args(args)
@@ -140,9 +145,10 @@ def run(args: argparse.Namespace) -> Path:
     model, tokenizer = load_causal_lm(model_dir)
     windows = calibration_windows(tokenizer, Path(calib).read_text(encoding="utf-8"),
                                   args.nsamples, args.seqlen, args.seed)
-    result = quantize_model(model, windows, options)
+    result, allocation = quantize_allocated(model, windows, options)
     extra = {"model": str(model_dir), "calib_text": str(calib), "nsamples": args.nsamples,
-             "seqlen": args.seqlen, "seed": args.seed, "wall_seconds": time.perf_counter() - start}
+             "seqlen": args.seqlen, "seed": args.seed, "wall_seconds": time.perf_counter() - start,
+             **({"allocation": allocation} if allocation else {})}
     path = save_quantized(result, options, output, model_dir, overwrite=args.overwrite, extra_report=extra)
     totals = result.report()["totals"]
     print(f"wrote {path}: {totals['quantized_linears']} linears, {totals['effective_bits']:.3f} bits/weight, "

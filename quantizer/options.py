@@ -14,6 +14,7 @@ TARGET_BITS_FORMATS = ("hptq", "hrtn")
 SCALE_INITS = ("mse", "rms", "absmax")      # ssqr (formats/ssqr.py)
 RATE_MODES = ("closest", "cap")             # ssqr (formats/ssqr.py)
 GROUPED_FORMATS = ("ssqr", "gptq", "rtn")
+ALLOCATIONS = ("uniform", "fisher")         # hptq/hrtn bits per linear (quantizer/allocation.py)
 
 
 def parse_col_steps(spec: str) -> float:
@@ -53,6 +54,7 @@ class QuantizeOptions:
     scale_init: str = "mse"                 # ssqr: group-scale shape before the row multiplier (SCALE_INITS)
     rate_mode: str = "closest"              # ssqr: outlier count closest to rate·K, or capped at it (RATE_MODES)
     col_steps: str = "none"                 # hptq/hrtn: per-column steps α ∝ D^{-1/2} ("ldl", "ldl<p>")
+    allocation: str = "uniform"             # hptq/hrtn: every linear at target_bits, or "fisher" (allocation.py)
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -65,7 +67,7 @@ class QuantizeOptions:
             raise ValueError(f"algorithm: 'babai' needs format 'gptq' (its clipped grid and scales), "
                              f"got format {self.format!r}")
         if self.format in TARGET_BITS_FORMATS:
-            if self.target_bits is None or not self.target_bits > 0:
+            if self.target_bits is None or not float(self.target_bits) > 0:
                 raise ValueError(f"target_bits: {self.format} needs a positive target, got {self.target_bits!r}")
         elif self.bits not in BITS[self.format]:
             raise ValueError(f"bits: {self.bits!r} not in {list(BITS[self.format])} for format {self.format}")
@@ -85,6 +87,10 @@ class QuantizeOptions:
             raise ValueError(f"rate_mode: {self.rate_mode!r} not in {list(RATE_MODES)}")
         parse_method(self.reduce)
         parse_col_steps(self.col_steps)
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation: {self.allocation!r} not in {list(ALLOCATIONS)}")
+        if self.allocation != "uniform" and self.format not in TARGET_BITS_FORMATS:
+            raise ValueError(f"allocation: {self.allocation!r} needs format 'hptq' or 'hrtn', got {self.format!r}")
         if self.col_steps != "none" and self.format not in TARGET_BITS_FORMATS:
             raise ValueError(f"col_steps: {self.col_steps!r} needs format 'hptq' or 'hrtn', got {self.format!r}")
         if self.col_steps != "none" and self.reduce != "none":

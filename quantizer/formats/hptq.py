@@ -38,6 +38,7 @@ from babai_quantizer.lattice import (UnboundedGrid, achieved_error, babai_bound,
 from babai_quantizer.lattice.reduction import BasisReduction, parse_method, reduce_basis
 from babai_quantizer.lattice.sweep import PreparedHessian
 
+from babai_quantizer.allocation import resolve_target
 from babai_quantizer.options import parse_col_steps
 
 from .bisection import LogBisection
@@ -186,7 +187,8 @@ def quantize_hptq(W: torch.Tensor, H: torch.Tensor, *, target_bits: float = 3.12
                   steps: int = 40, tol: float = 0.01, block_size: int = 128,
                   dtype: torch.dtype = torch.float32, device=None, reduce: str = "none",
                   reduce_window: int | None = 256, col_steps: str = "none") -> FormatResult:
-    """Quantize W (N, K) with Hessian H (K, K) to HPTQ (docs/format.md §3) at `target_bits`.
+    """Quantize W (N, K) with Hessian H (K, K) to HPTQ (docs/format.md §3) at `target_bits` (a number,
+    or an allocation.BitPlan holding this weight's target).
 
     The sweep runs in `ordering` on the unbounded grid (nothing clipped, so error ≤ bound =
     ¼ s² tr(D) per row). chunk_cols: None → kernels' choose_chunk_cols(K, row_parallel_blocks).
@@ -200,6 +202,7 @@ def quantize_hptq(W: torch.Tensor, H: torch.Tensor, *, target_bits: float = 3.12
     """
     validate_common(W, H, G_cross, damping)
     N, K = W.shape
+    target_bits = resolve_target(target_bits, W)
     chunk_cols = _check_hptq_args(K, target_bits, chunk_cols, row_parallel_blocks, steps, tol)
     power = parse_col_steps(col_steps)
     reduced = parse_method(reduce)[0] != "none"
@@ -239,6 +242,7 @@ def quantize_hrtn(W: torch.Tensor, H: torch.Tensor, *, target_bits: float = 3.12
     """
     validate_common(W, H, None, damping)
     N, K = W.shape
+    target_bits = resolve_target(target_bits, W)
     chunk_cols = _check_hptq_args(K, target_bits, chunk_cols, row_parallel_blocks, steps, tol)
     power = parse_col_steps(col_steps)
     start = time.perf_counter()
