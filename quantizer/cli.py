@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from babai_quantizer.options import ALGORITHMS, ALLOCATIONS, FORMATS, ORDERINGS, RATE_MODES, SCALE_INITS, QuantizeOptions
+from babai_quantizer.options import (ALGORITHMS, ALLOCATIONS, FORMATS, ORDERINGS, RATE_MODES, SCALE_INITS, SSQR_GROUP_SIZES,
+                                     QuantizeOptions)
 
 DESCRIPTION = """Quantize a Llama-family causal LM (Llama, Mistral, Qwen2, Qwen3) layer by layer with
 GPTQ/Babai and write a Hugging Face checkpoint folder (config.json quantization_config per
@@ -42,14 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="integer bits per weight: ssqr inliers 2, 3 or 4; gptq and rtn 2, 3, 4 or 8")
     p.add_argument("--target-bits", type=float, default=None,
                    help="target effective bits/weight for hptq/hrtn (required for them), e.g. 4.125")
-    p.add_argument("--group-size", type=int, default=64,
-                   help="columns per scale group (ssqr, gptq, rtn); must divide every layer's input size")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="columns per scale group (ssqr, gptq, rtn); must divide every layer's input size. Default: "
+                        f"ssqr the largest of {list(SSQR_GROUP_SIZES)} dividing every input size (the measured best, "
+                        "benchmarks/results/quality.md), gptq/rtn 64")
     p.add_argument("--outlier-rate", type=float, default=0.01,
                    help="ssqr: target fraction of 16-bit outliers per row (the scale search aims at it)")
-    p.add_argument("--scale-init", choices=SCALE_INITS, default="mse",
+    p.add_argument("--scale-init", choices=SCALE_INITS, default="rms",
                    help="ssqr: shape of the group scales the per-row multiplier scales: mse = GPTQ's "
                         "clipping-tuned MSE scales; rms = each group's root mean square; absmax")
-    p.add_argument("--rate-mode", choices=RATE_MODES, default="closest",
+    p.add_argument("--rate-mode", choices=RATE_MODES, default="cap",
                    help="ssqr: closest = each row's outlier count closest to rate·K; cap = round(rate·K) is a "
                         "hard per-row limit (the stored ELL width) and each row keeps its least-error point "
                         "within it")
@@ -79,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linears to keep in 16 bit, repeatable: a module prefix ('model.layers.0'), a "
                         "dotted suffix ('mlp.down_proj') or an fnmatch pattern ('*.self_attn.*'); q/k/v and "
                         "gate/up must be kept together (vLLM fuses them); lm_head and the embeddings are always kept")
-    p.add_argument("--row-parallel-blocks", type=int, default=8,
+    p.add_argument("--row-parallel-blocks", type=int, default=None,
                    help="make o_proj/down_proj permutations block-local for this many tensor-parallel "
-                        "parts (lowered per layer to what its shape allows)")
+                        "parts (lowered per layer to what its shape allows). Default: ssqr 1 (one global "
+                        "order, the measured best; pass 8 to serve o_proj/down_proj split over tensor-parallel "
+                        "ranks), other formats 8")
     p.add_argument("--reduce", default="none", metavar="{none,lll,bkz-B}",
                    help="hptq only: reduce each layer's lattice basis (fpylll LLL, δ=0.99, or BKZ with block size "
                         "B, on 256-column windows of the Babai order) before Babai's nearest plane; the codes "
@@ -102,13 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(args: argparse.Namespace) -> QuantizeOptions:
-    """The validated options; a ValueError names the command-line flag (--target-bits, not target_bits)."""
+def default_group_size(fmt: str, in_features: list[int] | None) -> int:
+    """--group-size's default: ssqr the largest of SSQR_GROUP_SIZES dividing every input size (64 when
+    the sizes are unknown), other formats 64."""
+    if fmt != "ssqr" or not in_features:
+        return 64
+    return next((g for g in SSQR_GROUP_SIZES if all(k % g == 0 for k in in_features)), 32)
+
+
+def model_in_features(model_dir: Path) -> list[int]:
+    """The input sizes of a Llama-family model's decoder linears, from its config.json."""
+    c = json.loads((Path(model_dir) / "config.json").read_text())
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    return [c["hidden_size"], c["intermediate_size"], c["num_attention_heads"] * head_dim]
+
+
+def options_from_args(args: argparse.Namespace, in_features: list[int] | None = None) -> QuantizeOptions:
+    """The validated options; a ValueError names the command-line flag (--target-bits, not target_bits).
+    in_features: the model's linear input sizes, for --group-size's ssqr default."""
+    group_size = args.group_size if args.group_size is not None else default_group_size(args.format, in_features)
+    blocks = args.row_parallel_blocks if args.row_parallel_blocks is not None else (1 if args.format == "ssqr" else 8)
     options = QuantizeOptions(
-        format=args.format, bits=args.bits, target_bits=args.target_bits, group_size=args.group_size,
+        format=args.format, bits=args.bits, target_bits=args.target_bits, group_size=group_size,
         outlier_rate=args.outlier_rate, ordering=args.ordering, algorithm=args.algorithm, damping=args.damping,
         float_target=args.float_target, true_sequential=args.true_sequential,
-        row_parallel_blocks=args.row_parallel_blocks, skip=tuple(args.skip), device=args.device,
+        row_parallel_blocks=blocks, skip=tuple(args.skip), device=args.device,
         dtype=args.dtype, reduce=args.reduce, scale_init=args.scale_init, rate_mode=args.rate_mode,
         col_steps=args.col_steps, allocation=args.allocation)
     try:
@@ -133,6 +157,8 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError(f"--threads: must be ≥ 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     model_dir = args.model if args.model is not None else assets.model_dir()
+    if args.group_size is None and args.format == "ssqr" and (Path(model_dir) / "config.json").is_file():
+        options = options_from_args(args, model_in_features(Path(model_dir)))
     calib = args.calib_text if args.calib_text is not None else assets.text_path("calib")
     output = args.output if args.output is not None else default_output(Path(model_dir), options)
     if output.exists() and not args.overwrite:

@@ -14,6 +14,7 @@ TARGET_BITS_FORMATS = ("hptq", "hrtn")
 SCALE_INITS = ("mse", "rms", "absmax")      # ssqr (formats/ssqr.py)
 RATE_MODES = ("closest", "cap")             # ssqr (formats/ssqr.py)
 GROUPED_FORMATS = ("ssqr", "gptq", "rtn")
+SSQR_GROUP_SIZES = (192, 128, 64, 32)       # the CLI's ssqr default: the largest dividing every K (measured best g192)
 ALLOCATIONS = ("uniform", "fisher")         # hptq/hrtn bits per linear (quantizer/allocation.py)
 
 

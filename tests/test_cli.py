@@ -167,3 +167,23 @@ def test_ssqr_search_options_reach_the_quantizer(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(args(model_dir, tmp_path / "x", "--format", "ssqr", "--rate-mode", "exact"))
     assert "--rate-mode" in capsys.readouterr().err
+
+
+def test_ssqr_defaults_are_the_measured_best(model_dir, tmp_path):
+    """Without flags, ssqr runs capped rate, rms scales, one global order and the largest group size of
+    SSQR_GROUP_SIZES dividing every input size of the model (read from its config.json)."""
+    from babai_quantizer.cli import model_in_features
+    from babai_quantizer.options import SSQR_GROUP_SIZES
+
+    out = tmp_path / "ssqr-defaults"
+    argv = args(model_dir, out, "--format", "ssqr", "--bits", "4")
+    i = argv.index("--group-size")
+    assert main(argv[:i] + argv[i + 2:]) == 0
+    report = json.loads((out / "quant_report.json").read_text())
+    ks = model_in_features(model_dir)
+    expected = max(g for g in SSQR_GROUP_SIZES if all(k % g == 0 for k in ks))
+    options = report["options"]
+    assert (options["rate_mode"], options["scale_init"], options["row_parallel_blocks"]) == ("cap", "rms", 1)
+    assert options["group_size"] == expected
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["group_size"] == expected
