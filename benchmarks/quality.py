@@ -74,6 +74,12 @@ def _rows() -> dict[str, dict | None]:
             # ... and one Lagrange multiplier for the model (quantizer/allocation.py, Fisher-weighted)
             rows[f"hptq-{t}-ldl-fisher"] = dict(format="hptq", target_bits=exact, col_steps="ldl", allocation="fisher")
             rows[f"hptq-{t}-fisher"] = dict(format="hptq", target_bits=exact, allocation="fisher")
+            rows[f"hptq-{t}-ldl-ft"] = dict(format="hptq", target_bits=exact, col_steps="ldl", float_target=True)
+            # calibration size (issue 23): 128 windows of 512 tokens instead of the CLI's 16
+            rows[f"hptq-{t}-ldl-fisher-c128"] = dict(format="hptq", target_bits=exact, col_steps="ldl",
+                                                     allocation="fisher", nsamples=128)
+    for b in (3, 4):
+        rows[f"gptq-w{b}g64-c128"] = dict(format="gptq", bits=b, group_size=64, dtype="float64", nsamples=128)
     for b, g, rate in ((3, 64, 0.01), (3, 64, 0.03), (4, 64, 0.01), (4, 64, 0.03)):
         rows[f"ssqr-w{b}g{g}-{rate:.0%}"] = dict(format="ssqr", bits=b, group_size=g, outlier_rate=rate)
     # The best settings of benchmarks/ssqr_layers.py: global act-order, g192, capped 1 % rate, rms scale shape.
@@ -87,6 +93,7 @@ def _rows() -> dict[str, dict | None]:
     return rows
 
 
+BENCH_KEYS = ("simulate", "nsamples")     # row keys of the benchmark itself: v2 simulation, calibration windows
 ROWS = _rows()
 # The order of a full run: what the comparison needs first (issue 15's priorities).
 DEFAULT_ORDER = ["base", "gptq-w3g64", "gptq-w4g64", "hptq-3.3", "hptq-4.3",
@@ -126,7 +133,7 @@ def quant_key(spec: dict, args) -> str:
     options = {k: v for k, v in dataclasses.asdict(QuantizeOptions(**_options(spec))).items() if v != default[k]}
     if "simulate" in spec:
         options["simulate"] = spec["simulate"]
-    return _hash([options, args.nsamples, args.seqlen, args.seed,
+    return _hash([options, spec.get("nsamples", args.nsamples), args.seqlen, args.seed,
                   code_version(COMMON_SOURCES + FORMAT_SOURCES[spec["format"]])])
 
 
@@ -143,7 +150,8 @@ def quantized_weights(name: str, model, tokenizer, args, texts) -> dict:
     if path.is_file():
         saved = torch.load(path)
     else:
-        windows = calibration_windows(tokenizer, texts["calib"], args.nsamples, args.seqlen, args.seed)
+        windows = calibration_windows(tokenizer, texts["calib"], spec.get("nsamples", args.nsamples), args.seqlen,
+                                      args.seed)
         options = QuantizeOptions(**_options(spec))
         with simulated_v2(spec.get("simulate") == "v2"):
             result, allocation = quantize_allocated(model, windows, options, progress=True)
@@ -167,8 +175,8 @@ def quantized_weights(name: str, model, tokenizer, args, texts) -> dict:
 
 
 def _options(spec: dict) -> dict:
-    """QuantizeOptions fields of a row spec (without the benchmark's own "simulate")."""
-    return {k: v for k, v in spec.items() if k != "simulate"}
+    """QuantizeOptions fields of a row spec (without the benchmark's own "simulate" and "nsamples")."""
+    return {k: v for k, v in spec.items() if k not in BENCH_KEYS}
 
 
 def _effective_bits(spec: dict, result) -> float:

@@ -20,8 +20,19 @@ RESULTS = Path(__file__).parent / "results"
 COMPARED = ("ssqr", "hptq", "hrtn")
 
 
+def calibration(row: dict) -> str:
+    """'' for the run's calibration, ' c<n>' for a row calibrated on its own n windows."""
+    n = (row["spec"] or {}).get("nsamples")
+    return "" if n is None else f" c{n}"
+
+
 def family(row: dict) -> str:
-    """Plot line of a row: its format (babai: 'babai'); SSQR split by group size and ordering."""
+    """Plot line of a row: its format (babai: 'babai'); SSQR split by group size and ordering;
+    rows with their own calibration size apart (' c<n>')."""
+    return _family(row) + calibration(row)
+
+
+def _family(row: dict) -> str:
     spec = row["spec"] or {}
     fmt = spec.get("format", "base")
     if spec.get("algorithm") == "babai":
@@ -34,11 +45,12 @@ def family(row: dict) -> str:
     return fmt
 
 
-def gptq_envelope(rows: dict, bits_key: str) -> list[tuple[float, float]]:
-    """[(bits, Δppl)] of the GPTQ rows sorted by bits, each better than every smaller one."""
+def gptq_envelope(rows: dict, bits_key: str, calib: str = "") -> list[tuple[float, float]]:
+    """[(bits, Δppl)] of the GPTQ rows of calibration `calib` (calibration()) sorted by bits, each
+    better than every smaller one."""
     base = rows["base"]["ppl"]
     pts = sorted((r[bits_key], r["ppl"] - base) for r in rows.values()
-                 if family(r) == "gptq" and r.get(bits_key) is not None)
+                 if family(r) == "gptq" + calib and r.get(bits_key) is not None)
     env: list[tuple[float, float]] = []
     for b, d in pts:
         if not env or d < env[-1][1]:
@@ -68,8 +80,8 @@ def ratios(rows: dict) -> dict[str, dict]:
     base = rows["base"]["ppl"]
     out = {}
     for key in ("effective_bits", "resident_bits", "gpu_resident_bits"):
-        env = gptq_envelope(rows, key)
         for name, r in rows.items():
+            env = gptq_envelope(rows, key, calibration(r))     # GPTQ on the same calibration
             if (r["spec"] or {}).get("format") in COMPARED and env:
                 ref = None if r.get(key) is None else interpolate(env, r[key])
                 out.setdefault(name, {})[key.split("_")[0]] = \

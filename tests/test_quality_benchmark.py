@@ -8,7 +8,7 @@ import torch
 from babai_kernels.runtime import RESIDUAL_ENTRY_BYTES
 from babai_quantizer.formats.registry import FORMAT_QUANTIZERS
 from babai_quantizer.options import QuantizeOptions
-from benchmarks.quality import ROWS, gptq_bits
+from benchmarks.quality import ROWS, _options, gptq_bits
 from benchmarks.quality_bits import gpu_resident_bytes, resident_bytes
 from benchmarks.quality_report import gptq_envelope, interpolate, ratios
 
@@ -81,5 +81,20 @@ def test_ratio_interpolates_gptq_linearly_in_bits():
 def test_rows_are_valid_options():
     for name, spec in ROWS.items():
         if spec is not None:
-            QuantizeOptions(**{k: v for k, v in spec.items() if k != "simulate"}).validate()
+            QuantizeOptions(**_options(spec)).validate()
     assert math.isclose(gptq_bits(4, 64), 4.3125)
+
+
+def test_rows_with_their_own_calibration_compare_with_gptq_on_the_same_calibration():
+    """A c128 row's ratio uses only the c128 GPTQ rows (and the default rows only the default GPTQ rows)."""
+    def row(spec, bits, ppl):
+        return {"spec": spec, "effective_bits": bits, "resident_bits": bits, "gpu_resident_bits": bits, "ppl": ppl}
+    rows = {"base": row(None, 16, 10.0),
+            "gptq-w3g64": row({"format": "gptq"}, 3.0, 20.0), "gptq-w4g64": row({"format": "gptq"}, 4.0, 12.0),
+            "gptq-w3g64-c128": row({"format": "gptq", "nsamples": 128}, 3.0, 18.0),
+            "gptq-w4g64-c128": row({"format": "gptq", "nsamples": 128}, 4.0, 11.0),
+            "hptq": row({"format": "hptq"}, 3.5, 12.0),
+            "hptq-c128": row({"format": "hptq", "nsamples": 128}, 3.5, 12.0)}
+    r = ratios(rows)
+    assert r["hptq"]["effective"] == pytest.approx(2.0 / 6.0)      # GPTQ Δ at 3.5 bits: (10 + 2) / 2
+    assert r["hptq-c128"]["effective"] == pytest.approx(2.0 / 4.5)  # c128 GPTQ Δ at 3.5: (8 + 1) / 2
