@@ -93,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "B, on 256-column windows of the Babai order) before Babai's nearest plane; the codes "
                         "are mapped back (z = T·z'), so the checkpoint format is unchanged. Needs the "
                         "'reduce' extra (pip install 'vllm-babai[reduce]'); ~1 %% lower layer error at equal bits")
-    p.add_argument("--col-steps", default="none", metavar="{none,ldl,ldlP}",
+    p.add_argument("--col-steps", default=None, metavar="{none,ldl,ldlP}",
                    help="hptq/hrtn: one step per input column, α ∝ D^(-1/2) from the LDL diagonal of the Hessian in "
                         "the Babai order (WaterSIC's waterfilling; 'ldlP': α ∝ D^(-P/2)), stored as one float16 per "
-                        "column (format version 2, counted in the bits); 'none': one step per matrix")
+                        "column (format version 2, counted in the bits); 'none': one step per matrix. Default: hptq "
+                        "ldl (the measured best, benchmarks/results/quality.md), others none")
     p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
                    help="hptq/hrtn: 'uniform' = every linear at --target-bits; 'fisher' = one Lagrange multiplier "
                         "for the model: bits where the Fisher-weighted Babai error falls most per bit (one float "
@@ -134,7 +135,8 @@ def options_from_args(args: argparse.Namespace, in_features: list[int] | None = 
         float_target=args.float_target, true_sequential=args.true_sequential,
         row_parallel_blocks=blocks, skip=tuple(args.skip), device=args.device,
         dtype=args.dtype, reduce=args.reduce, scale_init=args.scale_init, rate_mode=args.rate_mode,
-        col_steps=args.col_steps, allocation=args.allocation)
+        col_steps=args.col_steps if args.col_steps is not None else ("ldl" if args.format == "hptq" else "none"),
+        allocation=args.allocation)
     try:
         options.validate()
     except ValueError as e:

@@ -187,3 +187,16 @@ def test_ssqr_defaults_are_the_measured_best(model_dir, tmp_path):
     assert options["group_size"] == expected
     config = json.loads((out / "config.json").read_text())["quantization_config"]
     assert config["group_size"] == expected
+
+
+def test_hptq_default_has_per_column_steps_and_none_turns_them_off(model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    for extra, expected in (((), True), (("--col-steps", "none"), False)):
+        out = tmp_path / f"hptq{len(extra)}"
+        assert main(args(model_dir, out, "--format", "hptq", "--target-bits", "4.5", *extra)) == 0
+        names = load_file(str(out / "model.safetensors")).keys()
+        assert any(n.endswith(".col_steps") for n in names) == expected
+        report = json.loads((out / "quant_report.json").read_text())
+        assert report["options"]["col_steps"] == ("ldl" if expected else "none")
+        assert report["totals"]["bound_holds_where_unclipped"]
