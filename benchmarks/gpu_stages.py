@@ -126,21 +126,30 @@ def stage_inputs(stage: Stage, directory: Path, dry: bool) -> None:
                       lanes.words, lanes.bases, lanes.offsets, lanes.lut)) / z.numel())
 
 
-def prefix_layer(lanes: dict, scale: float, k: int, n: int, device) -> "PreparedHPTQ":
-    """PreparedHPTQ of rows [0, n) of a lane layout (LaneLayout fields as a dict) of a K = k layer:
-    lanes are stored row by row, so a row prefix is a prefix of bases and offsets (whole 32-row
-    blocks) over the same words and table."""
-    from babai_kernels.hptq.lanes import LANE_GROUP, ROW_BLOCK, SPAN
-    from babai_kernels.hptq.prepare import PreparedHPTQ
+def prefix_lanes(lanes: dict, n: int) -> "LaneLayout":
+    """LaneLayout of rows [0, n) of a saved lane layout (LaneLayout fields as a dict): lanes are
+    stored row by row, so a row prefix is a prefix of bases and offsets (whole 32-row blocks) and
+    of the words, which end with the look-ahead zero words the kernel reads past a lane."""
+    from babai_kernels.hptq.lanes import LANE_GROUP, LOOK_AHEAD_WORDS, ROW_BLOCK, SPAN, LaneLayout
     spans = lanes["padded_k"] // SPAN
+    groups = -(-spans // LANE_GROUP)
     rows = -(-n // ROW_BLOCK) * ROW_BLOCK
     if rows * spans > lanes["offsets"].numel():
         raise ValueError(f"n: {n} rows is more than the layout holds")
-    device = torch.device(device)
-    return PreparedHPTQ(n, k, scale, lanes["words"].to(device),
-                        lanes["bases"][:rows * -(-spans // LANE_GROUP)].to(device),
-                        lanes["offsets"][:rows * spans].to(device), lanes["lut"].to(device),
-                        lanes["padded_k"], device)
+    full = rows * spans == lanes["offsets"].numel()
+    bits = lanes["payload_bits"] if full else int(lanes["bases"][rows * groups])   # first bit of row `rows`
+    words = torch.cat([lanes["words"][:-(-bits // 32)], torch.zeros(LOOK_AHEAD_WORDS, dtype=torch.int32)])
+    return LaneLayout(words, lanes["bases"][:rows * groups].clone(), lanes["offsets"][:rows * spans].clone(),
+                      lanes["lut"], lanes["padded_k"], bits)
+
+
+def prefix_layer(lanes: dict, scale: float, k: int, n: int, device) -> "PreparedHPTQ":
+    """PreparedHPTQ of rows [0, n) of a lane layout (LaneLayout fields as a dict) of a K = k layer
+    (prefix_lanes), on `device`."""
+    from babai_kernels.hptq.prepare import PreparedHPTQ
+    p, device = prefix_lanes(lanes, n), torch.device(device)
+    return PreparedHPTQ(n, k, scale, p.words.to(device), p.bases.to(device), p.offsets.to(device),
+                        p.lut.to(device), p.padded_k, device)
 
 
 def hptq_layer(directory: Path, k: int, n: int, device: torch.device, codes: bool = False):
