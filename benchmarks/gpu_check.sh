@@ -5,11 +5,14 @@
 # Needs python3 with torch, transformers and any Triton (no vLLM, no pip install): with Triton
 # < 3.9 (the lent image has 3.6) the kernels launch from kernels/aot_sm90.zip, cubins compiled
 # with Triton 3.9 (babai_kernels.aot); with Triton >= 3.9 through Triton's JIT.
-# Stages (benchmarks/gpu_stages.py), each under its own timeout, the slowest last; seconds:
-#   env 30 · inputs 60 (HPTQ lane layouts, CPU; ~30 s on 2 cores here) · correctness 75 · speed 110 ·
-#   [e2e 60: python3 -m benchmarks.gpu_e2e --stage-dir DIR [--dry-run], run only when
-#    benchmarks/gpu_e2e.py exists (issue 22's transformers decode; it writes DIR/e2e.json with
-#    {"rows": [...], "info": {...}})] · quantizer 120 — 455 s in all.
+# Stages, each under its own timeout, in $GPU_CHECK_SECONDS (default 480: one 8-minute call;
+# give the device call ~540 s for start-up and the report); seconds:
+#   env 20 · inputs 45 (HPTQ lane layouts, CPU; ~30 s on 2 cores here) · correctness 55 ·
+#   speed 75 (benchmarks/gpu_stages.py) · e2e: what is left after reserving the quantizer's 105 s
+#   and 5 s for the report (175 s when the stages before it use their whole timeouts, ~250 s when
+#   they end early as expected; benchmarks/gpu_e2e.py: Llama-3-8B-shaped decode through
+#   transformers_babai, bf16 vs SSQR-w4 vs HPTQ-3.3; it starts no compile that would end past
+#   its --budget-s) · quantizer 105 (gpu_stages.py; the slowest known, last).
 # Writes benchmarks/results/gpu_<gpu>.{json,md} (gpu_h200 on an H200; benchmarks/gpu_report.py)
 # from the stages' JSON in $GPU_CHECK_DIR (default: a fresh temporary folder); --dry-run writes
 # the report into that folder only. A stage that fails or times out is recorded and the next runs.
@@ -35,14 +38,16 @@ stage() {  # name, timeout in seconds, python module, then its arguments
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" "$limit" >>"$DIR/status.tsv"
   echo "-- $name: rc=$rc, $((SECONDS - start)) s"
 }
-stage env 30 benchmarks.gpu_stages env
-stage inputs 60 benchmarks.gpu_stages inputs
-stage correctness 75 benchmarks.gpu_stages correctness
-stage speed 110 benchmarks.gpu_stages speed
-if [[ -f benchmarks/gpu_e2e.py ]]; then   # the end-to-end decode stage hook (issue 22)
-  stage e2e 60 benchmarks.gpu_e2e
-fi
-stage quantizer 120 benchmarks.gpu_stages quantizer
+TOTAL=${GPU_CHECK_SECONDS:-480}
+QUANTIZER=105
+stage env 20 benchmarks.gpu_stages env
+stage inputs 45 benchmarks.gpu_stages inputs
+stage correctness 55 benchmarks.gpu_stages correctness
+stage speed 75 benchmarks.gpu_stages speed
+E2E=$((TOTAL - SECONDS - QUANTIZER - 5))
+((E2E < 60)) && E2E=60
+stage e2e "$E2E" benchmarks.gpu_e2e --budget-s "$((E2E - 8))"
+stage quantizer "$QUANTIZER" benchmarks.gpu_stages quantizer
 OUTDIR=benchmarks/results
 [[ ${#DRY[@]} -gt 0 ]] && OUTDIR=$DIR
 "$PY" -m benchmarks.gpu_report --stage-dir "$DIR" --out "$OUTDIR"

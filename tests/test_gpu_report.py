@@ -15,6 +15,12 @@ def _stage_dir(tmp_path, dry=False, ssqr=3.2, hptq=(1.6, 1.4), model_s=250.0):
     rows += [dict(case="hptq-3.3", shape=s, m=1, us=1.0, bf16_us=h, speedup=h)
              for s, h in zip(("4096x4096", "14336->4096"), hptq)]
     (tmp_path / "speed.json").write_text(json.dumps(dict(stage="speed", dry_run=dry, rows=rows, info={})))
+    e2e = [dict(case=v, mode=mode, m=b, tokens_per_s=100.0 * x, speedup=x)
+           for v, mode, b, x in (("bf16", "compiled", 1, 1.0), ("ssqr-w4", "compiled", 1, 2.4),
+                                 ("ssqr-w4", "eager", 1, 1.1), ("hptq-3.3", "eager", 1, 1.3),
+                                 ("ssqr-w4", "compiled", 16, 1.5))]
+    (tmp_path / "e2e.json").write_text(json.dumps(dict(
+        stage="e2e", dry_run=dry, rows=e2e, info=dict(compile_failed={"hptq-3.3": "batch 1: Unsupported: x"}))))
     (tmp_path / "quantizer.json").write_text(json.dumps(dict(
         stage="quantizer", dry_run=dry, rows=[dict(format="gptq-w4g128", linear="q", seconds=1.0)],
         info={"gptq-w4g128_model_seconds_x32": model_s})))
@@ -26,7 +32,10 @@ def test_goals_pass_and_miss_on_the_measured_rows(tmp_path):
     lines = goal_lines(result)
     assert lines[0].startswith("ssqr-4bit") and "3.20x" in lines[0] and lines[0].endswith("PASS")
     assert "1.40x" in lines[1] and lines[1].endswith("MISS")            # worst HPTQ shape decides
-    assert "250 s" in lines[2] and lines[2].endswith("PASS")
+    assert lines[2] == "ssqr-w4 ≥ 2.0x bf16 at M=1 (mode compiled): compiled 2.40x: PASS"   # batch 1, compiled
+    assert lines[3] == ("hptq-3.3 ≥ 2.0x bf16 at M=1 (mode compiled): not measured (measured: eager 1.30x); "
+                        "compile failed: batch 1: Unsupported: x")
+    assert "250 s" in lines[4] and lines[4].endswith("PASS")
     assert result["stages"]["quantizer"]["rc"] == 124                   # its timeout is recorded
     md = to_markdown(result)
     assert "| quantizer | 124 | 75 | 75 |" in md and "**aot**" in md
