@@ -2,14 +2,17 @@
 
 Rows (SmolLM2-135M-Instruct): bf16 (the unquantized folder), stock vLLM on the project's GPTQ-w4 export
 (`--format gptq --bits 4 --group-size 64`, vLLM's own kernel), babai SSQR-w4 and -w3, HPTQ-4.3 and
--3.3 (VLLM_BABAI_HPTQ_RUNTIME=dense), and HPTQ-3.3 served Huffman-resident (VLLM_BABAI_HPTQ_RUNTIME=huffman).
+-3.3 (VLLM_BABAI_HPTQ_RUNTIME=dense), SSQR-w4 and HPTQ-4.3 again with the CPU kernel's AVX2 variant
+forced (BABAI_CPU_ISA=avx2: what a host without AVX-512 BF16 runs), and HPTQ-3.3 served
+Huffman-resident (VLLM_BABAI_HPTQ_RUNTIME=huffman).
 
 Per row: one server on 127.0.0.1 (babai_serve.launch.BabaiServer; the same vLLM settings for every
 row, SERVER_ARGS/SERVER_ENV), then `babai-serve vllm bench serve` at 1 and at 8 concurrent requests
-(random prompts of INPUT_LEN tokens, OUTPUT_LEN output tokens, ignore_eos, greedy). Decode tokens/s
-is computed from vLLM's TPOT: concurrency × 1000 / mean TPOT (ms), where vLLM's TPOT of a request is
-(latency − TTFT) / (output tokens − 1); mean ITL and the wall-clock output throughput are kept as
-cross-checks. Resident weight bytes and the kernel per layer shape are parsed from the server log
+(random prompts of INPUT_LEN tokens, OUTPUT_LEN output tokens, ignore_eos, greedy), and the prefill
+set: PREFILL_LEN-token prompts with 1 output token, one at a time, whose median TTFT is the time to
+first token of a long prompt. Decode tokens/s is computed from vLLM's TPOT: concurrency × 1000 / mean
+TPOT (ms), where vLLM's TPOT of a request is (latency − TTFT) / (output tokens − 1); mean ITL and the
+wall-clock output throughput are kept as cross-checks. Resident weight bytes and the kernel per layer shape are parsed from the server log
 (lines the babai plugin writes; "n/a" when absent); bf16 counts 2 bytes per weight of the same
 linears, stock GPTQ the on-disk bytes of its qweight/qzeros/scales/g_idx. Ratios to bf16 and to
 GPTQ-w4 use this run's rows only.
@@ -45,6 +48,7 @@ RESULTS = Path(__file__).parent / "results"
 CKPTS = assets.cache_dir() / "serving-ckpts"
 LOGS = assets.cache_dir() / "serving-logs"
 RUNTIME_ENV = "VLLM_BABAI_HPTQ_RUNTIME"
+ISA_ENV = "BABAI_CPU_ISA"     # babai_kernels.cpu_lut.ISA_ENV (not imported: it would import torch here)
 
 # Row name -> babai-quantize settings (None: the unquantized model), extra server environment, and
 # optionally a cap on the requests per concurrency level (a row too slow for the standard count).
@@ -55,6 +59,10 @@ ROWS: dict[str, dict] = {
     "ssqr-w3": dict(quantize=("--format", "ssqr", "--bits", "3", "--group-size", "64"), env={}),
     "hptq-4.3": dict(quantize=("--format", "hptq", "--target-bits", "4.3"), env={RUNTIME_ENV: "dense"}),
     "hptq-3.3": dict(quantize=("--format", "hptq", "--target-bits", "3.3"), env={RUNTIME_ENV: "dense"}),
+    # The same checkpoints with the CPU kernel's AVX2 + FMA + F16C variant forced.
+    "ssqr-w4-avx2": dict(quantize=("--format", "ssqr", "--bits", "4", "--group-size", "64"), env={ISA_ENV: "avx2"}),
+    "hptq-4.3-avx2": dict(quantize=("--format", "hptq", "--target-bits", "4.3"),
+                          env={RUNTIME_ENV: "dense", ISA_ENV: "avx2"}),
     # On CPU the Huffman-resident runtime decodes every weight on every forward (~0.2 tok/s at 1 request).
     "hptq-3.3-huffman": dict(quantize=("--format", "hptq", "--target-bits", "3.3"), env={RUNTIME_ENV: "huffman"},
                              max_prompts={1: 1, 8: 8}, output_len=8),
@@ -62,11 +70,16 @@ ROWS: dict[str, dict] = {
 BASELINES = ("bf16", "gptq-w4")
 RATIO_METRICS = ("decode_tok_s", "median_ttft_ms")
 
-SERVER_ARGS = ("--dtype", "bfloat16", "--max-model-len", "2048", "--seed", "0")   # vLLM default: torch.compile on
+# vLLM default: torch.compile on. Prefix caching off: `vllm bench serve` warms up with the first request's
+# prompt, so a cached prefix would turn that request's prefill into a cache hit (measured: 1,024-token
+# TTFT 273 ms instead of seconds).
+SERVER_ARGS = ("--dtype", "bfloat16", "--max-model-len", "2048", "--seed", "0", "--no-enable-prefix-caching")
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 CONCURRENCY = (1, 8)
 INPUT_LEN, OUTPUT_LEN = 32, 64
 PROMPTS = {"full": {1: 6, 8: 24}, "quick": {1: 2, 8: 8}}   # requests per concurrency level (+1 warm-up)
+PREFILL_LEN = 1024                                         # prefill set: prompt tokens, 1 output token,
+PREFILL_PROMPTS = {"full": 4, "quick": 1}                  # one request at a time (+1 warm-up)
 STARTUP_TIMEOUT, BENCH_TIMEOUT = 1800, 7200                # seconds
 
 GPTQ_TENSORS = (*TENSOR_NAMES["gptq"], "g_idx")
@@ -129,11 +142,11 @@ def weight_memory(name: str, ckpt: Path, log: dict, linears: dict[str, int]) -> 
 # --- one row ------------------------------------------------------------------------------------
 
 def bench_command(base_url: str, ckpt: Path, concurrency: int, prompts: int, result_file: Path,
-                  output_len: int = OUTPUT_LEN) -> list[str]:
+                  output_len: int = OUTPUT_LEN, input_len: int = INPUT_LEN) -> list[str]:
     """`babai-serve vllm bench serve ...` (as python -m babai_serve.launch) for one concurrency level."""
     return [sys.executable, "-m", "babai_serve.launch", "vllm", "bench", "serve",
             "--backend", "openai", "--base-url", base_url, "--model", str(ckpt),
-            "--dataset-name", "random", "--random-input-len", str(INPUT_LEN),
+            "--dataset-name", "random", "--random-input-len", str(input_len),
             "--random-output-len", str(output_len), "--random-range-ratio", "0", "--ignore-eos",
             "--temperature", "0", "--seed", "0", "--num-prompts", str(prompts),
             "--max-concurrency", str(concurrency), "--num-warmups", "1",
@@ -142,12 +155,15 @@ def bench_command(base_url: str, ckpt: Path, concurrency: int, prompts: int, res
             "--result-filename", result_file.name]
 
 
-def run_bench(name: str, server: BabaiServer, ckpt: Path, concurrency: int, prompts: int) -> dict:
-    """Run vLLM's benchmark client once and return its metrics plus the decode rates derived from TPOT."""
-    result_file = LOGS / f"{name}-c{concurrency}.json"
+def run_bench(name: str, server: BabaiServer, ckpt: Path, concurrency: int, prompts: int, prefill: bool = False) -> dict:
+    """Run vLLM's benchmark client once and return its metrics plus the decode rates derived from TPOT
+    (prefill: PREFILL_LEN-token prompts, 1 output token, so no TPOT; its TTFT is the measurement)."""
+    tag = "prefill" if prefill else f"c{concurrency}"
+    result_file = LOGS / f"{name}-{tag}.json"
     result_file.unlink(missing_ok=True)
-    cmd = bench_command(server.url, ckpt, concurrency, prompts, result_file, ROWS[name].get("output_len", OUTPUT_LEN))
-    log_file = LOGS / f"{name}-c{concurrency}.bench.log"
+    cmd = (bench_command(server.url, ckpt, 1, prompts, result_file, 1, PREFILL_LEN) if prefill else
+           bench_command(server.url, ckpt, concurrency, prompts, result_file, ROWS[name].get("output_len", OUTPUT_LEN)))
+    log_file = LOGS / f"{name}-{tag}.bench.log"
     start = time.monotonic()
     with open(log_file, "wb") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=BENCH_TIMEOUT).returncode
@@ -161,9 +177,9 @@ def run_bench(name: str, server: BabaiServer, ckpt: Path, concurrency: int, prom
                            f"(concurrency {concurrency}); log {log_file}:\n{tail}")
     keep = [k for k in raw if k.endswith("_ms") or k in ("duration", "completed", "total_input_tokens",
                                                          "total_output_tokens", "output_throughput")]
-    return {"concurrency": concurrency, "prompts": prompts, "seconds": round(time.monotonic() - start, 1),
-            "decode_tok_s": concurrency * 1000 / raw["mean_tpot_ms"],
-            "decode_tok_s_per_request": 1000 / raw["mean_tpot_ms"],
+    decode = {} if prefill else {"decode_tok_s": concurrency * 1000 / raw["mean_tpot_ms"],
+                                 "decode_tok_s_per_request": 1000 / raw["mean_tpot_ms"]}
+    return {"concurrency": concurrency, "prompts": prompts, "seconds": round(time.monotonic() - start, 1), **decode,
             **{k: raw[k] for k in keep}, "command": shlex.join(cmd), "result_file": str(result_file)}
 
 
@@ -173,18 +189,20 @@ def row_prompts(name: str, prompts: dict[int, int]) -> dict[int, int]:
     return {c: min(n, cap.get(c, n)) for c, n in prompts.items()}
 
 
-def run_row(name: str, prompts: dict[int, int], linears: dict[str, int]) -> dict:
-    """The row's measurements; a failure is kept in row['error'] next to whatever was recorded before it."""
-    row: dict = {"prompts": row_prompts(name, prompts), "output_len": ROWS[name].get("output_len", OUTPUT_LEN)}
+def run_row(name: str, prompts: dict[int, int], prefill_prompts: int, linears: dict[str, int]) -> dict:
+    """The row's measurements; a failure is kept in row['error'] next to whatever was recorded before it.
+    prefill_prompts: requests of the prefill set (0: none; rows with max_prompts, too slow, skip it)."""
+    row: dict = {"prompts": row_prompts(name, prompts), "output_len": ROWS[name].get("output_len", OUTPUT_LEN),
+                 "prefill_prompts": 0 if "max_prompts" in ROWS[name] else prefill_prompts}
     try:
-        measure_row(name, row["prompts"], linears, row)
+        measure_row(name, row["prompts"], row["prefill_prompts"], linears, row)
     except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
         print(f"[{name}] FAILED: {e}", file=sys.stderr, flush=True)
         row["error"] = str(e)
     return row
 
 
-def measure_row(name: str, prompts: dict[int, int], linears: dict[str, int], row: dict) -> None:
+def measure_row(name: str, prompts: dict[int, int], prefill_prompts: int, linears: dict[str, int], row: dict) -> None:
     """Start the row's server, benchmark every concurrency level, stop it, and collect the log facts into `row`."""
     ckpt = ensure_checkpoint(name)
     env = {**SERVER_ENV, **ROWS[name]["env"]}
@@ -207,6 +225,10 @@ def measure_row(name: str, prompts: dict[int, int], linears: dict[str, int], row
             run = row["runs"][str(c)] = run_bench(name, server, ckpt, c, prompts[c])
             print(f"[{name}]   decode {run['decode_tok_s']:.2f} tok/s (mean TPOT {run['mean_tpot_ms']:.1f} ms), "
                   f"median TTFT {run['median_ttft_ms']:.0f} ms, {run['seconds']} s", flush=True)
+        if prefill_prompts:
+            print(f"[{name}] vllm bench serve: prefill, {prefill_prompts} prompts of {PREFILL_LEN} tokens ...", flush=True)
+            run = row["prefill"] = run_bench(name, server, ckpt, 1, prefill_prompts, prefill=True)
+            print(f"[{name}]   median TTFT {run['median_ttft_ms']:.0f} ms, {run['seconds']} s", flush=True)
     row["load_after"] = os.getloadavg()
     log = parse_server_log(log_path.read_text(errors="replace"))
     row.update(kernels=log["kernels"], vllm_kernels=log["vllm_kernels"], plugin_notes=log["plugin_notes"],
@@ -222,6 +244,9 @@ def add_ratios(rows: dict[str, dict]) -> None:
             row["ratios"] = {base: {f"{key}_c{c}": row["runs"][str(c)][key] / rows[base]["runs"][str(c)][key]
                                     for c in CONCURRENCY for key in RATIO_METRICS}
                              for base in BASELINES if base in rows and "error" not in rows[base]}
+            for base, ratios in row["ratios"].items():
+                if "prefill" in row and "prefill" in rows[base]:
+                    ratios["prefill_ttft_ms"] = row["prefill"]["median_ttft_ms"] / rows[base]["prefill"]["median_ttft_ms"]
 
 
 def runtime_notes(rows: dict[str, dict]) -> list[str]:
@@ -250,14 +275,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: {PROMPTS['quick']} requests per concurrency instead of {PROMPTS['full']}")
     p.add_argument("--checkpoints-only", action="store_true", help="build the rows' checkpoints and stop")
+    p.add_argument("--no-prefill", action="store_true", help=f"skip the prefill set ({PREFILL_LEN}-token prompts)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.rows = list(dict.fromkeys(args.rows))
-    if os.environ.pop(RUNTIME_ENV, None) is not None:
-        print(f"note: ignoring {RUNTIME_ENV} from the environment; rows set it themselves", flush=True)
+    for var in (RUNTIME_ENV, ISA_ENV):
+        if os.environ.pop(var, None) is not None:
+            print(f"note: ignoring {var} from the environment; rows set it themselves", flush=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     try:
         for name in args.rows:   # all quantizing happens before any server is measured
@@ -268,15 +295,17 @@ def main(argv=None) -> int:
     if args.checkpoints_only:
         return 0
     prompts = PROMPTS["quick" if args.quick else "full"]
-    complete = not args.quick and set(args.rows) == set(ROWS)
+    prefill_prompts = 0 if args.no_prefill else PREFILL_PROMPTS["quick" if args.quick else "full"]
+    complete = not args.quick and not args.no_prefill and set(args.rows) == set(ROWS)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "complete": complete, "command": shlex.join(["python", "-m", "benchmarks.serving_cpu", *(argv or sys.argv[1:])]),
               "device": device(), "versions": versions(), "server_args": list(SERVER_ARGS), "server_env": SERVER_ENV,
               "inherited_vllm_env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
-              "input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "prompts": prompts, "rows": {}}
+              "input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "prompts": prompts, "prefill_len": PREFILL_LEN,
+              "prefill_prompts": prefill_prompts, "rows": {}}
     linears = linear_weights(assets.model_dir())
     for name in args.rows:
-        result["rows"][name] = run_row(name, prompts, linears)
+        result["rows"][name] = run_row(name, prompts, prefill_prompts, linears)
     add_ratios(result["rows"])
     result["notes"] = runtime_notes(result["rows"])
     out_dir, stem = (RESULTS, "serving_cpu") if complete else (LOGS, "serving_cpu_partial")

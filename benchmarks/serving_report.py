@@ -65,19 +65,24 @@ def markdown(result: dict) -> str:
             f"ignore_eos, temperature 0, 1 warm-up request per level); requests: {prompts_text(result)}.",
             "- Decode tok/s = concurrency x 1000 / mean TPOT (vLLM's TPOT: (latency - TTFT) / (output tokens - 1) "
             "per request); TTFT is vLLM's median. Ratios are to this run's bf16 and GPTQ-w4 rows.",
+            *([f"- Prefill: {result['prefill_prompts']} prompts of {result['prefill_len']} tokens with 1 output token, "
+               "one at a time (1 warm-up); prefill TTFT = vLLM's median TTFT; TTFT x bf16 = row / bf16 "
+               "(< 1: faster)."] if result.get("prefill_prompts") else []),
             f"- Run: `{result['command']}`; server/client logs and vLLM's raw result files: paths in the JSON.", ""]
-    out += ["| row | decode tok/s @1 | @8 | TTFT ms @1 | @8 | x bf16 @1 | @8 | x GPTQ-w4 @1 | @8 "
-            "| resident bits/w | on-disk bits/w |", "|---" * 11 + "|"]
+    out += ["| row | decode tok/s @1 | @8 | TTFT ms @1 | @8 | prefill TTFT ms | TTFT x bf16 | x bf16 @1 | @8 "
+            "| x GPTQ-w4 @1 | @8 | resident bits/w | on-disk bits/w |", "|---" * 13 + "|"]
     for name, row in rows.items():
         if "error" in row:
-            out.append(f"| {name} | failed (see Notes) | | | | | | | | | |")
+            out.append(f"| {name} | failed (see Notes) |" + " |" * 12)
             continue
+        prefill = [_fmt(row.get("prefill", {}).get("median_ttft_ms"), ".0f"),
+                   _fmt(row.get("ratios", {}).get("bf16", {}).get("prefill_ttft_ms"), ".3f")]
         r1, r8 = row["runs"][str(c1)], row["runs"][str(c8)]
         ratios = [_fmt(row.get("ratios", {}).get(base, {}).get(f"decode_tok_s_c{c}"), ".3f")
                   for base in ("bf16", "gptq-w4") for c in (c1, c8)]
         mem = row["memory"]
         out.append(f"| {name} | {r1['decode_tok_s']:.2f} | {r8['decode_tok_s']:.2f} | {r1['median_ttft_ms']:.0f} "
-                   f"| {r8['median_ttft_ms']:.0f} | {' | '.join(ratios)} "
+                   f"| {r8['median_ttft_ms']:.0f} | {' | '.join(prefill)} | {' | '.join(ratios)} "
                    f"| {_fmt(mem['resident_bits_per_weight'], '.3f')} | {mem['on_disk_bits_per_weight']:.3f} |")
     out += ["", "## Resident weight bytes of the quantized linears", "",
             "| row | resident bytes | weights | bits/weight | source | on-disk bytes |", "|---|---|---|---|---|---|"]
@@ -97,7 +102,7 @@ def markdown(result: dict) -> str:
         for key in ("quantize_command", "server_command"):
             if key in row:
                 out.append(f"  - `{row[key]}`")
-        for run in row.get("runs", {}).values():
+        for run in [*row.get("runs", {}).values(), *([row["prefill"]] if "prefill" in row else [])]:
             out.append(f"  - `{run['command']}`")
     if result["notes"]:
         out += ["", "## Notes", "", *(f"- {n}" for n in result["notes"])]
