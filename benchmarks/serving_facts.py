@@ -7,7 +7,7 @@ import re
 import struct
 from pathlib import Path
 
-KERNEL_LINE = re.compile(r"babai kernel for (\S+) (\d+)x(\d+): (\S+)")
+KERNEL_LINE = re.compile(r"babai kernel for (\S+) (\d+)x(\d+)(?: \([^)]*\))?: (\S+)")   # "(bfloat16, cpu)": chooser.py
 RESIDENT_LINE = re.compile(r"babai resident bytes: (\d+) over (\d+) weights \(([\d.]+) bits/weight\)")
 VLLM_KERNEL_LINE = re.compile(r"Using (\w+) for (mixed-precision linear|\w+LinearMethod)")
 PLUGIN_NOTE_LINE = re.compile(r"\] (babai: .*)$", re.MULTILINE)   # e.g. codes widened to a kernel's width
