@@ -97,6 +97,7 @@ BENCH_KEYS = ("simulate", "nsamples")     # row keys of the benchmark itself: v2
 ROWS = _rows()
 # The order of a full run: what the comparison needs first (issue 15's priorities).
 DEFAULT_ORDER = ["base", "gptq-w3g64", "gptq-w4g64", "hptq-3.3", "hptq-4.3",
+                 "hptq-3.3-ldl", "hptq-4.3-ldl", "hptq-3.3-ldl-fisher", "hptq-4.3-ldl-fisher",
                  "ssqr-w3g192-1%-cap-rms", "ssqr-w4g192-1%-cap-rms", "gptq-w3g32", "gptq-w4g32",
                  "gptq-w3g192", "gptq-w4g192", "ssqr-v2sim-w3g192-2%-cap", "rtn-w3g64", "rtn-w4g64",
                  "hptq-3.15", "hptq-3.8", "ssqr-v2sim-w4g192-1%-cap"]

@@ -106,6 +106,9 @@ def markdown(rows: dict, missing: list[str], meta: dict, rat: dict) -> str:
              "what the GPU kernels keep (HPTQ Huffman-resident lanes; benchmarks/quality_bits.py). Ratio: Δppl / GPTQ's Δppl interpolated at the same bits "
              "(lower envelope of all GPTQ group sizes, linear in bits; – more than 0.02 bits outside GPTQ's range). Plot: "
              "[quality.png](quality.png).", "",
+             "HPTQ/HRTN row suffixes (issue 23): `-ldl` per-column steps α ∝ D^-1/2 (`--col-steps ldl`; `-ldl0.5`: "
+             "α ∝ D^-1/4), `-fisher` one Lagrange multiplier for the model (`--allocation fisher`), `-ft` the "
+             "float (Qronos) target, `-c128` calibrated on 128 × 512 tokens (compared with the `-c128` GPTQ rows).", "",
              "| row | effective bits | resident bits (CPU) | GPU bits | perplexity | Δ vs base | ratio @eff "
              "| ratio @res | ratio @GPU | outliers | quantize s | bound ≥ error (unclipped layers) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
