@@ -167,31 +167,37 @@ def babai_model(base, config, variant: str, stage: Stage, directory: Path, devic
         for k in sorted({k for k, _ in shapes.values()}):
             sources[k] = HptqSource(directory, k, max(rows[n] for n, (kk, _) in shapes.items() if kk == k), device)
         stage.info(**{f"hptq_K{k}_lanes": s.source for k, s in sources.items()})
-    layers = model.model.layers
+    layers, quantized = model.model.layers, {}
     for i, (name, (k, _)) in enumerate(shapes.items()):
         start = time.perf_counter()
         proto = BabaiLinear(f"model.layers.0.{name}", fmt, k, rows[name], False, ACT)
         spec = ssqr_spec(proto, device, seed=i) if fmt == "ssqr" else sources[k].spec(rows[name], device)
         kernel, refused = choose(proto, spec, dry)
-        for j, layer in enumerate(layers):
-            module = proto
-            if j:
-                module = BabaiLinear(f"model.layers.{j}.{name}", fmt, k, rows[name], False, ACT)
-                module.adopt(spec, kernel=copy.deepcopy(proto.kernel, {id(spec): spec}))
-            parent, _, leaf = name.rpartition(".")
-            layer.get_submodule(parent).add_module(leaf, module)
+        quantized[proto.name] = proto
+        for j in range(1, len(layers)):
+            module = quantized[f"model.layers.{j}.{name}"] = BabaiLinear(f"model.layers.{j}.{name}", fmt, k,
+                                                                        rows[name], False, ACT)
+            module.adopt(spec, kernel=copy.deepcopy(proto.kernel, {id(spec): spec}))
         stage.add(case=variant, mode="build", linear=name, k=k, n=rows[name], kernel=kernel,
                   refused="; ".join(refused) or None, layers=len(layers),
                   resident_MB=proto.resident_bytes() / 2**20, stored_MB=proto.stored_bytes / 2**20,
                   resident_bits=8 * proto.resident_bytes() / (k * rows[name]), seconds=time.perf_counter() - start)
-    for name, module in list(model.named_modules()):     # everything not quantized: base's own module
-        if name and not isinstance(module, BabaiLinear) and any(
-                True for _ in (*module.parameters(recurse=False), *module.buffers(recurse=False))):
+    return install(model, base, quantized, allow_meta=dry)
+
+
+def install(model, base, quantized: dict, allow_meta: bool = False):
+    """`model` (a meta skeleton of base's class and config) with the modules `quantized` (full name →
+    module) in place, and every other module that holds tensors of its own taken from `base`
+    (embeddings, norms, rotary tables, lm_head: shared, not copied)."""
+    for name, module in list(model.named_modules()):
+        if name in quantized or (name and any(True for _ in (*module.parameters(recurse=False),
+                                                              *module.buffers(recurse=False)))):
             parent, _, leaf = name.rpartition(".")
-            model.get_submodule(parent).add_module(leaf, base.get_submodule(name))
-    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta and not dry]
-    if left:
-        raise RuntimeError(f"{variant}: tensors left on the meta device: {left[:5]}")
+            module = quantized[name] if name in quantized else base.get_submodule(name)
+            model.get_submodule(parent).add_module(leaf, module)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left and not allow_meta:
+        raise RuntimeError(f"tensors left on the meta device: {left[:5]}")
     return model
 
 
