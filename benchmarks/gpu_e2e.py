@@ -354,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu") if dry else CUDA
     stage.info(config=args.config, **dict(CONFIGS[args.config], num_hidden_layers=config.num_hidden_layers), prompt=PROMPT,
                batches=list(BATCHES), new_tokens=NEW_TOKENS, rounds=ROUNDS, dry_rows=args.dry_rows if dry else None,
-               timing="decode tokens/s = batch·(long − short)/(t_long − t_short) of model.generate, median")
+               timing="decode tokens/s = batch·(long − short)/(t_long − t_short) of model.generate, median",
+               layers_built=("random weights; one prototype per linear type through the chooser, every layer its "
+                             "own on-device copy of its kernel's tensors (the memory traffic of 32 distinct "
+                             "layers); SSQR-w4 random codes, HPTQ-3.3 Laplace codes of a 3.3-bit Huffman code"),
+               from_pretrained=("BabaiHfQuantizer.is_compileable is transformers' default (False), so generate "
+                                "compiles a from_pretrained babai model only once it returns True; these models "
+                                "carry no hf_quantizer"))
     start = time.perf_counter()
     deadline = start + args.budget_s
     base = skeleton(config, "meta" if dry else device)
