@@ -77,8 +77,9 @@ def choose_kernel(spec: LinearSpec, layer: str) -> BabaiKernel:
         _logged.add(key)
         refused = f"; ranked above it: {'; '.join(reasons)}" if reasons else ""
         log = logger.warning if cls is TorchReference else logger.info
-        log("babai kernel for %s %dx%d (%s, %s): %s (%.2f resident bits/weight)%s%s", spec.format, *spec.shape,
+        variant = getattr(kernel, "variant", None)
+        log("babai kernel for %s %dx%d (%s, %s): %s (%s%.2f resident bits/weight)%s%s", spec.format, *spec.shape,
             str(spec.act_dtype).removeprefix("torch."), spec.device.type, name,
-            8 * kernel.resident_bytes() / (spec.shape[0] * spec.shape[1]),
+            f"{variant} variant, " if variant else "", 8 * kernel.resident_bytes() / (spec.shape[0] * spec.shape[1]),
             " (dense float32 weights)" if cls is TorchReference else "", refused)
     return kernel

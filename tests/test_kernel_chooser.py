@@ -216,3 +216,14 @@ def test_old_triton_serves_hptq_lanes_where_the_aot_bundle_holds_the_shape(platf
                            torch.device("cuda"), act_dtype=act)
         cls, reasons = chooser.plan(spec)
         assert cls.__name__ == expected, reasons
+
+
+def test_the_cpu_kernel_log_line_names_its_instruction_set(checkpoints, caplog):
+    if not cpu_lut.load()[0]:
+        pytest.skip(f"the CPU kernel cannot run here: {cpu_lut.load()[1]}")
+    (_, spec), *_ = specs(checkpoints["hptq-4.3"], torch.bfloat16, "cpu")
+    chooser._logged.clear()
+    with caplog.at_level(logging.INFO, logger="vllm.babai"):
+        kernel = chooser.choose_kernel(spec, "model.layers.0.qkv_proj")
+    assert kernel.variant == cpu_lut.isa()
+    assert f"BabaiLutCPU ({cpu_lut.isa()} variant, " in caplog.text

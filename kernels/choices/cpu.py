@@ -39,6 +39,7 @@ class BabaiLutCPU(BabaiKernel):
 
     def __init__(self, spec: LinearSpec):
         self.packed = cpu_lut.pack(spec.dense_layout())
+        self.variant = self.packed.isa            # "avx512" (AVX-512 BF16) or "avx2" (AVX2 + FMA + F16C)
         self.set_col_scale(spec)
 
     def apply(self, x, bias):
