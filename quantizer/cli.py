@@ -98,11 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the Babai order (WaterSIC's waterfilling; 'ldlP': α ∝ D^(-P/2)), stored as one float16 per "
                         "column (format version 2, counted in the bits); 'none': one step per matrix. Default: hptq "
                         "ldl (the measured best, benchmarks/results/quality.md), others none")
-    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
+    p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
                    help="hptq/hrtn: 'uniform' = every linear at --target-bits; 'fisher' = one Lagrange multiplier "
                         "for the model: bits where the Fisher-weighted Babai error falls most per bit (one float "
                         "backward pass and Hessian pass first), the model average held to --target-bits "
-                        "(quant_report.json: allocation, and each layer's effective_bits)")
+                        "(quant_report.json: allocation, and each layer's effective_bits). Default: hptq fisher "
+                        "(the measured best), others uniform")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch CPU threads. On a shared, busy machine use 1: OpenMP threads spin when cores "
                         "are oversubscribed and a sweep can run 100x slower")
@@ -136,7 +137,7 @@ def options_from_args(args: argparse.Namespace, in_features: list[int] | None = 
         row_parallel_blocks=blocks, skip=tuple(args.skip), device=args.device,
         dtype=args.dtype, reduce=args.reduce, scale_init=args.scale_init, rate_mode=args.rate_mode,
         col_steps=args.col_steps if args.col_steps is not None else ("ldl" if args.format == "hptq" else "none"),
-        allocation=args.allocation)
+        allocation=args.allocation if args.allocation is not None else ("fisher" if args.format == "hptq" else "uniform"))
     try:
         options.validate()
     except ValueError as e:

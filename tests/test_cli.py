@@ -189,7 +189,7 @@ def test_ssqr_defaults_are_the_measured_best(model_dir, tmp_path):
     assert config["group_size"] == expected
 
 
-def test_hptq_default_has_per_column_steps_and_none_turns_them_off(model_dir, tmp_path):
+def test_hptq_defaults_to_per_column_steps_and_fisher_allocation(model_dir, tmp_path):
     from safetensors.torch import load_file
 
     for extra, expected in (((), True), (("--col-steps", "none"), False)):
@@ -199,4 +199,9 @@ def test_hptq_default_has_per_column_steps_and_none_turns_them_off(model_dir, tm
         assert any(n.endswith(".col_steps") for n in names) == expected
         report = json.loads((out / "quant_report.json").read_text())
         assert report["options"]["col_steps"] == ("ldl" if expected else "none")
+        assert report["options"]["allocation"] == "fisher"           # the default plan, recorded per layer
+        targets = {n: e["target_bits"] for n, e in report["allocation"]["layers"].items()}
+        assert set(targets) == set(report["layers"])
+        for name, layer in report["layers"].items():
+            assert layer["effective_bits"] == pytest.approx(targets[name], abs=0.05)
         assert report["totals"]["bound_holds_where_unclipped"]
