@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from babai_kernels import common
+
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 # Linears of a Llama-family decoder layer, grouped by shared input, in forward order.
 SEQUENTIAL_GROUPS = (
@@ -56,10 +58,10 @@ def linear_names(model: nn.Module) -> list[str]:
 
 
 def check_finite(model: nn.Module) -> None:
-    """ValueError naming the first parameter that holds NaN or ±inf."""
+    """ValueError naming the first parameter that holds NaN or ±inf, and where (babai_kernels.common)."""
     for name, p in model.named_parameters():
-        if p.is_floating_point() and not torch.isfinite(p).all():
-            raise ValueError(f"non-finite values (NaN/inf) in weight tensor {name}")
+        if p.is_floating_point():
+            common.check_finite(f"weight tensor {name}", p.detach())
 
 
 def calibration_windows(tokenizer, text: str, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:

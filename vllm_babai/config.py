@@ -13,8 +13,8 @@ from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
 from babai_kernels.common import safetensors_names
-from babai_kernels.contract import (BabaiCheckpointConfig, fused_layer, matches_skip, present_optional_tensors,
-                                    quantized_modules)
+from babai_kernels.contract import (BabaiCheckpointConfig, check_skip_consistent, fused_layer, matches_skip,
+                                    present_optional_tensors, quantized_modules)
 
 
 @register_quantization_config("babai")
@@ -88,12 +88,13 @@ class BabaiConfig(QuantizationConfig):
 
     def is_skipped(self, prefix: str) -> bool:
         """Whether the layer stays unquantized (the contract's skip rule over modules_to_not_convert,
-        after vLLM's name mapping); fused siblings must agree."""
-        flags = {name: matches_skip(name, self.modules_to_not_convert) for name in self.checkpoint_modules(prefix)}
-        if len(set(flags.values())) > 1:
-            raise ValueError(f"{prefix}: modules_to_not_convert skips only some of the fused modules "
-                             f"{flags}; vLLM fuses them into one layer, so skip all or none")
-        return any(flags.values())
+        after vLLM's name mapping); fused siblings must agree (the contract's check, naming the layer)."""
+        modules = self.checkpoint_modules(prefix)
+        try:
+            check_skip_consistent(modules, self.modules_to_not_convert)
+        except ValueError as e:
+            raise ValueError(f"{prefix}: {e}") from None
+        return matches_skip(modules[0], self.modules_to_not_convert)
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         if not isinstance(layer, LinearBase):
