@@ -1,5 +1,5 @@
 """Shared helpers for kernels/: Triton availability, input validation, bit accounting, and the tensor
-names of a checkpoint folder read from its safetensors headers.
+names and headers of a checkpoint folder read from its safetensors files.
 
 Depends on torch (and optionally triton) only — never on vllm.
 """
@@ -95,13 +95,14 @@ def check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name}: non-finite value {t[where].item()} at index {where}")
 
 
-def safetensors_names(folder: str | Path) -> list[str]:
-    """Every tensor name of a checkpoint folder's safetensors, read from the file headers only."""
+def safetensors_headers(folder: str | Path) -> dict[str, dict]:
+    """{tensor name: {"dtype", "shape", "data_offsets"}} of every tensor in a checkpoint folder's
+    safetensors (the shards its index names, else model.safetensors), read from the file headers only."""
     folder = Path(folder)
     index = folder / INDEX_NAME
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
         else [SINGLE_SHARD_NAME]
-    names = []
+    tensors = {}
     for f in files:
         try:
             with open(folder / f, "rb") as fh:
@@ -109,5 +110,10 @@ def safetensors_names(folder: str | Path) -> list[str]:
                 header = json.loads(fh.read(size))
         except (OSError, ValueError) as e:
             raise ValueError(f"{folder / f}: not a readable safetensors file ({e})") from None
-        names += [n for n in header if n != "__metadata__"]
-    return names
+        tensors.update((n, info) for n, info in header.items() if n != "__metadata__")
+    return tensors
+
+
+def safetensors_names(folder: str | Path) -> list[str]:
+    """Every tensor name of a checkpoint folder's safetensors, read from the file headers only."""
+    return list(safetensors_headers(folder))
