@@ -81,3 +81,13 @@ def test_rooms_import_only_downwards():
                     continue
                 wrong += [(str(path.relative_to(ROOT)), n) for n in names if n.split(".")[0] in forbidden]
     assert not wrong, f"imports across the rooms of docs/architecture.md: {wrong}"
+
+
+def test_serve_readme_lists_the_choosers_kernels():
+    """serve/README.md's kernel table names every kernel of babai_kernels.chooser.KERNELS (and the
+    plugin's VllmMixedPrecision), and nothing else."""
+    from babai_kernels.chooser import KERNELS
+
+    text = (ROOT / "serve" / "README.md").read_text(encoding="utf-8")
+    table = set(re.findall(r"^\| `(\w+)` \|", text, re.M))
+    assert table == {cls.__name__ for kernels in KERNELS.values() for cls in kernels} | {"VllmMixedPrecision"}
