@@ -4,7 +4,9 @@
 #   PYTHON=.venv-gpuimage/bin/python bash benchmarks/gpu_check.sh --dry-run   # here: up to the first CUDA call
 # Needs python3 with torch, transformers and any Triton (no vLLM, no pip install): with Triton
 # < 3.9 (the lent image has 3.6) the kernels launch from kernels/aot_sm90.zip, cubins compiled
-# with Triton 3.9 (babai_kernels.aot); with Triton >= 3.9 through Triton's JIT.
+# with Triton 3.9 (babai_kernels.aot); with Triton >= 3.9 through Triton's JIT. The bundle is not
+# committed (2.4 MB of cubins): build it on the CPU machine first and carry it with the call:
+#   .venv/bin/python -m benchmarks.aot_bundle     # then the device run with carry: kernels/aot_sm90.zip
 # Stages, each under its own timeout, in $GPU_CHECK_SECONDS (default 480: one 8-minute call;
 # give the device call ~540 s for start-up and the report); seconds:
 #   env 20 · inputs 45 (HPTQ lane layouts, CPU; ~30 s on 2 cores here) · correctness 55 ·
@@ -19,6 +21,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+if [[ ! -f kernels/aot_sm90.zip ]] && ! "$PY" -c 'import triton, sys; sys.exit(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 9))' 2>/dev/null; then
+  echo "gpu_check: kernels/aot_sm90.zip is missing and this Triton cannot compile the kernels (needs >= 3.9):" >&2
+  echo "  build it with '.venv/bin/python -m benchmarks.aot_bundle' on the CPU machine and carry it" >&2
+  exit 2
+fi
 DRY=()
 [[ ${1:-} == --dry-run || ${DRY_RUN:-0} == 1 ]] && DRY=(--dry-run)
 DIR=${GPU_CHECK_DIR:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
