@@ -7,6 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "architecture.md"
+BUILT = {"kernels/aot_sm90.zip"}      # build outputs the document names; not in a fresh clone
 
 
 def table_rows() -> list[tuple[str, list[str], str]]:
@@ -56,7 +57,7 @@ def test_every_quoted_path_exists():
             continue
         m = re.fullmatch(r"(.*)\{([^}]*)\}(.*)", path)       # kernels/choices/{cpu,cuda}.py
         expanded = [m.group(1) + part + m.group(3) for part in m.group(2).split(",")] if m else [path]
-        missing += [p for p in expanded if not (ROOT / p).exists()]
+        missing += [p for p in expanded if p not in BUILT and not (ROOT / p).exists()]
     assert not missing, f"docs/architecture.md quotes paths that do not exist: {missing}"
 
 
