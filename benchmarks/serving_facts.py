@@ -2,10 +2,10 @@
 babai plugin's and vLLM's kernel / resident-bytes lines from a server log."""
 from __future__ import annotations
 
-import json
 import re
-import struct
 from pathlib import Path
+
+from babai_kernels.common import safetensors_headers
 
 KERNEL_LINE = re.compile(r"babai kernel for (\S+) (\d+)x(\d+)(?: \([^)]*\))?: (\S+)")   # "(bfloat16, cpu)": chooser.py
 RESIDENT_LINE = re.compile(r"babai resident bytes: (\d+) over (\d+) weights \(([\d.]+) bits/weight\)")
@@ -17,17 +17,8 @@ PLUGIN_NOTE_LINE = re.compile(r"\] (babai: .*)$", re.MULTILINE)   # e.g. codes w
 
 def tensor_bytes(folder: Path) -> dict[str, tuple[list[int], int]]:
     """name -> (shape, bytes) of every tensor in the folder's safetensors files (headers only)."""
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with open(file, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for name, info in header.items():
-            if name != "__metadata__":
-                begin, end = info["data_offsets"]
-                out[name] = (info["shape"], end - begin)
-    if not out:
-        raise RuntimeError(f"{folder}: no safetensors files")
-    return out
+    return {name: (info["shape"], info["data_offsets"][1] - info["data_offsets"][0])
+            for name, info in safetensors_headers(folder).items()}
 
 
 def linear_weights(model_dir: Path) -> dict[str, int]:
