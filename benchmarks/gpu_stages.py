@@ -107,10 +107,10 @@ def hptq_codes(k: int, n: int, seed: int = 0) -> tuple[torch.Tensor, float]:
     """Laplace codes z (n, k) int64 on the CPU whose checkpoint code costs ≈ HPTQ_BITS per weight,
     and the matrix scale (1 / width, as benchmarks.hptq_cases); the same for the same (k, n, seed)."""
     from babai_kernels.hptq.pack import choose_chunk_cols
-    from benchmarks.hptq_cases import _laplace_codes, _width_for
+    from benchmarks.hptq_cases import laplace_codes, width_for
     gen = torch.Generator().manual_seed(seed)
-    width = _width_for(k, choose_chunk_cols(k), HPTQ_BITS, gen, "cpu")
-    return _laplace_codes((n, k), width, gen, "cpu"), 1.0 / width
+    width = width_for(k, choose_chunk_cols(k), HPTQ_BITS, gen, "cpu")
+    return laplace_codes((n, k), width, gen, "cpu"), 1.0 / width
 
 
 def stage_inputs(stage: Stage, directory: Path, dry: bool) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.portable import portable
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = ("bf16", "ssqr-w4", "hptq-4.3")
 BATCHES = (1, 8)
@@ -122,8 +124,8 @@ def main(argv=None) -> int:
                                             transformers=transformers.__version__),
         rounds=args.rounds, new_tokens=NEW_TOKENS, prompt_len=PROMPT_LEN, load_avg_per_round=load, rows=rows)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "hf_cpu.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "hf_cpu.md").write_text(report(result))
+    (RESULTS / "hf_cpu.json").write_text(portable(json.dumps(result, indent=1)) + "\n")
+    (RESULTS / "hf_cpu.md").write_text(portable(report(result)))
     print(report(result))
     return 0
 

@@ -18,19 +18,19 @@ from babai_kernels.hptq.prepare import prepare_hptq
 SAMPLE_ROWS = 64
 
 
-def _laplace_codes(shape, width: float, gen: torch.Generator, device) -> torch.Tensor:
+def laplace_codes(shape, width: float, gen: torch.Generator, device) -> torch.Tensor:
     u = torch.rand(shape, generator=gen, device=device, dtype=torch.float32) - 0.5
     return (-width * torch.sign(u) * torch.log1p(-2 * u.abs())).round().to(torch.int64)
 
 
-def _width_for(k: int, chunk_cols: int, target_bits: float, gen, device) -> float:
+def width_for(k: int, chunk_cols: int, target_bits: float, gen, device) -> float:
     """Laplace width whose codes cost about `target_bits` per weight (bisection in log width)."""
     lo, hi = math.log(0.05), math.log(5000.0)
     seed = int(torch.randint(0, 2**31, (1,), generator=gen, device=device))
     for _ in range(30):
         mid = (lo + hi) / 2
         sample_gen = torch.Generator(device=device).manual_seed(seed)
-        z = _laplace_codes((SAMPLE_ROWS, k), math.exp(mid), sample_gen, device)
+        z = laplace_codes((SAMPLE_ROWS, k), math.exp(mid), sample_gen, device)
         if coded_bits(z, chunk_cols) / z.numel() > target_bits:
             hi = mid
         else:
@@ -56,8 +56,8 @@ def hptq_bench_cases(shapes: list[tuple[int, int]], device: torch.device | str =
     cases = []
     for k, n in shapes:
         chunk_cols = choose_chunk_cols(k)
-        width = _width_for(k, chunk_cols, target_bits, gen, device)
-        tensors = encode_hptq(_laplace_codes((n, k), width, gen, device), 1.0 / width, chunk_cols)
+        width = width_for(k, chunk_cols, target_bits, gen, device)
+        tensors = encode_hptq(laplace_codes((n, k), width, gen, device), 1.0 / width, chunk_cols)
         prepared = prepare_hptq(tensors, k, device)
         bits = stored_bits(tensors)
         cases.append({

@@ -3,7 +3,7 @@
 Rows (ROWS): base (bf16 weights); RTN and GPTQ (act-order, fp64 sweep) at 3 and 4 bits with group
 sizes 32, 64 and 192 (GPTQ's ppl-vs-bits curve); Babai back-to-front at g64 (same integers as
 GPTQ); HPTQ at four sizes between 3.1 and 4.4 bits, HRTN at two; SSQR: the earlier g64 rows
-(block-local order, rate closest to the target), the best settings of benchmarks/ssqr_layers.py
+(block-local order, rate closest to the target), the best settings of research/ssqr_layers.py
 (global order, g192, rate_mode 'cap', scale_init 'rms'), and two `ssqr-v2sim-*` rows that simulate
 a proposed format v2 (int8 outlier codes, benchmarks/ssqr_v2sim.py; not a checkpoint). Calibration on the
 Austen calib split (CLI default 16 × 512 tokens), perplexity on the eval split (Pride and
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import shlex
@@ -41,6 +40,7 @@ from babai_quantizer.calibration import calibration_windows, load_causal_lm
 from babai_quantizer.allocation import quantize_allocated
 from babai_quantizer.evaluate import evaluate_text
 from babai_quantizer.options import QuantizeOptions
+from benchmarks.cache_keys import code_version, stable_hash
 from benchmarks.quality_bits import RESIDENT_VERSION, model_resident_bits
 from benchmarks.quality_report import write_results
 from benchmarks.ssqr_v2sim import simulated_v2, v2_bits
@@ -82,7 +82,7 @@ def _rows() -> dict[str, dict | None]:
         rows[f"gptq-w{b}g64-c128"] = dict(format="gptq", bits=b, group_size=64, dtype="float64", nsamples=128)
     for b, g, rate in ((3, 64, 0.01), (3, 64, 0.03), (4, 64, 0.01), (4, 64, 0.03)):
         rows[f"ssqr-w{b}g{g}-{rate:.0%}"] = dict(format="ssqr", bits=b, group_size=g, outlier_rate=rate)
-    # The best settings of benchmarks/ssqr_layers.py: global act-order, g192, capped 1 % rate, rms scale shape.
+    # The best settings of research/ssqr_layers.py: global act-order, g192, capped 1 % rate, rms scale shape.
     for b in (3, 4):
         rows[f"ssqr-w{b}g192-1%-cap-rms"] = dict(format="ssqr", bits=b, group_size=192, outlier_rate=0.01,
                                                  row_parallel_blocks=1, rate_mode="cap", scale_init="rms")
@@ -114,19 +114,6 @@ FORMAT_SOURCES["rtn"] = FORMAT_SOURCES["gptq"]
 EVAL_SOURCES = ["quantizer/evaluate.py"]
 
 
-def code_version(patterns: list[str]) -> str:
-    """16-hex hash of the named source files (globs relative to the repository root)."""
-    h = hashlib.sha256()
-    for pattern in patterns:
-        for path in sorted(ROOT.glob(pattern)):
-            h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def quant_key(spec: dict, args) -> str:
     """Key of a row's quantized weights: the options that differ from QuantizeOptions' defaults
     (so adding an option does not invalidate the cache), calibration, code."""
@@ -134,14 +121,14 @@ def quant_key(spec: dict, args) -> str:
     options = {k: v for k, v in dataclasses.asdict(QuantizeOptions(**_options(spec))).items() if v != default[k]}
     if "simulate" in spec:
         options["simulate"] = spec["simulate"]
-    return _hash([options, spec.get("nsamples", args.nsamples), args.seqlen, args.seed,
+    return stable_hash([options, spec.get("nsamples", args.nsamples), args.seqlen, args.seed,
                   code_version(COMMON_SOURCES + FORMAT_SOURCES[spec["format"]])])
 
 
 def row_key(name: str, args) -> str:
     spec = ROWS[name]
     quant = "base" if spec is None else quant_key(spec, args)
-    return _hash([quant, args.max_windows, code_version(EVAL_SOURCES)])
+    return stable_hash([quant, args.max_windows, code_version(EVAL_SOURCES)])
 
 
 def quantized_weights(name: str, model, tokenizer, args, texts) -> dict:

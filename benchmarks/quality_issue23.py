@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.quality_report import _fmt, ratios
+from benchmarks.quality_report import fmt, ratios
 
 NOTES = [
     "Notes (2026-12-05):",
@@ -50,9 +50,9 @@ def main(argv: list[str]) -> int:
              "| quantize s | bound ≥ error |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in new:
         rr = rat.get(r["row"], {})
-        lines.append(f"| {r['row']} | {r['effective_bits']:.3f} | {_fmt(r.get('resident_bits'))} | "
-                     f"{_fmt(r.get('gpu_resident_bits'))} | {r['ppl']:.3f} | {r['ppl'] - base:+.3f} | "
-                     f"{_fmt(rr.get('effective'), '.0%')} | {_fmt(rr.get('gpu'), '.0%')} | "
+        lines.append(f"| {r['row']} | {r['effective_bits']:.3f} | {fmt(r.get('resident_bits'))} | "
+                     f"{fmt(r.get('gpu_resident_bits'))} | {r['ppl']:.3f} | {r['ppl'] - base:+.3f} | "
+                     f"{fmt(rr.get('effective'), '.0%')} | {fmt(rr.get('gpu'), '.0%')} | "
                      f"{r.get('quantize_seconds', 0):.0f} | {r.get('bound_holds_where_unclipped')} |")
     lines += ["", *NOTES]
     (RESULTS / "quality_issue23.md").write_text("\n".join(lines) + "\n")

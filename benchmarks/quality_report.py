@@ -89,7 +89,7 @@ def ratios(rows: dict) -> dict[str, dict]:
     return out
 
 
-def _fmt(x, spec=".3f") -> str:
+def fmt(x, spec=".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
@@ -117,11 +117,11 @@ def markdown(rows: dict, missing: list[str], meta: dict, rat: dict) -> str:
         bound = {None: "", "rtn": "n/a (clipped)", "gptq": "n/a (clipped)", "hrtn": "n/a (no bound)"}.get(
             fmt, r.get("bound_holds_where_unclipped"))
         rr = rat.get(name, {})
-        lines.append(f"| {name} | {r['effective_bits']:.3f} | {_fmt(r.get('resident_bits'))} | "
-                     f"{_fmt(r.get('gpu_resident_bits'))} | {r['ppl']:.3f} | "
-                     f"{_fmt(None if base is None else r['ppl'] - base, '+.3f')} | {_fmt(rr.get('effective'), '.0%')} | "
-                     f"{_fmt(rr.get('resident'), '.0%')} | {_fmt(rr.get('gpu'), '.0%')} | "
-                     f"{_fmt(r.get('outlier_rate'), '.2%')} | "
+        lines.append(f"| {name} | {r['effective_bits']:.3f} | {fmt(r.get('resident_bits'))} | "
+                     f"{fmt(r.get('gpu_resident_bits'))} | {r['ppl']:.3f} | "
+                     f"{fmt(None if base is None else r['ppl'] - base, '+.3f')} | {fmt(rr.get('effective'), '.0%')} | "
+                     f"{fmt(rr.get('resident'), '.0%')} | {fmt(rr.get('gpu'), '.0%')} | "
+                     f"{fmt(r.get('outlier_rate'), '.2%')} | "
                      f"{r.get('quantize_seconds', 0):.0f} | {bound} |")
     if missing:
         lines += ["", f"Not run yet (no cached result for these settings and code): {', '.join(missing)}."]

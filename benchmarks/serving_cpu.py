@@ -41,6 +41,7 @@ from pathlib import Path
 from babai_kernels.contract import TENSOR_NAMES
 from babai_quantizer import assets
 from babai_serve.launch import BabaiServer
+from benchmarks.portable import portable
 from benchmarks.serving_facts import linear_weights, on_disk_linear_bytes, parse_server_log
 from benchmarks.serving_report import device, markdown, versions
 
@@ -309,8 +310,8 @@ def main(argv=None) -> int:
     add_ratios(result["rows"])
     result["notes"] = runtime_notes(result["rows"])
     out_dir, stem = (RESULTS, "serving_cpu") if complete else (LOGS, "serving_cpu_partial")
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown(result))
+    (out_dir / f"{stem}.json").write_text(portable(json.dumps(result, indent=1)) + "\n")
+    (out_dir / f"{stem}.md").write_text(portable(markdown(result)))
     print(f"wrote {out_dir / stem}.json and .md", flush=True)
     return 1 if any("error" in row for row in result["rows"].values()) else 0
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from babai_quantizer.lattice import (achieved_error, babai_bound, coordinate_scales, group_scales,
-                               make_grid, prepare_hessian, step_group_index, sweep)
+                               make_grid, prepare_hessian, step_group_index)
 from babai_quantizer.lattice.api import sweep_target
 
 
@@ -52,8 +52,8 @@ class BabaiLayer:
     """One layer quantized by Babai back-to-front (tensors (N, K), original column order, CPU).
 
     codes int32, q float32 dequantized, scales (N, K/G) float32 (original-order groups, as
-    GPTQ checkpoints store them), trace_D, error/bound (N,) float64 on the damped H, and
-    gptq_mismatches: how many codes differ from the GPTQ sweep on the same inputs (theory: 0).
+    GPTQ checkpoints store them), trace_D, error/bound (N,) float64 on the damped H. That the codes
+    equal the GPTQ sweep's is checked by tests/test_babai_layer.py, not on every quantize.
     """
 
     codes: torch.Tensor
@@ -62,7 +62,6 @@ class BabaiLayer:
     trace_D: float
     error: torch.Tensor
     bound: torch.Tensor
-    gptq_mismatches: int
 
 
 def quantize_layer_babai(W: torch.Tensor, H: torch.Tensor, *, bits: int, group_size: int,
@@ -70,8 +69,7 @@ def quantize_layer_babai(W: torch.Tensor, H: torch.Tensor, *, bits: int, group_s
                          dtype: torch.dtype = torch.float64, device=None) -> BabaiLayer:
     """Quantize W (N, K) with H = XᵀX (K, K) exactly like the driver's GPTQ (clipped b-bit grid,
     MSE scales on original-order groups of `group_size`, GPTQ order P from `ordering`), but with
-    Babai's nearest plane on T = reverse(P) in `dtype`; also runs the GPTQ sweep to count
-    differing codes."""
+    Babai's nearest plane on T = reverse(P) in `dtype`."""
     prep = prepare_hessian(H, ordering=ordering, damping=damping, dtype=dtype, device=device)
     Wd = sweep_target(W, prep, G_cross)
     scales = group_scales(Wd, bits, group_size)
@@ -79,8 +77,6 @@ def quantize_layer_babai(W: torch.Tensor, H: torch.Tensor, *, bits: int, group_s
     S = coordinate_scales(scales.to(Wd.device), prep.perm, gidx)
     grid = make_grid("clip", bits)
     codes, q, _ = babai_blocked(Wd.to(dtype), prep.H, S, grid, prep.perm.flip(0))
-    gptq = sweep(Wd, prep, scales, gidx, grid)
     return BabaiLayer(codes=codes.cpu(), q=q.to(torch.float32).cpu(), scales=scales.cpu(),
                       trace_D=prep.trace_D, error=achieved_error(Wd, q, prep.H).cpu(),
-                      bound=babai_bound(S, prep.perm, prep.D).cpu(),
-                      gptq_mismatches=int((gptq.codes != codes).sum()))
+                      bound=babai_bound(S, prep.perm, prep.D).cpu())

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hptq/hrtn: one step per input column, α ∝ D^(-1/2) from the LDL diagonal of the Hessian in "
                         "the Babai order (WaterSIC's waterfilling; 'ldlP': α ∝ D^(-P/2)), stored as one float16 per "
                         "column (format version 2, counted in the bits); 'none': one step per matrix. Default: hptq "
-                        "ldl (the measured best, benchmarks/results/quality.md), others none")
+                        "ldl (the measured best, benchmarks/results/quality_issue23.md), none with --reduce and "
+                        "for other formats")
     p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
                    help="hptq/hrtn: 'uniform' = every linear at --target-bits; 'fisher' = one Lagrange multiplier "
                         "for the model: bits where the Fisher-weighted Babai error falls most per bit (one float "
@@ -136,7 +137,8 @@ def options_from_args(args: argparse.Namespace, in_features: list[int] | None = 
         float_target=args.float_target, true_sequential=args.true_sequential,
         row_parallel_blocks=blocks, skip=tuple(args.skip), device=args.device,
         dtype=args.dtype, reduce=args.reduce, scale_init=args.scale_init, rate_mode=args.rate_mode,
-        col_steps=args.col_steps if args.col_steps is not None else ("ldl" if args.format == "hptq" else "none"),
+        col_steps=args.col_steps if args.col_steps is not None else (
+            "ldl" if args.format == "hptq" and args.reduce == "none" else "none"),
         allocation=args.allocation if args.allocation is not None else ("fisher" if args.format == "hptq" else "uniform"))
     try:
         options.validate()

@@ -143,6 +143,4 @@ def linear_report(r: FormatResult, blocks: int, seconds: float) -> dict:
         "seconds": seconds,
         "clipped": r.clipped,
     }
-    if "gptq_code_mismatches" in r.search:
-        report["gptq_code_mismatches"] = r.search["gptq_code_mismatches"]
     return report

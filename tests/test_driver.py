@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.fixtures.dequantized import load_dequantized
+from babai_kernels.contract import FORMAT_VERSION
 from babai_kernels.gptq import dequantize_gptq, pack_gptq, pack_rows, unpack_rows
 from babai_quantizer.hessian_capture import GramAccumulator, capture_inputs, catch_layer_inputs
 from tests.fixtures.tiny_checkpoint import CORPUS, build_tiny_checkpoint, save_tiny_tokenizer, tiny_llama_config
@@ -160,7 +161,7 @@ def test_driver_end_to_end_checkpoint_matches_in_memory_model(tiny_model_dir, tm
     if fmt in ("gptq", "rtn"):
         assert (qc["quant_method"], qc["sym"], qc["desc_act"], qc["bits"]) == ("gptq", True, False, 4)
     else:
-        assert (qc["quant_method"], qc["format"], qc["version"]) == ("babai", fmt, 1)
+        assert (qc["quant_method"], qc["format"], qc["version"]) == ("babai", fmt, FORMAT_VERSION)
     from tests.fixtures.dequantized import read_tensors
     names = set(read_tensors(dest))
     for i in range(2):
@@ -212,7 +213,6 @@ def test_driver_babai_back_to_front_gives_the_gptq_checkpoint(tiny_model_dir):
     babai, _, _ = quantize_tiny(tiny_model_dir, algorithm="babai", **spec)
     assert babai.linears.keys() == gptq.linears.keys()
     for name, q in babai.linears.items():
-        assert q.report["gptq_code_mismatches"] == 0, name
         for key, t in q.tensors.items():
             assert torch.equal(t, gptq.linears[name].tensors[key]), (name, key)
         assert q.report["trace_D"] == pytest.approx(gptq.linears[name].report["trace_D"], rel=1e-9)

@@ -45,11 +45,11 @@ def _hrtn(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:
                          damping=options.damping, col_steps=options.col_steps, ordering=options.ordering)
 
 
-def _clipped_result(W: torch.Tensor, codes, scales, q, error, bound, trace_d, options: QuantizeOptions,
-                    **search) -> FormatResult:
+def _clipped_result(W: torch.Tensor, codes, scales, q, error, bound, trace_d, options: QuantizeOptions
+                    ) -> FormatResult:
     tensors = pack_gptq(codes, scales, bits=options.bits)
     return FormatResult(options.format, tensors, q.float().cpu(), error, bound,
-                        effective_bits(tensors, *W.shape), None, {"trace_D": trace_d, **search}, clipped=True)
+                        effective_bits(tensors, *W.shape), None, {"trace_D": trace_d}, clipped=True)
 
 
 def _gptq(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:
@@ -58,8 +58,7 @@ def _gptq(W, H, G, options: QuantizeOptions, blocks: int) -> FormatResult:
     if options.algorithm == "babai":
         r = quantize_layer_babai(W, H, bits=options.bits, group_size=options.group_size, ordering=options.ordering,
                                  G_cross=G, **_sweep_kwargs(W, options))
-        return _clipped_result(W, r.codes, r.scales, r.q, r.error, r.bound, r.trace_D, options,
-                               gptq_code_mismatches=r.gptq_mismatches)
+        return _clipped_result(W, r.codes, r.scales, r.q, r.error, r.bound, r.trace_D, options)
     r = lattice.quantize_layer(W, H, bits=options.bits, group_size=options.group_size, grid="clip",
                                ordering=options.ordering, groups_in="original", G_cross=G, **_sweep_kwargs(W, options))
     return _clipped_result(W, r.codes, r.scales, r.q, r.error, r.bound, r.trace_D, options)
