@@ -39,7 +39,8 @@ class Format:
     slice_rows: Callable[[dict, int, int], dict]           # output rows [start, stop)
     slice_cols: Callable[[dict, int, int, str], dict]      # input-column part p of P; layer name
     fuse: Callable[[list[dict]], list[dict]]               # siblings -> parts whose outputs concatenate
-    validate: Callable[["LinearSpec"], None]               # check every tensor (ValueError naming it)
+    validate: Callable[["LinearSpec"], object]             # check every tensor (ValueError naming it);
+    # what it decodes stays cached on the spec for the layout
     layout: Callable[["LinearSpec", int | None], DenseResidual]  # spec, dense bits (None: the format's
     # default) -> the runtime layout
 
@@ -52,11 +53,11 @@ def _ssqr_rows(tensors: dict, k: int, config: BabaiCheckpointConfig | None) -> i
 
 
 SSQR = Format("ssqr", TENSOR_NAMES["ssqr"], _ssqr_rows, ssqr_tp.slice_rows, ssqr_tp.slice_cols,
-              lambda parts: [ssqr_tp.concat_rows(parts)], lambda spec: unpack_ssqr(spec.parts[0]) and None,
-              lambda spec, bits: runtime.from_ssqr(spec.parts[0]))
+              lambda parts: [ssqr_tp.concat_rows(parts)], lambda spec: spec.ssqr_unpacked(),
+              lambda spec, bits: runtime.from_ssqr(spec.parts[0], spec.ssqr_unpacked()))
 HPTQ = Format("hptq", TENSOR_NAMES["hptq"], lambda t, k, config: hptq_meta(t, k)["out_features"], hptq_tp.slice_rows,
               lambda t, part, parts, layer: hptq_tp.slice_cols(t, part, parts),
-              list, lambda spec: spec.hptq_codes() and None,
+              list, lambda spec: spec.hptq_codes(),
               lambda spec, bits: runtime.from_hptq_codes(spec.hptq_codes(), spec.parts, spec.shape[1], bits))
 FORMATS = {f.name: f for f in (SSQR, HPTQ)}
 
@@ -88,6 +89,10 @@ class LinearSpec:
         """The runtime layout (dense codes + sparse residual), built on first use. bits: the dense
         width (HPTQ only; None: the fewest CPU-resident bytes, runtime.hptq_dense_bits)."""
         return self.cached(("dense", bits), lambda: FORMATS[self.format].layout(self, bits))
+
+    def ssqr_unpacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SSQR: unpack_ssqr of the (fused) part — (z, scales, perm, outliers), validated — once."""
+        return self.cached("ssqr_unpacked", lambda: unpack_ssqr(self.parts[0]))
 
     def hptq_codes(self) -> list[torch.Tensor]:
         """HPTQ: the integer codes (N_part, K) int32 of each part, decoded (and validated) once."""

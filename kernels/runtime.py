@@ -98,11 +98,12 @@ class DenseResidual:
         return bool((self.scales == self.scales[:, :1]).all())
 
 
-def from_ssqr(tensors: dict[str, torch.Tensor]) -> DenseResidual:
+def from_ssqr(tensors: dict[str, torch.Tensor], unpacked: tuple | None = None) -> DenseResidual:
     """SSQR tensors (docs/format.md §2, possibly fused siblings sharing perm) → the runtime layout:
-    codes as stored, fp16 scales and outlier values as float32 (exact)."""
+    codes as stored, fp16 scales and outlier values as float32 (exact). unpacked: unpack_ssqr(tensors)
+    when the caller has it already."""
     _, _, bits, _ = ssqr_meta(tensors)
-    z, scales, perm, outliers = unpack_ssqr(tensors)
+    z, scales, perm, outliers = unpacked if unpacked is not None else unpack_ssqr(tensors)
     identity = bool((perm == torch.arange(perm.numel(), dtype=perm.dtype)).all())
     return DenseResidual(z.to(torch.int8), max(bits, 4), scales.float(), Residual.from_dense(outliers),
                          None if identity else perm.long(), None)

@@ -42,21 +42,26 @@ class VllmMixedPrecision(DenseResidualKernel):
             return False, f"vLLM has no mixed-precision kernel for it: {e}"
         return True, None
 
+    def __init__(self, spec: LinearSpec):
+        # what pack/dense need, not the spec itself (its cache holds the checkpoint tensors and layouts)
+        self.config, self.device, self.act_dtype = self._mp_config(spec), spec.device, spec.act_dtype
+        super().__init__(spec)
+
     def pack(self, layout):
         from vllm.model_executor.kernels.linear import choose_mp_linear_kernel
         from vllm.model_executor.parameter import GroupQuantScaleParameter, PackedvLLMParameter
 
         from babai_kernels.gptq import pack_rows
 
-        config = self._mp_config(self.spec)
+        config = self.config
         self.kernel = choose_mp_linear_kernel(config)(config, "qweight", "scales")
         self.holder = torch.nn.Module()
         unused = lambda *a, **k: None  # noqa: E731
-        qweight = pack_rows((layout.codes.to(torch.int64) + 8).T, 4).to(self.spec.device)  # (K/8, N), GPTQ layout
+        qweight = pack_rows((layout.codes.to(torch.int64) + 8).T, 4).to(self.device)  # (K/8, N), GPTQ layout
         self.holder.register_parameter("qweight", PackedvLLMParameter(
             data=qweight, input_dim=0, output_dim=1, packed_dim=0, packed_factor=8, weight_loader=unused))
         self.holder.register_parameter("scales", GroupQuantScaleParameter(
-            data=layout.scales.T.to(self.spec.device, self.spec.act_dtype).contiguous(), input_dim=0, output_dim=1,
+            data=layout.scales.T.to(self.device, self.act_dtype).contiguous(), input_dim=0, output_dim=1,
             weight_loader=unused))
         self.holder.bias = None
         self.kernel.process_weights_after_loading(self.holder)
@@ -64,4 +69,4 @@ class VllmMixedPrecision(DenseResidualKernel):
         return dict(self.holder.named_parameters())
 
     def dense(self, x):
-        return self.kernel.apply_weights(self.holder, x.to(self.spec.act_dtype)).float()
+        return self.kernel.apply_weights(self.holder, x.to(self.act_dtype)).float()

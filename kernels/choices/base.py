@@ -52,7 +52,6 @@ class DenseResidualKernel(BabaiKernel):
     dense_bits: int | None = None        # the dense width it asks the spec for (None: the default)
 
     def __init__(self, spec: LinearSpec):
-        self.spec = spec
         layout, to = spec.dense_layout(self.dense_bits), (lambda t: None if t is None else t.to(spec.device))
         self.perm, self.row_scale, self.col_scale = to(layout.perm), to(layout.row_scale), to(layout.col_scale)
         residual = layout.residual.parts()
