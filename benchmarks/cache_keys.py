@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from babai_quantizer.fingerprint import source_digest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,11 +25,7 @@ def stable_hash(obj) -> str:
 def code_version(patterns: list[str]) -> str:
     """16-hex hash of the named source files (globs relative to the repository root): each file's
     repository-relative path and bytes, in pattern order, sorted within a pattern."""
-    h = hashlib.sha256()
-    for pattern in patterns:
-        for path in sorted(ROOT.glob(pattern)):
-            h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
+    return source_digest(ROOT, patterns)
 
 
 def cached_json(path: Path, compute: Callable[[], dict]) -> dict:

@@ -18,8 +18,8 @@ linears, stock GPTQ the on-disk bytes of its qweight/qzeros/scales/g_idx. Ratios
 GPTQ-w4 use this run's rows only.
 
 Checkpoints are quantized once (`babai-quantize --threads 1`), before any server starts, into
-~/.cache/vllm-babai/serving-ckpts/<model>-<settings>/ (the asset cache; VLLM_BABAI_CACHE moves it)
-and reused; delete a folder to rebuild it. A full run (all rows, not --quick)
+~/.cache/vllm-babai/serving-ckpts/<model>-<settings>-<quantizer code digest>/ (the asset cache;
+VLLM_BABAI_CACHE moves it) and reused while the quantizer's code is the same; delete a folder to rebuild it. A full run (all rows, not --quick)
 writes benchmarks/results/serving_cpu.{json,md}; a partial or --quick run writes
 ~/.cache/vllm-babai/serving-logs/serving_cpu_partial.{json,md} (not for publication). Server and
 client logs go to ~/.cache/vllm-babai/serving-logs/.
@@ -40,6 +40,7 @@ from pathlib import Path
 
 from babai_kernels.contract import TENSOR_NAMES
 from babai_quantizer import assets
+from babai_quantizer.fingerprint import quantizer_fingerprint
 from babai_serve.launch import BabaiServer
 from benchmarks.portable import portable
 from benchmarks.serving_facts import linear_weights, on_disk_linear_bytes, parse_server_log
@@ -95,12 +96,13 @@ def row_format(name: str) -> str | None:
 
 
 def checkpoint_path(name: str) -> Path:
-    """Where row `name` is served from: the model folder, or its cached checkpoint keyed by settings."""
+    """Where row `name` is served from: the model folder, or its cached checkpoint keyed by settings and
+    by the quantizer's code (quantizer_fingerprint: a checkpoint older code wrote is never reused)."""
     settings = ROWS[name]["quantize"]
     if settings is None:
         return assets.model_dir()
     slug = "-".join(a.lstrip("-") for a in settings)
-    return CKPTS / f"{assets.model_dir().name}-{slug}"
+    return CKPTS / f"{assets.model_dir().name}-{slug}-{quantizer_fingerprint()}"
 
 
 def quantize_command(name: str) -> list[str]:

@@ -42,13 +42,17 @@ def prepare_assets() -> Path:
 
 def quantize(model_dir: Path, args) -> Path:
     """The cached checkpoint for the chosen format and size, quantizing it first if it is not there
-    yet. The quantizer writes atomically, so an existing folder is a complete checkpoint."""
+    yet (the cache key holds quantizer_fingerprint(), so after a quantizer change it is rebuilt). The
+    quantizer writes atomically, so an existing folder is a complete checkpoint."""
     from babai_quantizer import assets
     from babai_quantizer.cli import main as quantize_main
+    from babai_quantizer.fingerprint import quantizer_fingerprint
 
     size = ["--target-bits", str(args.target_bits)] if args.format == "hptq" else ["--bits", str(args.bits),
                                                                                    "--group-size", "64"]
-    dest = assets.cache_dir() / "checkpoints" / f"{model_dir.name}-{args.format}-{'-'.join(size[1::2])}"
+    # Keyed by the quantizer's code too: a checkpoint that older code wrote (other defaults) is not reused.
+    dest = (assets.cache_dir() / "checkpoints"
+            / f"{model_dir.name}-{args.format}-{'-'.join(size[1::2])}-{quantizer_fingerprint()}")
     if (dest / "config.json").is_file():
         print(f"reusing {dest}")
         return dest
