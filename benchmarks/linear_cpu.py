@@ -69,7 +69,7 @@ def init_vllm_single_process() -> None:
 def layer_specs(row: str, layer: int):
     """{fused name: LinearSpec} of decoder layer `layer` in serving checkpoint `row`."""
     from babai_kernels.layer_spec import FORMATS, Sibling, shard_layer
-    from babai_kernels.contract import BabaiCheckpointConfig
+    from babai_kernels.contract import OPTIONAL_FORMAT_TENSORS, BabaiCheckpointConfig
 
     folder = checkpoint_path(row)
     tensors = load_file(folder / "model.safetensors")
@@ -81,7 +81,9 @@ def layer_specs(row: str, layer: int):
         siblings = []
         for m in modules:
             prefix = f"model.layers.{layer}.{block}.{m}"
-            t = {n: tensors[f"{prefix}.{n}"] for n in fmt.tensor_names}
+            # the format's tensors and those of its optional ones the checkpoint carries (HPTQ's col_steps α)
+            names = (*fmt.tensor_names, *OPTIONAL_FORMAT_TENSORS[fmt.name])
+            t = {n: tensors[f"{prefix}.{n}"] for n in names if f"{prefix}.{n}" in tensors}
             rows = fmt.rows(t, config["intermediate_size"] if m == "down_proj" else config["hidden_size"], qc)
             siblings.append(Sibling(prefix, t, None, rows))
         k = config["intermediate_size"] if fused == "down_proj" else config["hidden_size"]

@@ -1,6 +1,6 @@
 // babai_cpu::lut_linear — the runtime layout (kernels/runtime.py) on an x86-64 CPU in one op:
 //
-//   y = ((x[:, perm] @ (S ⊙ Z + R)ᵀ) · row_scale + bias)   x (M, K) bfloat16 → y (M, N) bfloat16
+//   y = (((x ⊙ α)[:, perm] @ (S ⊙ Z + R)ᵀ) · row_scale + bias)   x (M, K) bfloat16 → y (M, N) bfloat16
 //
 // Dense codes Z are repacked at load (kernels/cpu_lut.py) in blocks of 16 output rows and pairs of
 // input columns, the operand order of VDPBF16PS (lane i of a zmm = row i, columns k and k+1):
@@ -10,6 +10,8 @@
 //   bits 8: packed (N/16, K/2, 32) int8; bytes 2i, 2i+1 of pair p = z[i, 2p], z[i, 2p+1].
 // S: scales (N/16, K/G, 16) float16, or empty for all ones (then G = K); R: CSR (offsets (N+1) int32,
 // cols (nnz) uint16 held as int16, in stored order, vals (nnz) float16); perm (K) int64 or empty;
+// α = col_scale (K) float32 in original column order (HPTQ's per-column steps) or empty: x ⊙ α is
+// rounded once to bfloat16 (as runtime.scale_input) while x is put in stored order;
 // row_scale (N) or (N/16) float32 — one per row or one per block of 16 rows — or empty; bias (N) or
 // empty. Every argument is validated on every call (the CSR in O(N + nnz)): a malformed one raises,
 // it is never read out of bounds.
@@ -482,26 +484,49 @@ void check_csr(const at::Tensor& offsets, const at::Tensor& cols, const at::Tens
   check(nnz == 0 || top < K, "residual column " + std::to_string(top) + " is out of range for K = " + std::to_string(K));
 }
 
-// xp[m][j] = x[m][perm[j]] (x (M, K) contiguous, perm (K) int64 within [0, K), checked by the caller);
-// ~7x faster than index_select along the last dimension here.
-at::Tensor permute_columns(const at::Tensor& x, const at::Tensor& perm) {
+// xs[m][j] = bf16(x[m][p(j)] · α[p(j)]): x (M, K) contiguous in stored order (p = perm, the identity
+// when empty; entries within [0, K), checked by the caller), scaled by col_scale α (K) float32 in
+// original order (1 when empty) and rounded once to bfloat16 as runtime.scale_input does; x itself
+// when both are empty. ~7x faster than index_select along the last dimension here.
+at::Tensor prepare_x(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& col_scale) {
+  if (!perm.numel() && !col_scale.numel()) return x;
   const int64_t M = x.size(0), K = x.size(1);
-  at::Tensor xp = at::empty_like(x);
-  const at::Tensor pc = perm.contiguous();
-  const int64_t* pi = pc.data_ptr<int64_t>();
+  at::Tensor xs = at::empty_like(x);
+  const int64_t* pi = perm.numel() ? perm.data_ptr<int64_t>() : nullptr;
+  std::vector<float> a(col_scale.numel() ? K : 0);   // α in stored order
+  const float* alpha = col_scale.numel() ? col_scale.data_ptr<float>() : nullptr;
+  for (int64_t j = 0; j < static_cast<int64_t>(a.size()); ++j) a[j] = alpha[pi ? pi[j] : j];
   const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
-  uint16_t* dst = reinterpret_cast<uint16_t*>(xp.data_ptr<at::BFloat16>());
+  uint16_t* dst = reinterpret_cast<uint16_t*>(xs.data_ptr<at::BFloat16>());
   at::parallel_for(0, M, std::max<int64_t>(1, 16384 / K), [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
-      for (int64_t j = 0; j < K; ++j) dst[m * K + j] = src[m * K + pi[j]];
+    for (int64_t m = m0; m < m1; ++m) {
+      const uint16_t* s = src + m * K;
+      uint16_t* d = dst + m * K;
+      if (a.empty()) {
+        for (int64_t j = 0; j < K; ++j) d[j] = s[pi[j]];
+        continue;
+      }
+      alignas(16) uint16_t g[8];
+      for (int64_t j = 0; j < K; j += 8) {   // K is a multiple of 8
+        const uint16_t* v = s + j;
+        if (pi) {
+          for (int i = 0; i < 8; ++i) g[i] = s[pi[j + i]];
+          v = g;
+        }
+        const __m256 xf = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))), 16));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + j), y::to_bf16(_mm256_mul_ps(xf, _mm256_loadu_ps(a.data() + j))));
+      }
+    }
   });
-  return xp;
+  return xs;
 }
 
 // --- the op ------------------------------------------------------------------------------------
 
 at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t bits, const at::Tensor& scales,
-                      int64_t group_size, const at::Tensor& perm, const at::Tensor& offsets, const at::Tensor& cols,
+                      int64_t group_size, const at::Tensor& perm, const at::Tensor& col_scale,
+                      const at::Tensor& offsets, const at::Tensor& cols,
                       const at::Tensor& vals, const at::Tensor& row_scale, const at::Tensor& bias,
                       const std::string& isa_name, int64_t predecode_from) {
   const Isa isa = resolve_isa(isa_name);
@@ -521,10 +546,14 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t 
   check_csr(offsets, cols, vals, N, K);
   check(perm.numel() == 0 || (perm.dim() == 1 && perm.numel() == K && perm.scalar_type() == at::kLong),
         "perm must be (K) int64 or empty");
+  const at::Tensor perm_c = perm.contiguous();
   if (perm.numel()) {
-    const auto [lo, hi] = at::aminmax(perm);
+    const auto [lo, hi] = at::aminmax(perm_c);
     check(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < K, "perm entries must lie in [0, K)");
   }
+  check(col_scale.numel() == 0 || (col_scale.dim() == 1 && col_scale.numel() == K &&
+                                   col_scale.scalar_type() == at::kFloat && col_scale.is_contiguous()),
+        "col_scale must be contiguous float32 (K) or empty");
   check(row_scale.numel() == 0 || ((row_scale.numel() == N || row_scale.numel() == nb) &&
                                    row_scale.scalar_type() == at::kFloat && row_scale.is_contiguous()),
         "row_scale must be contiguous float32 (N) or (N/16), or empty");
@@ -532,7 +561,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t 
   auto out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
 
-  const at::Tensor xp = perm.numel() ? permute_columns(x, perm) : x;   // stored order
+  const at::Tensor xp = prepare_x(x, perm_c, col_scale);   // stored order, ⊙ α
   const bool wide = isa == Isa::kAvx512;
   const int NB = wide ? 2 : 1, MBmax = wide ? kMaxMB : y::kMB;
   const int64_t nnz = vals.numel(), blk_bytes = kRows * K * bits / 8, sc_block = (K / G) * kRows;
@@ -606,7 +635,7 @@ std::string best_isa() { return has_avx512() ? "avx512" : has_avx2() ? "avx2" : 
 
 TORCH_LIBRARY(babai_cpu, m) {
   m.def("lut_linear(Tensor x, Tensor packed, int bits, Tensor scales, int group_size, Tensor perm, "
-        "Tensor offsets, Tensor cols, Tensor vals, Tensor row_scale, Tensor bias, str isa='auto', "
+        "Tensor col_scale, Tensor offsets, Tensor cols, Tensor vals, Tensor row_scale, Tensor bias, str isa='auto', "
         "int predecode_from=32) -> Tensor");
   m.def("cpu_features() -> str[]", &cpu_features);
   m.def("best_isa() -> str", &best_isa);

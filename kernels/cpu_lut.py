@@ -132,7 +132,7 @@ def isa() -> str | None:
     return _state.get("isa") if load()[0] else None
 
 
-def _fake(x, packed, bits, scales, group_size, perm, offsets, cols, vals, row_scale, bias, isa="auto",
+def _fake(x, packed, bits, scales, group_size, perm, col_scale, offsets, cols, vals, row_scale, bias, isa="auto",
           predecode_from=32):
     return x.new_empty(x.shape[0], packed.shape[0] * ROWS)
 
@@ -147,13 +147,14 @@ class LutPacked:
     cols: torch.Tensor        # (nnz,) int16 holding uint16 columns
     vals: torch.Tensor        # (nnz,) float16
     perm: torch.Tensor        # (K,) int64 or empty
+    col_scale: torch.Tensor   # (K,) float32 in original column order (HPTQ's α), or empty
     row_scale: torch.Tensor   # (N,) float32, (N/16,) when constant on blocks of 16 rows, or empty
     bits: int
     group_size: int
     isa: str = "auto"         # "avx512" or "avx2"
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.packed, self.scales, self.offsets, self.cols, self.vals, self.perm, self.row_scale]
+        return [self.packed, self.scales, self.offsets, self.cols, self.vals, self.perm, self.col_scale, self.row_scale]
 
 
 def check_layout(layout: DenseResidual) -> str | None:
@@ -263,6 +264,7 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
     return LutPacked(packed, scales,
                      *_csr_fp16(layout),
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
+                     torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
                      row_scale.float().contiguous(), layout.bits, group, isa or _state["isa"])
 
 
@@ -270,7 +272,7 @@ def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
                predecode_from: int | None = None) -> torch.Tensor:
     """x (M, K) bfloat16 in original column order → (M, N) bfloat16. predecode_from: rows of x from which
     codes are decoded once per chunk (default PREDECODE_FROM[bits])."""
-    return torch.ops.babai_cpu.lut_linear(x, p.packed, p.bits, p.scales, p.group_size, p.perm,
+    return torch.ops.babai_cpu.lut_linear(x, p.packed, p.bits, p.scales, p.group_size, p.perm, p.col_scale,
                                           p.offsets, p.cols, p.vals, p.row_scale,
                                           x.new_empty(0) if bias is None else bias, p.isa,
                                           PREDECODE_FROM[p.bits] if predecode_from is None else predecode_from)

@@ -10,6 +10,7 @@ Both variants and both paths by batch size (codes decoded per pass, or once per 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -26,7 +27,7 @@ ISAS = [pytest.param(isa, marks=pytest.mark.skipif(cpu_lut.choose_isa(HOST, isa)
 PATHS = {"per-pass": 1 << 30, "predecoded": 1}    # predecode_from
 
 
-def _layout(n, k, bits, group, seed, *, perm=True, row_scale=False, exact=False, rate=0.03):
+def _layout(n, k, bits, group, seed, *, perm=True, row_scale=False, exact=False, rate=0.03, col_scale=False):
     g = torch.Generator().manual_seed(seed)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1))
     codes = torch.randint(lo, hi, (n, k), generator=g, dtype=torch.int8)
@@ -41,7 +42,8 @@ def _layout(n, k, bits, group, seed, *, perm=True, row_scale=False, exact=False,
     r[mask] = torch.randint(-40, 40, (int(mask.sum()),), generator=g).float() * (1 if exact else 1.375)
     return runtime.DenseResidual(codes, bits, scales, runtime.Residual.from_dense(r),
                                  torch.randperm(k, generator=g) if perm else None,
-                                 (2.0 ** -torch.randint(0, 3, (n,), generator=g).float()) if row_scale else None)
+                                 (2.0 ** -torch.randint(0, 3, (n,), generator=g).float()) if row_scale else None,
+                                 (torch.rand(k, generator=g) + 0.5).half().float() if col_scale else None)
 
 
 def _exact(layout, x, bias=None):
@@ -68,16 +70,37 @@ def test_exact_inputs_give_the_fp64_product_rounded_once(isa, path, bits, m):
     (4, 64, True, False), (4, 32, False, False), (4, 128, True, True), (5, 384, True, True), (5, 64, False, False),
     (8, 32, False, True), (8, 64, True, False)])
 @pytest.mark.parametrize("m", [1, 5, 8, 17])
-def test_random_inputs_within_the_derived_bound(isa, path, bits, group, perm, row_scale, m):
+@pytest.mark.parametrize("col_scale", [False, True])
+def test_random_inputs_within_the_derived_bound(isa, path, bits, group, perm, row_scale, m, col_scale):
+    """With per-column steps α the kernel rounds x ⊙ α once to bf16 (≤ 2⁻⁹ relative, + 2⁻²⁴ for the
+    float32 product): one more term 2⁻⁹·Σ|w·x| of the bound (w includes α)."""
     n, k = 64, 384
-    layout = _layout(n, k, bits, group, seed=m + group, perm=perm, row_scale=row_scale)
+    layout = _layout(n, k, bits, group, seed=m + group, perm=perm, row_scale=row_scale, col_scale=col_scale)
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
     y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, predecode_from=PATHS[path]).double()
     exact = _exact(layout, x, bias)
-    bound = 2 ** -8 * exact.abs() + k * 2 ** -24 * (x.double().abs() @ runtime.dequantize(layout).double().abs().T)
+    scaled = (2 ** -9 + 2 ** -23) if col_scale else 0.0
+    bound = 2 ** -8 * exact.abs() + (k * 2 ** -24 + scaled) * (x.double().abs() @ runtime.dequantize(layout).double().abs().T)
     assert bool(((y - exact).abs() <= bound).all()), float(((y - exact).abs() / bound).max())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("bits, perm", [(4, True), (5, False), (8, True)])
+@pytest.mark.parametrize("m", [1, 3, 9, 70])
+def test_col_scale_in_the_op_equals_scaling_x_first(isa, path, bits, perm, m):
+    """α applied inside the op (original column order, before the permutation) gives the very bits of
+    runtime.scale_input(x, α) fed to the op without α: one float32 product and one rounding to bf16."""
+    layout = _layout(64, 256, bits, 64, seed=bits + m, perm=perm, row_scale=True, col_scale=True)
+    x = torch.randn(m, 256, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+    with_alpha = cpu_lut.pack(layout, isa)
+    assert torch.equal(with_alpha.col_scale, layout.col_scale)
+    without = dataclasses.replace(with_alpha, col_scale=torch.empty(0))
+    y = cpu_lut.lut_linear(with_alpha, x, predecode_from=PATHS[path])
+    assert torch.equal(y, cpu_lut.lut_linear(without, runtime.scale_input(x, layout.col_scale), predecode_from=PATHS[path]))
+    assert not torch.equal(y, cpu_lut.lut_linear(without, x, predecode_from=PATHS[path]))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -155,8 +178,7 @@ def _faulty(fault: str, packed: cpu_lut.LutPacked) -> cpu_lut.LutPacked:
         off[5] = -7
     elif fault == "column beyond K":
         cols[0] = 30_000
-    return cpu_lut.LutPacked(packed.packed, packed.scales, off, cols, packed.vals, packed.perm, packed.row_scale,
-                             packed.bits, packed.group_size, packed.isa)
+    return dataclasses.replace(packed, offsets=off, cols=cols)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -173,8 +195,8 @@ def test_malformed_residual_is_refused_by_the_public_op(isa, fault, message):
     bad = _faulty(fault, cpu_lut.pack(layout, isa))
     x = torch.randn(3, 256).to(torch.bfloat16)
     with pytest.raises(RuntimeError, match="babai_cpu::lut_linear: residual " + message):
-        torch.ops.babai_cpu.lut_linear(x, bad.packed, bad.bits, bad.scales, bad.group_size, bad.perm, bad.offsets,
-                                       bad.cols, bad.vals, bad.row_scale, x.new_empty(0), isa)
+        torch.ops.babai_cpu.lut_linear(x, bad.packed, bad.bits, bad.scales, bad.group_size, bad.perm, bad.col_scale,
+                                       bad.offsets, bad.cols, bad.vals, bad.row_scale, x.new_empty(0), isa)
 
 
 @pytest.mark.parametrize("fault, message", [
@@ -199,10 +221,12 @@ def test_other_bad_arguments_are_refused_by_the_op():
     p = cpu_lut.pack(_layout(32, 64, 4, 32, seed=5))
     x = torch.randn(2, 64).to(torch.bfloat16)
     args = dict(x=x, packed=p.packed, bits=p.bits, scales=p.scales, group_size=p.group_size, perm=p.perm,
-                offsets=p.offsets, cols=p.cols, vals=p.vals, row_scale=p.row_scale, bias=x.new_empty(0))
+                col_scale=p.col_scale, offsets=p.offsets, cols=p.cols, vals=p.vals, row_scale=p.row_scale, bias=x.new_empty(0))
     for change, message in [(dict(group_size=0), "group_size must be a positive multiple of 8"),
                             (dict(scales=p.scales[:1]), "scales must be float16"),
                             (dict(perm=torch.arange(63)), r"perm must be \(K\) int64"),
+                            (dict(col_scale=torch.ones(63)), r"col_scale must be contiguous float32 \(K\)"),
+                            (dict(col_scale=torch.ones(64).half()), r"col_scale must be contiguous float32 \(K\)"),
                             (dict(vals=p.vals[:-1]), "residual must be CSR"),
                             (dict(row_scale=torch.ones(5)), "row_scale must be"),
                             (dict(bias=torch.ones(31)), r"bias must be \(N\)"),

@@ -23,7 +23,7 @@ def dense_cpu_reason(spec: LinearSpec, bits: tuple[int, ...]) -> str | None:
 
 class BabaiLutCPU(BabaiKernel):
     """The project's CPU kernel (babai_kernels.cpu_lut, C++): the whole layout in one op —
-    permutation, 4/5/8-bit codes decoded in registers, group scales, CSR residual, row scale,
+    per-column steps α, permutation, 4/5/8-bit codes decoded in registers, group scales, CSR residual, row scale,
     bias and the bfloat16 output."""
 
     platforms = ("cpu",)
@@ -40,13 +40,12 @@ class BabaiLutCPU(BabaiKernel):
     def __init__(self, spec: LinearSpec):
         self.packed = cpu_lut.pack(spec.dense_layout())
         self.variant = self.packed.isa            # "avx512" (AVX-512 BF16) or "avx2" (AVX2 + FMA + F16C)
-        self.set_col_scale(spec)
 
     def apply(self, x, bias):
-        return cpu_lut.lut_linear(self.packed, self.scaled(x), bias)
+        return cpu_lut.lut_linear(self.packed, x, bias)
 
     def resident_bytes(self) -> int:
-        return tensor_bytes([*self.packed.tensors(), self.col_scale])
+        return tensor_bytes(self.packed.tensors())
 
 
 class TorchInt4CPU(DenseResidualKernel):
