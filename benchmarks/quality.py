@@ -20,7 +20,7 @@ Cached and resumable, under ~/.cache/vllm-babai/quality-rows/:
   <row>-<key>.json         the row's result: qkey + eval windows + evaluation code.
 So a re-run after an unrelated change, or with more windows, re-uses the quantized weights.
 
-    python -m benchmarks.quality [--rows NAME ...] [--max-windows 32] [--threads 1] [--report-only]
+    python -m benchmarks.quality [--rows NAME ...] [--max-windows 32] [--threads 1] [--out STEM] [--report-only]
 """
 from __future__ import annotations
 
@@ -65,19 +65,24 @@ def _rows() -> dict[str, dict | None]:
     for t in (3.15, 3.3, 3.8, 4.3):      # 3.3 / 4.3: GPTQ w3g64 / w4g64's exact size
         exact = {3.3: gptq_bits(3, 64), 4.3: gptq_bits(4, 64)}.get(t, t)
         rows[f"hptq-{t}"] = dict(format="hptq", target_bits=exact)
+        # The CLI's default (issue 23): per-column steps α ∝ D^{-1/2} (WaterSIC) and one Lagrange multiplier
+        # for the model (quantizer/allocation.py, Fisher-weighted).
+        default = dict(format="hptq", target_bits=exact, col_steps="ldl", allocation="fisher")
+        rows[f"hptq-{t}-ldl-fisher"] = default
         if t in (3.3, 4.3):
             rows[f"hrtn-{t}"] = dict(format="hrtn", target_bits=exact)
-            # Per-column steps α ∝ D^{-1/2} (issue 23, WaterSIC), and HRTN with the same α as the control.
+            # Each lever alone, HRTN with the same α as the control ...
             rows[f"hptq-{t}-ldl"] = dict(format="hptq", target_bits=exact, col_steps="ldl")
             rows[f"hrtn-{t}-ldl"] = dict(format="hrtn", target_bits=exact, col_steps="ldl")
-            rows[f"hptq-{t}-ldl0.5"] = dict(format="hptq", target_bits=exact, col_steps="ldl0.5")
-            # ... and one Lagrange multiplier for the model (quantizer/allocation.py, Fisher-weighted)
-            rows[f"hptq-{t}-ldl-fisher"] = dict(format="hptq", target_bits=exact, col_steps="ldl", allocation="fisher")
             rows[f"hptq-{t}-fisher"] = dict(format="hptq", target_bits=exact, allocation="fisher")
-            rows[f"hptq-{t}-ldl-ft"] = dict(format="hptq", target_bits=exact, col_steps="ldl", float_target=True)
-            # calibration size (issue 23): 128 windows of 512 tokens instead of the CLI's 16
-            rows[f"hptq-{t}-ldl-fisher-c128"] = dict(format="hptq", target_bits=exact, col_steps="ldl",
-                                                     allocation="fisher", nsamples=128)
+            # ... and one change to the default each: α ∝ D^{-1/4}, the allocation's span (±2.5 bits instead of
+            # ±1.5), the float (Qronos) target, damping, calibration size (128 windows of 512 tokens, beside GPTQ's).
+            rows[f"hptq-{t}-ldl0.5-fisher"] = {**default, "col_steps": "ldl0.5"}
+            rows[f"hptq-{t}-ldl-fisher-span2.5"] = {**default, "allocation_span": 2.5}
+            rows[f"hptq-{t}-ldl-fisher-ft"] = {**default, "float_target": True}
+            rows[f"hptq-{t}-ldl-fisher-d0.1"] = {**default, "damping": 0.1}
+            rows[f"hptq-{t}-ldl-fisher-d0.001"] = {**default, "damping": 0.001}
+            rows[f"hptq-{t}-ldl-fisher-c128"] = {**default, "nsamples": 128}
     for b in (3, 4):
         rows[f"gptq-w{b}g64-c128"] = dict(format="gptq", bits=b, group_size=64, dtype="float64", nsamples=128)
     for b, g, rate in ((3, 64, 0.01), (3, 64, 0.03), (4, 64, 0.01), (4, 64, 0.03)):
@@ -96,8 +101,8 @@ def _rows() -> dict[str, dict | None]:
 BENCH_KEYS = ("simulate", "nsamples")     # row keys of the benchmark itself: v2 simulation, calibration windows
 ROWS = _rows()
 # The order of a full run: what the comparison needs first (issue 15's priorities).
-DEFAULT_ORDER = ["base", "gptq-w3g64", "gptq-w4g64", "hptq-3.3", "hptq-4.3",
-                 "hptq-3.3-ldl", "hptq-4.3-ldl", "hptq-3.3-ldl-fisher", "hptq-4.3-ldl-fisher",
+DEFAULT_ORDER = ["base", "gptq-w3g64", "gptq-w4g64", "hptq-3.3-ldl-fisher", "hptq-4.3-ldl-fisher",
+                 "hptq-3.3", "hptq-4.3", "hptq-3.3-ldl", "hptq-4.3-ldl",
                  "ssqr-w3g192-1%-cap-rms", "ssqr-w4g192-1%-cap-rms", "gptq-w3g32", "gptq-w4g32",
                  "gptq-w3g192", "gptq-w4g192", "ssqr-v2sim-w3g192-2%-cap", "rtn-w3g64", "rtn-w4g64",
                  "hptq-3.15", "hptq-3.8", "ssqr-v2sim-w4g192-1%-cap"]
@@ -233,6 +238,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch CPU threads; use 1 on a busy shared machine (OpenMP spins when oversubscribed)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality",
+                   help="results stem: <out>.json, .md, .png (a scratch stem for a second concurrent run)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the table, plot and JSON from the cached rows (missing rows marked)")
     args = p.parse_args(argv)
@@ -247,7 +254,7 @@ def main(argv=None) -> int:
         if row is not None:
             rows[name] = row
             print(json.dumps({k: row[k] for k in ("row", "effective_bits", "resident_bits", "ppl")}), flush=True)
-        write_results(rows, [n for n in args.rows if n not in rows], args, command)
+        write_results(rows, [n for n in args.rows if n not in rows], args, command, args.out)
     return 0
 
 

@@ -93,7 +93,7 @@ def fmt(x, spec=".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def markdown(rows: dict, missing: list[str], meta: dict, rat: dict) -> str:
+def markdown(rows: dict, missing: list[str], meta: dict, rat: dict, stem: str = "quality") -> str:
     base = rows.get("base", {}).get("ppl")
     first = next(iter(rows.values()), None)
     evaluated = f"{first['scored_tokens']} tokens ({first['eval_windows']} windows)" if first else "?"
@@ -105,7 +105,7 @@ def markdown(rows: dict, missing: list[str], meta: dict, rat: dict) -> str:
              "Effective bits: every stored byte. Resident bits: what the CPU serving runtime holds; GPU bits: "
              "what the GPU kernels keep (HPTQ Huffman-resident lanes; benchmarks/quality_bits.py). Ratio: Δppl / GPTQ's Δppl interpolated at the same bits "
              "(lower envelope of all GPTQ group sizes, linear in bits; – more than 0.02 bits outside GPTQ's range). Plot: "
-             "[quality.png](quality.png).", "",
+             f"[{stem}.png]({stem}.png).", "",
              "HPTQ/HRTN row suffixes (issue 23): `-ldl` per-column steps α ∝ D^-1/2 (`--col-steps ldl`; `-ldl0.5`: "
              "α ∝ D^-1/4), `-fisher` one Lagrange multiplier for the model (`--allocation fisher`), `-ft` the "
              "float (Qronos) target, `-c128` calibrated on 128 × 512 tokens (compared with the `-c128` GPTQ rows).", "",
@@ -113,9 +113,9 @@ def markdown(rows: dict, missing: list[str], meta: dict, rat: dict) -> str:
              "| ratio @res | ratio @GPU | outliers | quantize s | bound ≥ error (unclipped layers) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        fmt = (r["spec"] or {}).get("format")
+        form = (r["spec"] or {}).get("format")
         bound = {None: "", "rtn": "n/a (clipped)", "gptq": "n/a (clipped)", "hrtn": "n/a (no bound)"}.get(
-            fmt, r.get("bound_holds_where_unclipped"))
+            form, r.get("bound_holds_where_unclipped"))
         rr = rat.get(name, {})
         lines.append(f"| {name} | {r['effective_bits']:.3f} | {fmt(r.get('resident_bits'))} | "
                      f"{fmt(r.get('gpu_resident_bits'))} | {r['ppl']:.3f} | "
@@ -165,8 +165,8 @@ def plot(rows: dict, path: Path) -> bool:
     return True
 
 
-def write_results(rows: dict, missing: list[str], args, command: str) -> None:
-    """quality.json (all rows, ratios, settings), quality.md (table) and quality.png (plot)."""
+def write_results(rows: dict, missing: list[str], args, command: str, stem: Path = RESULTS / "quality") -> None:
+    """<stem>.json (all rows, ratios, settings), <stem>.md (table) and <stem>.png (plot)."""
     import transformers
     meta = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -174,9 +174,9 @@ def write_results(rows: dict, missing: list[str], args, command: str) -> None:
             "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared)",
             "nsamples": args.nsamples, "seqlen": args.seqlen, "max_windows": args.max_windows}
     rat = ratios(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps({**meta, "rows": list(rows.values()), "ratios": rat,
-                                                      "missing": missing}, indent=1) + "\n")
-    (RESULTS / "quality.md").write_text(markdown(rows, missing, meta, rat))
-    if not plot(rows, RESULTS / "quality.png"):
-        print("matplotlib is not installed (pip install matplotlib): quality.png not written")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({**meta, "rows": list(rows.values()), "ratios": rat,
+                                                     "missing": missing}, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(rows, missing, meta, rat, stem.name))
+    if not plot(rows, stem.with_suffix(".png")):
+        print(f"matplotlib is not installed (pip install matplotlib): {stem.name}.png not written")

@@ -13,9 +13,9 @@ gives F̄_ℓ c_ℓ s_ℓ² equal over the layers, i.e.
 
 with s_u,ℓ the layer's step at the uniform target b̄, estimated from the empirical entropy of the
 codes round(W/(α s)) (float model's Hessians; constants common to all layers cancel). Targets are
-clamped to [b̄ − SPAN_DOWN, b̄ + SPAN_UP] ∩ [MIN_BITS, 6] and shifted together until the weight-
-weighted mean is b̄ again; each layer's search then meets its own target (±0.01), so the model's
-stored bits stay at --target-bits.
+clamped to [b̄ − span, b̄ + span] ∩ [MIN_BITS, 6] (span: options.allocation_span, default 1.5) and
+shifted together until the weight-weighted mean is b̄ again; each layer's search then meets its own
+target (±0.01), so the model's stored bits stay at --target-bits.
 
 The plan (a `BitPlan`, passed as `target_bits`) finds a layer by its float32 weight's bytes: the
 driver hands quantize_hptq/quantize_hrtn the original weight of each linear.
@@ -34,7 +34,6 @@ from babai_quantizer.calibration import SEQUENTIAL_GROUPS, decoder_layers
 from babai_quantizer.hessian_capture import accumulate_grams, catch_layer_inputs, run_layer
 from babai_quantizer.options import QuantizeOptions, parse_col_steps
 
-SPAN_DOWN, SPAN_UP = 1.5, 1.5     # at most this far from the model average
 MIN_BITS = 1.6                    # below, the Huffman code's 1 bit per symbol floor dominates
 
 
@@ -115,9 +114,9 @@ def entropy_step(W: torch.Tensor, alpha: torch.Tensor, target: float, side_bits:
     return s
 
 
-def allocate(v: dict[str, float], n: dict[str, int], mean: float) -> dict[str, float]:
-    """b = clamp(mean + v − m + δ) with δ bisected so that Σ n·b / Σ n = mean."""
-    lo, hi = max(mean - SPAN_DOWN, MIN_BITS), min(mean + SPAN_UP, 6.0)
+def allocate(v: dict[str, float], n: dict[str, int], mean: float, span: float = 1.5) -> dict[str, float]:
+    """b = clamp(mean + v − m + δ, within ±span of mean) with δ bisected so that Σ n·b / Σ n = mean."""
+    lo, hi = max(mean - span, MIN_BITS), min(mean + span, 6.0)
     total = sum(n.values())
     m = sum(v[k] * n[k] for k in v) / total
 
@@ -173,7 +172,8 @@ def plan_bits(model: nn.Module, windows: torch.Tensor, options: QuantizeOptions,
                 inputs = [run_layer(layer, x, layer_kwargs) for x in inputs]
     finally:
         model.to(dtype0)
-    return BitPlan(allocate(v, count, float(options.target_bits)), keys, float(options.target_bits), stats)
+    targets = allocate(v, count, float(options.target_bits), options.allocation_span)
+    return BitPlan(targets, keys, float(options.target_bits), stats)
 
 
 def quantize_allocated(model: nn.Module, windows: torch.Tensor, options: QuantizeOptions,

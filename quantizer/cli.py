@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "backward pass and Hessian pass first), the model average held to --target-bits "
                         "(quant_report.json: allocation, and each layer's effective_bits). Default: hptq fisher "
                         "(the measured best), others uniform")
+    p.add_argument("--allocation-span", type=float, default=1.5,
+                   help="--allocation fisher: each linear's target stays within this many bits of --target-bits")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch CPU threads. On a shared, busy machine use 1: OpenMP threads spin when cores "
                         "are oversubscribed and a sweep can run 100x slower")
@@ -139,7 +141,8 @@ def options_from_args(args: argparse.Namespace, in_features: list[int] | None = 
         dtype=args.dtype, reduce=args.reduce, scale_init=args.scale_init, rate_mode=args.rate_mode,
         col_steps=args.col_steps if args.col_steps is not None else (
             "ldl" if args.format == "hptq" and args.reduce == "none" else "none"),
-        allocation=args.allocation if args.allocation is not None else ("fisher" if args.format == "hptq" else "uniform"))
+        allocation=args.allocation if args.allocation is not None else ("fisher" if args.format == "hptq" else "uniform"),
+        allocation_span=args.allocation_span)
     try:
         options.validate()
     except ValueError as e:

@@ -56,6 +56,7 @@ class QuantizeOptions:
     rate_mode: str = "closest"              # ssqr: outlier count closest to rate·K, or capped at it (RATE_MODES)
     col_steps: str = "none"                 # hptq/hrtn: per-column steps α ∝ D^{-1/2} ("ldl", "ldl<p>")
     allocation: str = "uniform"             # hptq/hrtn: every linear at target_bits, or "fisher" (allocation.py)
+    allocation_span: float = 1.5            # fisher: a linear's target stays within ± this many bits of the mean
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -90,6 +91,8 @@ class QuantizeOptions:
         parse_col_steps(self.col_steps)
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation: {self.allocation!r} not in {list(ALLOCATIONS)}")
+        if not self.allocation_span > 0:
+            raise ValueError(f"allocation_span: must be > 0 bits, got {self.allocation_span!r}")
         if self.allocation != "uniform" and self.format not in TARGET_BITS_FORMATS:
             raise ValueError(f"allocation: {self.allocation!r} needs format 'hptq' or 'hrtn', got {self.format!r}")
         if self.col_steps != "none" and self.format not in TARGET_BITS_FORMATS:

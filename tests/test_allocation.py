@@ -29,6 +29,11 @@ def test_allocation_clamps_and_keeps_the_mean():
     assert got["a"] == pytest.approx(4.5) and got["b"] == pytest.approx(1.6)
     assert sum(got[k] * n[k] for k in v) / sum(n.values()) == pytest.approx(3.0, abs=1e-9)
     assert got["d"] > got["c"]
+    wide = allocate(v, n, 3.0, span=2.5)            # the span moves the clamps: 3.0 ± 2.5, floored at MIN_BITS
+    assert wide["a"] == pytest.approx(5.5) and wide["b"] == pytest.approx(1.6)
+    assert sum(wide[k] * n[k] for k in v) / sum(n.values()) == pytest.approx(3.0, abs=1e-9)
+    with pytest.raises(ValueError, match="allocation_span"):
+        QuantizeOptions(format="hptq", target_bits=3.0, allocation="fisher", allocation_span=0).validate()
 
 
 def test_fisher_proxy_is_the_squared_output_gradient(tiny_model_dir):

@@ -117,6 +117,7 @@ def test_bad_threads_or_algorithm_is_named(model_dir, tmp_path, capsys, extra, m
     (["--format", "ssqr", "--bits", "8"], "--bits: 8 not in [2, 3, 4] for format ssqr"),
     (["--format", "gptq", "--bits", "9"], "--bits: 9 not in [2, 3, 4, 8] for format gptq"),
     (["--format", "hptq"], "--target-bits: hptq needs a positive target"),
+    (["--format", "hptq", "--target-bits", "3.3", "--allocation-span", "0"], "--allocation-span: must be > 0"),
 ])
 def test_bad_option_names_the_flag_before_loading_the_model(tmp_path, capsys, extra, message):
     missing_model = tmp_path / "no-such-model"   # options are checked first: the model is never read

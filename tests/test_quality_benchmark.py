@@ -1,5 +1,7 @@
 """benchmarks.quality's bit accounting and comparison (issue 15): resident bits from the runtime
 layout, GPTQ interpolation and the ratio of perplexity increases."""
+import argparse
+import json
 import math
 
 import pytest
@@ -10,7 +12,7 @@ from babai_quantizer.formats.registry import FORMAT_QUANTIZERS
 from babai_quantizer.options import QuantizeOptions
 from benchmarks.quality import ROWS, _options, gptq_bits
 from benchmarks.quality_bits import gpu_resident_bytes, resident_bytes
-from benchmarks.quality_report import gptq_envelope, interpolate, ratios
+from benchmarks.quality_report import gptq_envelope, interpolate, ratios, write_results
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +100,21 @@ def test_rows_with_their_own_calibration_compare_with_gptq_on_the_same_calibrati
     r = ratios(rows)
     assert r["hptq"]["effective"] == pytest.approx(2.0 / 6.0)      # GPTQ Δ at 3.5 bits: (10 + 2) / 2
     assert r["hptq-c128"]["effective"] == pytest.approx(2.0 / 4.5)  # c128 GPTQ Δ at 3.5: (8 + 1) / 2
+
+
+def test_results_are_written_under_the_given_stem(tmp_path):
+    """write_results: <stem>.json holds the rows and ratios, <stem>.md one table line per row."""
+    def row(name, spec, bits, ppl):
+        return {"row": name, "spec": spec, "effective_bits": bits, "resident_bits": bits, "gpu_resident_bits": bits,
+                "ppl": ppl, "scored_tokens": 100, "eval_windows": 1, "quantize_seconds": 1.0}
+    rows = {"base": row("base", None, 16, 10.0), "gptq-w3g64": row("gptq-w3g64", {"format": "gptq"}, 3.0, 20.0),
+            "gptq-w4g64": row("gptq-w4g64", {"format": "gptq"}, 4.0, 12.0),
+            "hptq": row("hptq", {"format": "hptq"}, 3.5, 12.0)}
+    args = argparse.Namespace(nsamples=16, seqlen=512, max_windows=1)
+    write_results(rows, ["missing-row"], args, "cmd", tmp_path / "q")
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert [r["row"] for r in saved["rows"]] == list(rows)
+    assert saved["ratios"]["hptq"]["effective"] == pytest.approx(2.0 / 6.0)
+    table = (tmp_path / "q.md").read_text()
+    assert "| hptq | 3.500 | 3.500 | 3.500 | 12.000 | +2.000 | 33% |" in table
+    assert "missing-row" in table
