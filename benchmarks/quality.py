@@ -20,7 +20,8 @@ Cached and resumable, under ~/.cache/vllm-babai/quality-rows/:
   <row>-<key>.json         the row's result: qkey + eval windows + evaluation code.
 So a re-run after an unrelated change, or with more windows, re-uses the quantized weights.
 
-    python -m benchmarks.quality [--rows NAME ...] [--max-windows 32] [--threads 1] [--out STEM] [--report-only]
+    python -m benchmarks.quality [--rows NAME ...] [--max-windows 32] [--threads 1] [--out STEM]
+                                 [--earlier-from COMMIT] [--report-only]
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from babai_quantizer.evaluate import evaluate_text
 from babai_quantizer.options import QuantizeOptions
 from benchmarks.cache_keys import code_version, stable_hash
 from benchmarks.quality_bits import RESIDENT_VERSION, model_resident_bits
-from benchmarks.quality_report import write_results
+from benchmarks.quality_report import earlier_rows, write_results
 from benchmarks.ssqr_v2sim import simulated_v2, v2_bits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,6 +241,9 @@ def main(argv=None) -> int:
                    help="torch CPU threads; use 1 on a busy shared machine (OpenMP spins when oversubscribed)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality",
                    help="results stem: <out>.json, .md, .png (a scratch stem for a second concurrent run)")
+    p.add_argument("--earlier-from", metavar="COMMIT",
+                   help="list the rows of benchmarks/results/quality.json as committed at COMMIT that this run "
+                        "lacks, apart and with their date (rows not recomputed under today's code)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the table, plot and JSON from the cached rows (missing rows marked)")
     args = p.parse_args(argv)
@@ -248,13 +252,14 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     texts = {s: assets.text_path(s).read_text(encoding="utf-8") for s in ("calib", "eval")}
     model_dir = None if args.report_only else assets.model_dir()
+    earlier = earlier_rows(args.earlier_from) if args.earlier_from else None
     rows: dict[str, dict] = {}
     for name in args.rows:
         row = cached_row(name, args) if args.report_only else run_row(name, args, model_dir, texts)
         if row is not None:
             rows[name] = row
             print(json.dumps({k: row[k] for k in ("row", "effective_bits", "resident_bits", "ppl")}), flush=True)
-        write_results(rows, [n for n in args.rows if n not in rows], args, command, args.out)
+        write_results(rows, [n for n in args.rows if n not in rows], args, command, args.out, earlier)
     return 0
 
 

@@ -1,13 +1,12 @@
-"""Issue 23's rows beside the committed table (benchmarks/results/quality.json, 2026-12-03).
+"""Issue 23's levers, one table per bit target, from the regenerated quality results.
 
-Unrelated edits since (quantizer/evaluate.py 222bafe, quantizer/calibration.py ac31780) changed the code
-hashes that key benchmarks.quality's cache, so its GPTQ/SSQR/RTN rows count as "not run" and re-running
-them all does not fit this session. The numbers stand: hptq-3.3 re-run under today's code gives
-29.910382617394333, the committed table's value to the last digit. This script merges the new rows (the
-cache's row JSONs named on the command line) into the committed rows and writes the ratios, with
-benchmarks.quality_report's GPTQ envelope and interpolation, to benchmarks/results/quality_issue23.md.
+Reads benchmarks/results/quality.json (32 eval windows) and, where present, quality_w64.json (64 windows);
+writes benchmarks/results/quality_issue23.{md,json}: for each HPTQ/HRTN row at ≈3.3 and ≈4.3 bits the
+lever it measures, its perplexity beside the CLI's default (hptq-<t>-ldl-fisher), the ratio of its
+increase to GPTQ's at equal effective and GPU-resident bits (benchmarks.quality_report.ratios, c128
+rows against the c128 GPTQ rows) and the quantizer's wall time.
 
-    python -m benchmarks.quality_issue23 ROW_JSON ...
+    python -m benchmarks.quality_issue23
 """
 from __future__ import annotations
 
@@ -15,50 +14,71 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.quality_report import fmt, ratios
+from benchmarks.quality_report import fmt
 
-NOTES = [
-    "Notes (2026-12-05):",
-    "- Run-to-run spread: hptq-3.3-ldl quantized with 2 threads gave 28.269 (3.294 bits), with 1 thread 28.143 "
-    "(float32 sweep, different summation order): about ±0.1 ppl at 3.3 bits. hptq-3.3 reproduced exactly.",
-    "- Quantize seconds are wall time on the shared 2-core box; hptq-3.3-ldl-fisher's 463 s ran beside other jobs "
-    "(4.3-ldl-fisher, uncontended: 131 s including the Fisher/Hessian planning pass, ~25 s).",
-    "- Targets: ≤ 25 % at ≈ 3.3 bits missed (28 %), ≤ 35 % at ≈ 4.3 met (23 %); at equal GPU-resident bits "
-    "hptq-4.3-ldl-fisher is 27 % of GPTQ's increase, and hptq-3.3-ldl-fisher (3.56 GPU bits, ppl 27.79) beats "
-    "GPTQ w4g192 (4.10 GPU bits, 27.90).",
-    "- Not measured in this session: hptq-4.3-ldl (per-column steps alone at 4.3), HRTN with α (control), "
-    "--float-target, calibration 128 × 512, ≥ 64 windows. Least-squares row gains: layer level only "
-    "(quality results hptq_ls_gains.md: they lose to spending the bits on the step).",
+RESULTS = Path(__file__).resolve().parent / "results"
+LEVERS = [      # (row suffix, what the row changes)
+    ("hptq-{t}", "HPTQ before issue 23: one step per matrix, every linear at the target"),
+    ("hrtn-{t}", "control: round to nearest, one step"),
+    ("hptq-{t}-ldl", "per-column steps α ∝ D^-1/2 (WaterSIC)"),
+    ("hrtn-{t}-ldl", "control: round to nearest with the same α"),
+    ("hptq-{t}-fisher", "Fisher allocation alone"),
+    ("hptq-{t}-ldl-fisher", "**default**: α + Fisher allocation (span ±1.5 bits)"),
+    ("hptq-{t}-ldl0.5-fisher", "default, α ∝ D^-1/4"),
+    ("hptq-{t}-ldl-fisher-span2.5", "default, allocation span ±2.5 bits"),
+    ("hptq-{t}-ldl-fisher-ft", "default + float (Qronos) target"),
+    ("hptq-{t}-ldl-fisher-d0.1", "default, damping 0.1"),
+    ("hptq-{t}-ldl-fisher-d0.001", "default, damping 0.001"),
+    ("hptq-{t}-ldl-fisher-c128", "default, calibration 128 × 512 (ratio vs GPTQ c128)"),
 ]
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+NOTES: list[str] = []
+
+
+def lever_table(results: dict, t: str) -> tuple[list[str], list[dict]]:
+    """Markdown lines and JSON entries of the levers at target `t` ("3.3" / "4.3") present in `results`."""
+    rows = {r["row"]: r for r in results["rows"]}
+    base = rows["base"]["ppl"]
+    default = rows.get(f"hptq-{t}-ldl-fisher")
+    lines = [f"| row | lever | effective bits | GPU bits | perplexity | Δ vs default | ratio @eff | ratio @GPU "
+             "| quantize s |", "|---|---|---|---|---|---|---|---|---|"]
+    entries = []
+    for pattern, lever in LEVERS:
+        name = pattern.format(t=t)
+        if name not in rows:
+            continue
+        r, rr = rows[name], results["ratios"].get(name, {})
+        vs = None if default is None else r["ppl"] - default["ppl"]
+        lines.append(f"| {name} | {lever} | {r['effective_bits']:.3f} | {fmt(r.get('gpu_resident_bits'))} | "
+                     f"{r['ppl']:.3f} | {fmt(vs, '+.3f')} | {fmt(rr.get('effective'), '.0%')} | "
+                     f"{fmt(rr.get('gpu'), '.0%')} | {r.get('quantize_seconds', 0):.0f} |")
+        entries.append({"row": name, "lever": lever, "ppl": r["ppl"], "delta_base": r["ppl"] - base,
+                        "vs_default": vs, "ratio": rr, "quantize_seconds": r.get("quantize_seconds")})
+    return lines, entries
 
 
 def main(argv: list[str]) -> int:
-    old = json.loads((RESULTS / "quality.json").read_text())
-    rows = {r["row"]: r for r in old["rows"]}
-    new = [json.loads(Path(p).read_text()) for p in argv]
-    for r in new:
-        rows[r["row"]] = r
-    rat = ratios(rows)
-    base = rows["base"]["ppl"]
-    lines = ["# Issue 23: HPTQ levers beside the committed quality table", "",
-             f"`python -m benchmarks.quality_issue23 <row JSONs>`; the GPTQ/base rows are the committed "
-             f"benchmarks/results/quality.json ({old['date']}); same calibration (16 × 512) and eval (32 × 1024 "
-             "tokens). Ratio: Δppl / GPTQ's Δppl interpolated at equal bits (quality_report.ratios).", "",
-             "| row | effective bits | resident bits (CPU) | GPU bits | perplexity | Δ vs base | ratio @eff | ratio @GPU "
-             "| quantize s | bound ≥ error |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in new:
-        rr = rat.get(r["row"], {})
-        lines.append(f"| {r['row']} | {r['effective_bits']:.3f} | {fmt(r.get('resident_bits'))} | "
-                     f"{fmt(r.get('gpu_resident_bits'))} | {r['ppl']:.3f} | {r['ppl'] - base:+.3f} | "
-                     f"{fmt(rr.get('effective'), '.0%')} | {fmt(rr.get('gpu'), '.0%')} | "
-                     f"{r.get('quantize_seconds', 0):.0f} | {r.get('bound_holds_where_unclipped')} |")
-    lines += ["", *NOTES]
-    (RESULTS / "quality_issue23.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "quality_issue23.json").write_text(json.dumps({"rows": new, "ratios": {r["row"]: rat.get(r["row"])
-                                                                                   for r in new}}, indent=1))
-    print("\n".join(lines))
+    out, md = {}, ["# Issue 23: HPTQ levers at ≈3.3 and ≈4.3 stored bits", "",
+                   "`python -m benchmarks.quality_issue23`, from [quality.md](quality.md) (and "
+                   "[quality_w64.md](quality_w64.md)). Δ vs default: perplexity minus the CLI default's "
+                   "(hptq-<t>-ldl-fisher) on the same windows. Ratio: Δppl over base / GPTQ's Δppl interpolated at "
+                   "equal bits (c128 rows against the c128 GPTQ rows). Quantize s: wall time of the quantizer, "
+                   "1 thread, on the shared 2-core box (other jobs ran beside it: ±30 %)."]
+    for stem in ("quality", "quality_w64"):
+        path = RESULTS / f"{stem}.json"
+        if not path.is_file():
+            continue
+        results = json.loads(path.read_text())
+        windows = results["max_windows"]
+        for t in ("3.3", "4.3"):
+            lines, entries = lever_table(results, t)
+            if entries:
+                base = next(r["ppl"] for r in results["rows"] if r["row"] == "base")
+                md += ["", f"## ≈{t} bits, {windows} eval windows (base {base:.3f})", "", *lines]
+                out[f"{t}@{windows}"] = entries
+    md += ["", *NOTES] if NOTES else []
+    (RESULTS / "quality_issue23.md").write_text("\n".join(md) + "\n")
+    (RESULTS / "quality_issue23.json").write_text(json.dumps(out, indent=1) + "\n")
+    print("\n".join(md))
     return 0
 
 

@@ -93,7 +93,36 @@ def fmt(x, spec=".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def markdown(rows: dict, missing: list[str], meta: dict, rat: dict, stem: str = "quality") -> str:
+def earlier_rows(commit: str, path: str = "benchmarks/results/quality.json") -> dict:
+    """{"commit", "date", "rows": {row: row}, "ratios"} of the results file as committed at `commit` (git show)."""
+    import subprocess
+    old = json.loads(subprocess.run(["git", "show", f"{commit}:{path}"], cwd=RESULTS.parent.parent, check=True,
+                                    capture_output=True, text=True).stdout)
+    return {"commit": commit, "date": old["date"], "rows": {r["row"]: r for r in old["rows"]},
+            "ratios": old["ratios"]}
+
+
+def earlier_table(earlier: dict, rows: dict) -> list[str]:
+    """Markdown lines: the earlier file's rows that this run did not recompute, marked with their date."""
+    names = [n for n in earlier["rows"] if n not in rows]
+    if not names:
+        return []
+    base = earlier["rows"]["base"]["ppl"]
+    lines = ["", f"## Earlier rows, not recomputed under today's code ({earlier['date'][:10]}, "
+                 f"benchmarks/results/quality.json at {earlier['commit']})", "",
+             "Same model, calibration and eval windows; their ratios are against that run's GPTQ rows.", "",
+             "| row | effective bits | resident bits (CPU) | GPU bits | perplexity | Δ vs base | ratio @eff | ratio @GPU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        r, rr = earlier["rows"][name], earlier["ratios"].get(name, {})
+        lines.append(f"| {name} | {r['effective_bits']:.3f} | {fmt(r.get('resident_bits'))} | "
+                     f"{fmt(r.get('gpu_resident_bits'))} | {r['ppl']:.3f} | {r['ppl'] - base:+.3f} | "
+                     f"{fmt(rr.get('effective'), '.0%')} | {fmt(rr.get('gpu'), '.0%')} |")
+    return lines
+
+
+def markdown(rows: dict, missing: list[str], meta: dict, rat: dict, stem: str = "quality",
+             earlier: dict | None = None) -> str:
     base = rows.get("base", {}).get("ppl")
     first = next(iter(rows.values()), None)
     evaluated = f"{first['scored_tokens']} tokens ({first['eval_windows']} windows)" if first else "?"
@@ -125,6 +154,8 @@ def markdown(rows: dict, missing: list[str], meta: dict, rat: dict, stem: str = 
                      f"{r.get('quantize_seconds', 0):.0f} | {bound} |")
     if missing:
         lines += ["", f"Not run yet (no cached result for these settings and code): {', '.join(missing)}."]
+    if earlier:
+        lines += earlier_table(earlier, rows)
     return "\n".join(lines) + "\n"
 
 
@@ -165,8 +196,10 @@ def plot(rows: dict, path: Path) -> bool:
     return True
 
 
-def write_results(rows: dict, missing: list[str], args, command: str, stem: Path = RESULTS / "quality") -> None:
-    """<stem>.json (all rows, ratios, settings), <stem>.md (table) and <stem>.png (plot)."""
+def write_results(rows: dict, missing: list[str], args, command: str, stem: Path = RESULTS / "quality",
+                  earlier: dict | None = None) -> None:
+    """<stem>.json (all rows, ratios, settings), <stem>.md (table) and <stem>.png (plot); `earlier`
+    (earlier_rows()): an older file's rows this run lacks, listed apart with their date."""
     import transformers
     meta = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -175,8 +208,10 @@ def write_results(rows: dict, missing: list[str], args, command: str, stem: Path
             "nsamples": args.nsamples, "seqlen": args.seqlen, "max_windows": args.max_windows}
     rat = ratios(rows)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    kept = None if not earlier else {"commit": earlier["commit"], "date": earlier["date"],
+                                     "rows": [r for n, r in earlier["rows"].items() if n not in rows]}
     stem.with_suffix(".json").write_text(json.dumps({**meta, "rows": list(rows.values()), "ratios": rat,
-                                                     "missing": missing}, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(rows, missing, meta, rat, stem.name))
+                                                     "missing": missing, "earlier": kept}, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(rows, missing, meta, rat, stem.name, earlier))
     if not plot(rows, stem.with_suffix(".png")):
         print(f"matplotlib is not installed (pip install matplotlib): {stem.name}.png not written")

@@ -118,3 +118,18 @@ def test_results_are_written_under_the_given_stem(tmp_path):
     table = (tmp_path / "q.md").read_text()
     assert "| hptq | 3.500 | 3.500 | 3.500 | 12.000 | +2.000 | 33% |" in table
     assert "missing-row" in table
+
+
+def test_lever_table_compares_each_lever_with_the_default():
+    """quality_issue23.lever_table: one line per lever row present, Δ against hptq-<t>-ldl-fisher."""
+    from benchmarks.quality_issue23 import lever_table
+
+    def row(name, ppl):
+        return {"row": name, "effective_bits": 3.3, "gpu_resident_bits": 3.5, "ppl": ppl, "quantize_seconds": 9.0}
+    results = {"rows": [row("base", 10.0), row("hptq-3.3", 14.0), row("hptq-3.3-ldl-fisher", 12.5),
+                        row("hptq-3.3-ldl-fisher-ft", 12.0), row("hptq-4.3", 11.0)],
+               "ratios": {"hptq-3.3-ldl-fisher-ft": {"effective": 0.2, "gpu": None}}}
+    lines, entries = lever_table(results, "3.3")
+    assert [e["row"] for e in entries] == ["hptq-3.3", "hptq-3.3-ldl-fisher", "hptq-3.3-ldl-fisher-ft"]
+    assert [e["vs_default"] for e in entries] == pytest.approx([1.5, 0.0, -0.5])
+    assert "| hptq-3.3-ldl-fisher-ft | default + float (Qronos) target | 3.300 | 3.500 | 12.000 | -0.500 | 20% | – | 9 |" in lines
