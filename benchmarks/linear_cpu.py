@@ -14,8 +14,10 @@ total multiplies by the number of decoder layers. Compare the totals with 1 / (d
 benchmarks/results/serving_cpu.md for the share of a step spent outside the linears.
 
 Dispatch by M: BabaiLutCPU decodes each block's codes once per 64 rows into a per-thread buffer when
-a call has at least `cpu_lut.PREDECODE_FROM[bits]` rows. The crossover is measured here per shape and
-layout (both paths timed in the same rounds at M = 4 … 128) and recorded in the results.
+a call has at least `cpu_lut.PREDECODE_FROM[bits]` rows, and from `cpu_lut.DENSE_FROM` rows dequantizes
+tiles of rows to bf16 per call and runs PyTorch's bf16 GEMM on them. Both crossovers are measured here
+per shape and layout (both paths of a switch timed in the same rounds) and recorded in the results,
+with the dense width cost model (ns per weight by width and per residual entry) HPTQ's widths follow.
 
 Needs the serving checkpoints (`python -m benchmarks.serving_cpu --checkpoints-only`). Writes
 benchmarks/results/linear_cpu.{json,md}; `--ms`/`--kernels` runs a subset into
@@ -41,7 +43,8 @@ from benchmarks.serving_report import device, versions
 
 RESULTS = Path(__file__).parent / "results"
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-CROSSOVER_MS = (4, 8, 16, 32, 64, 128)
+PREDECODE_MS = (4, 8, 16, 32, 64, 128)
+DENSE_MS = (32, 64, 128, 256, 512, 1024)
 BASE = "bf16 F.linear"
 # name -> (serving row, kernel class name, BabaiLutCPU instruction set or None)
 CASES = {"BabaiLutCPU ssqr-w4": ("ssqr-w4", "BabaiLutCPU", None),
@@ -123,21 +126,58 @@ def make_kernel(cls, spec, isa: str | None):
     return kernel
 
 
+NEVER = 1 << 62
+# the op's switches by M: (name, Ms, path below, path from the crossover) as lut_linear keywords
+SWITCHES = {"predecode": (PREDECODE_MS, dict(predecode_from=NEVER, dense_from=NEVER), dict(predecode_from=1, dense_from=NEVER)),
+            "dense": (DENSE_MS, dict(dense_from=NEVER), dict(dense_from=1))}
+
+
 def crossover(spec, x_of, rounds: int, target_ms: float) -> dict:
-    """Per-pass vs predecoded BabaiLutCPU on one layer at CROSSOVER_MS: µs of each and the smallest M
-    from which the predecoded path is faster at every larger M measured (None: never)."""
+    """BabaiLutCPU's two switches by M on one layer: per-pass vs predecoded codes (dense path off), and
+    the codes' own path (predecoding by PREDECODE_FROM) vs dequantized bf16 tiles + PyTorch's GEMM. For
+    each: µs of both paths per M, and the smallest M from which the second is faster at every larger M
+    measured (None: never)."""
     from babai_kernels import cpu_lut
     packed = cpu_lut.pack(spec.dense_layout())
-    rows = {}
-    for m in CROSSOVER_MS:
-        x = x_of(m)
-        t = rounds_us({"per_pass": lambda: cpu_lut.lut_linear(packed, x, None, 1 << 30),
-                       "predecoded": lambda: cpu_lut.lut_linear(packed, x, None, 1)}, rounds, target_ms)
-        rows[m] = {"per_pass_us": statistics.median(t["per_pass"]), "predecoded_us": statistics.median(t["predecoded"]),
-                   "speedup": median_ratio(t["per_pass"], t["predecoded"])}
-    faster = [m for m in CROSSOVER_MS if rows[m]["speedup"] > 1]
-    first = next((m for m in CROSSOVER_MS if all(n in faster for n in CROSSOVER_MS if n >= m)), None)
-    return {"by_m": rows, "crossover_m": first}
+    out = {}
+    for switch, (ms, below, above) in SWITCHES.items():
+        rows = {}
+        for m in ms:
+            x = x_of(m)
+            t = rounds_us({"below": lambda: cpu_lut.lut_linear(packed, x, None, **below),
+                           "above": lambda: cpu_lut.lut_linear(packed, x, None, **above)}, rounds, target_ms)
+            rows[m] = {"below_us": statistics.median(t["below"]), "above_us": statistics.median(t["above"]),
+                       "speedup": median_ratio(t["below"], t["above"])}
+        faster = [m for m in ms if rows[m]["speedup"] > 1]
+        out[switch] = {"by_m": rows, "crossover_m": next((m for m in ms if all(n in faster for n in ms if n >= m)), None)}
+    return out
+
+
+def width_costs(rounds: int, target_ms: float, n: int = 960, k: int = 576) -> dict:
+    """The CPU kernel's time per dense weight by width and per residual entry (runtime.CPU_NS_PER_*, the
+    cost by which HPTQ rows get their dense width) at M = 1 and 8: random (n, k) codes with no residual
+    and with 5 % of the weights as residual entries, ns = µs difference / entries."""
+    from babai_kernels import cpu_lut, runtime
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for m in (1, 8):
+        x = torch.randn(m, k, dtype=torch.bfloat16)
+        fns, entries = {}, {}
+        for bits in runtime.DENSE_BITS:
+            codes = torch.randint(-(1 << (bits - 1)), 1 << (bits - 1), (n, k), generator=g, dtype=torch.int8)
+            for rate in (0.0, 0.05):
+                r = torch.where(torch.rand(n, k, generator=g) < rate, torch.randint(-40, 40, (n, k), generator=g), 0)
+                layout = runtime.DenseResidual(codes, bits, torch.ones(n, 1), runtime.Residual.from_dense(r.float()),
+                                               None, torch.rand(n, generator=g))
+                packed = cpu_lut.pack(layout)
+                fns[(bits, rate)] = lambda packed=packed: cpu_lut.lut_linear(packed, x)
+                entries[bits] = layout.residual.nnz
+        t = {key: statistics.median(us) for key, us in rounds_us(fns, rounds, target_ms).items()}
+        weight = {b: t[(b, 0.0)] / (n * k) * 1e3 for b in runtime.DENSE_BITS}
+        entry = statistics.mean((t[(b, 0.05)] - t[(b, 0.0)]) / entries[b] * 1e3 for b in runtime.DENSE_BITS)
+        out[m] = {"ns_per_weight": weight, "ns_per_entry": entry}
+    out["model"] = {"ns_per_weight": runtime.CPU_NS_PER_WEIGHT, "ns_per_entry": runtime.CPU_NS_PER_ENTRY}
+    return out
 
 
 def main(argv=None) -> int:
@@ -185,6 +225,7 @@ def main(argv=None) -> int:
                 if row in specs:
                     crossovers.setdefault(row, {})[fused] = crossover(specs[row][0][fused], x_of, args.rounds, args.target_ms)
         print(f"{fused} {n}x{k} done", flush=True)
+    costs = {} if args.no_crossover else width_costs(args.rounds, args.target_ms)
     step = {name: {m: layers * sum(t[m] for t in per.values()) / 1000 for m in args.ms} for name, per in times.items()}
     complete = list(args.ms) == list(MS) and list(cases) == list(CASES) and not args.no_crossover
     command = "python -m benchmarks.linear_cpu" + (f" --threads {args.threads}" if args.threads != 1 else "")
@@ -193,9 +234,10 @@ def main(argv=None) -> int:
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": device(), "versions": versions(), "threads": args.threads, "rounds": args.rounds,
               "target_ms": args.target_ms, "ms": list(args.ms), "complete": complete,
-              "predecode_from": cpu_lut.PREDECODE_FROM, "isa": cpu_lut.isa(),
+              "predecode_from": cpu_lut.PREDECODE_FROM, "dense_from": {"group scales": cpu_lut.DENSE_FROM[True], "no group scales": cpu_lut.DENSE_FROM[False]}, "isa": cpu_lut.isa(),
               "decoder_layers": layers, "shapes_NxK": {f: list(sp.shape) for f, sp in specs["ssqr-w4"][0].items()},
               "us_per_call": times, "x_bf16_per_call": ratios, "ms_per_step": step, "crossover": crossovers,
+              "width_costs": costs,
               "command": command}
     out_dir, stem = (RESULTS, "linear_cpu") if complete else (LOGS, "linear_cpu_partial")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -219,6 +261,7 @@ def markdown(r: dict) -> str:
         out += ["**Partial run: not for publication.**", ""]
     out += [f"Date: {r['date']}; device: {r['device']}; torch threads: {r['threads']}; BabaiLutCPU instruction set "
             f"{r['isa']} (avx2 rows: forced); predecode from M = {r['predecode_from']} (by code bits); "
+            f"dequantized bf16 tiles + PyTorch's GEMM from M = {r.get('dense_from')}; "
             f"command: `{r['command']}`.",
             f"Versions: {r['versions']}.", "",
             f"Per step = {r['decoder_layers']} decoder layers × (qkv + o + gate_up + down). Each (shape, M): {r['rounds']} "
@@ -239,16 +282,30 @@ def markdown(r: dict) -> str:
         for fused, t in per.items():
             out.append(f"| {name} | {fused} {'x'.join(map(str, r['shapes_NxK'][fused]))} | "
                        + " | ".join(f"{t[m]:.1f} ({r['x_bf16_per_call'][name][fused][m]:.2f})" for m in ms) + " |")
-    if r["crossover"]:
-        cms = list(next(iter(next(iter(r["crossover"].values())).values()))["by_m"])
-        out += ["", "## Dispatch by M: codes decoded per pass vs once per chunk (BabaiLutCPU, default instruction set)", "",
-                "Speed-up of the predecoded path over the per-pass path (median over rounds; > 1: predecoding wins) and "
-                "the crossover: the smallest M from which it wins at every larger M measured.", "",
+    for switch, title in (("predecode", "codes decoded per pass vs once per chunk of rows (dense path off)"),
+                          ("dense", "the codes' path vs bf16 tiles dequantized per call + PyTorch's GEMM")):
+        if not r["crossover"]:
+            break
+        cms = list(next(iter(next(iter(r["crossover"].values())).values()))[switch]["by_m"])
+        out += ["", f"## Dispatch by M: {title} (BabaiLutCPU, default instruction set)", "",
+                "Speed-up of the second path over the first (median over rounds; > 1: the second wins) and the "
+                "crossover: the smallest M from which it wins at every larger M measured.", "",
                 "| layout | shape | " + " | ".join(f"M={m}" for m in cms) + " | crossover M |", "|---" * (3 + len(cms)) + "|"]
         for row, per in r["crossover"].items():
             for fused, c in per.items():
+                c = c[switch]
                 out.append(f"| {row} | {fused} | " + " | ".join(f"{c['by_m'][m]['speedup']:.2f}" for m in c["by_m"])
                            + f" | {c['crossover_m']} |")
+    if r.get("width_costs"):
+        c = r["width_costs"]
+        out += ["", "## Dense width cost (BabaiLutCPU, default instruction set; HPTQ's width per 32 rows)", "",
+                "ns per dense weight by width and per residual entry (960x576 random codes, 0 and 5 % residual); "
+                "model: runtime.CPU_NS_PER_WEIGHT / CPU_NS_PER_ENTRY.", "",
+                "| M | 4-bit | 5-bit | 8-bit | residual entry | entry / 5-bit weight |", "|---|---|---|---|---|---|"]
+        for m, v in c.items():
+            w = {int(b): t for b, t in v["ns_per_weight"].items()}
+            out.append(f"| {m} | {w[4]:.4f} | {w[5]:.4f} | {w[8]:.4f} | {v['ns_per_entry']:.3f} | "
+                       f"{v['ns_per_entry'] / w[5]:.0f} |")
     return "\n".join(out) + "\n"
 
 

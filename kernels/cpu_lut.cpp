@@ -3,11 +3,14 @@
 //   y = (((x ⊙ α)[:, perm] @ (S ⊙ Z + R)ᵀ) · row_scale + bias)   x (M, K) bfloat16 → y (M, N) bfloat16
 //
 // Dense codes Z are repacked at load (kernels/cpu_lut.py) in blocks of 16 output rows and pairs of
-// input columns, the operand order of VDPBF16PS (lane i of a zmm = row i, columns k and k+1):
-//   bits 4: packed (N/16, K/2, 16) uint8; byte i of pair p = u[i, 2p] | u[i, 2p+1] << 4, u = z + 8;
-//   bits 5: packed (N/16, K/2, 20) uint8; bytes 0..15 the low nibbles as for 4 bits (u = z + 16),
+// input columns, the operand order of VDPBF16PS (lane i of a zmm = row i, columns k and k+1). Each
+// block has its own width block_bits[b] (N/16) uint8 (fused siblings or row groups whose codes need
+// different ranges); packed is one contiguous byte buffer, the blocks one after the other, block b
+// (K/2, 4·bits) bytes:
+//   bits 4: 16 bytes per pair p; byte i = u[i, 2p] | u[i, 2p+1] << 4, u = z + 8;
+//   bits 5: 20 bytes per pair; bytes 0..15 the low nibbles as for 4 bits (u = z + 16),
 //           bytes 16..19 a little-endian 32-bit mask whose bit 2i + c is bit 4 of u[i, 2p + c];
-//   bits 8: packed (N/16, K/2, 32) int8; bytes 2i, 2i+1 of pair p = z[i, 2p], z[i, 2p+1].
+//   bits 8: 32 bytes per pair (int8); bytes 2i, 2i+1 = z[i, 2p], z[i, 2p+1].
 // S: scales (N/16, K/G, 16) float16, or empty for all ones (then G = K); R: CSR (offsets (N+1) int32,
 // cols (nnz) uint16 held as int16, in stored order, vals (nnz) float16); perm (K) int64 or empty;
 // α = col_scale (K) float32 in original column order (HPTQ's per-column steps) or empty: x ⊙ α is
@@ -20,7 +23,7 @@
 // checked against CPUID/XGETBV on every call, so a wrong choice raises instead of SIGILL):
 //   avx512 (F, BW, VL, DQ, BF16): 32 codes → exact bfloat16 in a zmm (4/5 bits: a 16/32-entry table
 //     through VPERMW; 8 bits: int → float → bf16), multiplied with up to 8 rows of x by VDPBF16PS;
-//     two blocks (32 rows) share each broadcast of x.
+//     two blocks (32 rows) of one width share each broadcast of x.
 //   avx2 (+ FMA, F16C): codes → exact float32, 16 rows × 1 column in two ymm, FMA with up to 4 rows of x
 //     (x converted to float32 once per call).
 // Products are exact in both (small integers × bfloat16), sums float32; per group the partial sums are
@@ -459,6 +462,49 @@ void transpose_x(const uint16_t* x, int64_t mc, int64_t K, int64_t ldt, float* x
     }
 }
 
+// --- large M: dequantized tiles and PyTorch's bf16 GEMM --------------------------------------------
+
+constexpr int64_t kDenseTileBytes = 8 << 20;   // bf16 weights dequantized at a time (per call, not resident)
+
+// wt[k][j] = bf16((S ⊙ Z + R)[row0 + j][k] · rs[j]) for the block's 16 rows j, all K stored columns:
+// wt (K, ldw) bfloat16, the block's 16 columns of the transposed weight (one rounding per weight, in the
+// order of runtime.dequantize). f: scratch (K, 16) float32 for a block with residual entries.
+template <int BITS>
+void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0,
+                      const float* rs, float* f, uint16_t* wt, int64_t ldw) {
+  const bool residual = off[row0] != off[row0 + kRows];
+  const __m256 r[2] = {_mm256_loadu_ps(rs), _mm256_loadu_ps(rs + 8)};
+  __m256 v[4];
+  for (int64_t p = 0; p < u.K / 2; ++p) {
+    y::decode<BITS>(u.blk + p * BITS * 4, v);
+    const int64_t g = 2 * p / u.G;
+    for (int h = 0; h < 2; ++h) {
+      const __m256 s = u.sc ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u.sc + g * kRows + 8 * h)))
+                            : _mm256_set1_ps(1.0f);
+      for (int c = 0; c < 2; ++c) {
+        const __m256 w = _mm256_mul_ps(v[2 * c + h], s);
+        if (residual)
+          _mm256_storeu_ps(f + (2 * p + c) * kRows + 8 * h, w);
+        else
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(wt + (2 * p + c) * ldw + 8 * h), y::to_bf16(_mm256_mul_ps(w, r[h])));
+      }
+    }
+  }
+  if (!residual) return;
+  for (int j = 0; j < kRows; ++j)
+    for (int32_t e = off[row0 + j]; e < off[row0 + j + 1]; ++e) f[col[e] * kRows + j] += static_cast<float>(val[e]);
+  for (int64_t k = 0; k < u.K; ++k)
+    for (int h = 0; h < 2; ++h)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(wt + k * ldw + 8 * h),
+                       y::to_bf16(_mm256_mul_ps(_mm256_loadu_ps(f + k * kRows + 8 * h), r[h])));
+}
+
+using DequantizeFn = void (*)(const Unit&, const int32_t*, const uint16_t*, const at::Half*, int64_t, const float*,
+                              float*, uint16_t*, int64_t);
+DequantizeFn pick_dequantize(int bits) {
+  return bits == 4 ? dequantize_block<4> : bits == 5 ? dequantize_block<5> : dequantize_block<8>;
+}
+
 // --- validation --------------------------------------------------------------------------------
 
 // The CSR residual of an (N, K) matrix: offsets start at 0, never decrease, end at nnz; columns < K.
@@ -524,20 +570,37 @@ at::Tensor prepare_x(const at::Tensor& x, const at::Tensor& perm, const at::Tens
 
 // --- the op ------------------------------------------------------------------------------------
 
-at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t bits, const at::Tensor& scales,
+// Units of the op: runs of NB blocks of one width (a unit never spans two widths); first block of each.
+std::vector<int64_t> make_units(const uint8_t* bits, int64_t nb, int NB) {
+  std::vector<int64_t> first;
+  for (int64_t b = 0; b < nb; b += (NB == 2 && b + 1 < nb && bits[b + 1] == bits[b]) ? 2 : 1) first.push_back(b);
+  first.push_back(nb);
+  return first;
+}
+
+at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at::Tensor& block_bits,
+                      const at::Tensor& scales,
                       int64_t group_size, const at::Tensor& perm, const at::Tensor& col_scale,
                       const at::Tensor& offsets, const at::Tensor& cols,
                       const at::Tensor& vals, const at::Tensor& row_scale, const at::Tensor& bias,
-                      const std::string& isa_name, int64_t predecode_from) {
+                      const std::string& isa_name, int64_t predecode_from, int64_t dense_from) {
   const Isa isa = resolve_isa(isa_name);
   check(x_in.dim() == 2 && x_in.scalar_type() == at::kBFloat16 && x_in.size(1) > 0, "x must be (M, K) bfloat16, K > 0");
-  check(bits == 4 || bits == 5 || bits == 8, "bits must be 4, 5 or 8");
+  check(block_bits.dim() == 1 && block_bits.scalar_type() == at::kByte && block_bits.is_contiguous(),
+        "block_bits must be contiguous uint8 (N/16)");
+  const int64_t nb = block_bits.numel(), N = nb * kRows;
+  const uint8_t* bits = block_bits.data_ptr<uint8_t>();
+  std::vector<int64_t> boff(nb + 1, 0);   // byte offset of each block's codes: 16 rows · K · bits / 8
   const at::Tensor x = x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), G = group_size;
-  check(packed.dim() == 3 && packed.is_contiguous() && packed.size(1) * 2 == K && packed.size(2) == 4 * bits &&
+  for (int64_t b = 0; b < nb; ++b) {
+    check(bits[b] == 4 || bits[b] == 5 || bits[b] == 8,
+          "block_bits must be 4, 5 or 8, block " + std::to_string(b) + " has " + std::to_string(bits[b]));
+    boff[b + 1] = boff[b] + 2 * K * bits[b];
+  }
+  check(packed.dim() == 1 && packed.is_contiguous() && packed.numel() == boff[nb] &&
             (packed.scalar_type() == at::kByte || packed.scalar_type() == at::kChar),
-        "packed must be contiguous uint8/int8 (N/16, K/2, 4·bits) and has the wrong size for x's K");
-  const int64_t nb = packed.size(0), N = nb * kRows;
+        "packed must be contiguous uint8/int8 of 2·K·Σ block_bits bytes and has the wrong size for x's K");
   check(G > 0 && G % 8 == 0 && K % G == 0, "group_size must be a positive multiple of 8 dividing K");
   check(scales.scalar_type() == at::kHalf && scales.is_contiguous() &&
             (scales.numel() == N * (K / G) || (scales.numel() == 0 && G == K)),
@@ -564,7 +627,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t 
   const at::Tensor xp = prepare_x(x, perm_c, col_scale);   // stored order, ⊙ α
   const bool wide = isa == Isa::kAvx512;
   const int NB = wide ? 2 : 1, MBmax = wide ? kMaxMB : y::kMB;
-  const int64_t nnz = vals.numel(), blk_bytes = kRows * K * bits / 8, sc_block = (K / G) * kRows;
+  const int64_t nnz = vals.numel(), sc_block = (K / G) * kRows;
   const int64_t dec_bytes = wide ? K * NB * 32 : K * kRows * 4;
   const int32_t* off = offsets.data_ptr<int32_t>();
   const uint16_t* col = reinterpret_cast<const uint16_t*>(cols.data_ptr<int16_t>());
@@ -576,7 +639,30 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t 
   const uint8_t* pk = static_cast<const uint8_t*>(packed.data_ptr());
   const at::Half* sc = scales.numel() ? scales.data_ptr<at::Half>() : nullptr;
   uint16_t* yo = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const int64_t units = (nb + NB - 1) / NB;
+  if (M >= dense_from) {   // tiles of rows dequantized to bf16 (K, rows), PyTorch's bf16 GEMM on each
+    const int64_t tile_blocks = std::max<int64_t>(1, kDenseTileBytes / (2 * K * kRows));
+    const at::Tensor bias_b = bias.numel() ? bias.reshape({N}).to(at::kBFloat16) : bias;
+    for (int64_t b0 = 0; b0 < nb; b0 += tile_blocks) {
+      const int64_t b1 = std::min(nb, b0 + tile_blocks), rows = (b1 - b0) * kRows;
+      at::Tensor wt = at::empty({K, rows}, x.options());
+      uint16_t* wp = reinterpret_cast<uint16_t*>(wt.data_ptr<at::BFloat16>());
+      at::parallel_for(b0, b1, 1, [&](int64_t c0, int64_t c1) {
+        std::vector<float> f(K * kRows);
+        float r16[kRows];
+        for (int64_t b = c0; b < c1; ++b) {
+          for (int j = 0; j < kRows; ++j) r16[j] = rs ? (block_scale ? rs[b] : rs[b * kRows + j]) : 1.0f;
+          const Unit unit{pk + boff[b], boff[b + 1] - boff[b], sc ? sc + b * sc_block : nullptr, sc_block, K, G};
+          pick_dequantize(bits[b])(unit, off, col, val, b * kRows, r16, f.data(), wp + (b - b0) * kRows, rows);
+        }
+      });
+      const at::Tensor yt = bias.numel() ? at::addmm(bias_b.narrow(0, b0 * kRows, rows), xp, wt) : at::mm(xp, wt);
+      if (b0 == 0 && b1 == nb) return yt;
+      out.narrow(1, b0 * kRows, rows).copy_(yt);
+    }
+    return out;
+  }
+  const std::vector<int64_t> first = make_units(bits, nb, NB);
+  const int64_t units = static_cast<int64_t>(first.size()) - 1;
 
   for (int64_t c0 = 0; c0 < M; c0 += kChunkM) {
     const int64_t mc = std::min(kChunkM, M - c0);
@@ -593,8 +679,6 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t 
     const char* xin = static_cast<const char*>(xf.data_ptr());
     const int64_t xrow = K * xf.element_size();
     const bool dec = mc >= predecode_from;
-    const DecodeFn decode = wide ? z::pick_decode<2>(static_cast<int>(bits)) : y::pick_decode(static_cast<int>(bits));
-    const DecodeFn decode1 = wide ? z::pick_decode<1>(static_cast<int>(bits)) : decode;
     const StoreFn store = wide ? z::store : y::store;
 
     at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
@@ -604,10 +688,10 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t 
       std::vector<float> res(nnz ? kTile * ldt + 8 : 0);
       void* dbuf = dec ? buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64 : nullptr;
       for (int64_t u = u0; u < u1; ++u) {
-        const int64_t b = u * NB;
-        const int nbk = static_cast<int>(std::min<int64_t>(NB, nb - b)), rows = nbk * kRows;
-        const Unit unit{pk + b * blk_bytes, blk_bytes, sc ? sc + b * sc_block : nullptr, sc_block, K, G};
-        if (dec) (nbk == NB ? decode : decode1)(unit, dbuf);
+        const int64_t b = first[u];
+        const int nbk = static_cast<int>(first[u + 1] - b), rows = nbk * kRows, w = bits[b];
+        const Unit unit{pk + boff[b], boff[b + 1] - boff[b], sc ? sc + b * sc_block : nullptr, sc_block, K, G};
+        if (dec) (wide ? (nbk == 2 ? z::pick_decode<2>(w) : z::pick_decode<1>(w)) : y::pick_decode(w))(unit, dbuf);
         if (nnz) residual_rows(off, col, val, b * kRows, rows, xtp, ldt, res.data());
         for (int j = 0; j < rows; ++j) {
           const int64_t row = b * kRows + j;
@@ -616,9 +700,8 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t 
         }
         for (int64_t m0 = 0; m0 < mc; m0 += MBmax) {
           const int mb = static_cast<int>(std::min<int64_t>(MBmax, mc - m0));
-          const DotsFn f = wide ? (nbk == 2 ? z::pick_dots<2>(static_cast<int>(bits), mb, dec)
-                                            : z::pick_dots<1>(static_cast<int>(bits), mb, dec))
-                                : y::pick_dots(static_cast<int>(bits), mb, dec);
+          const DotsFn f = wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
+                                : y::pick_dots(w, mb, dec);
           f(unit, dbuf, xin + m0 * xrow, tile);
           if (nnz) add_residual(res.data(), rows, ldt, m0, mb, tile);
           store(tile, mb, rows, s, c, yo + (c0 + m0) * N + b * kRows, N);
@@ -634,9 +717,9 @@ std::string best_isa() { return has_avx512() ? "avx512" : has_avx2() ? "avx2" : 
 }  // namespace
 
 TORCH_LIBRARY(babai_cpu, m) {
-  m.def("lut_linear(Tensor x, Tensor packed, int bits, Tensor scales, int group_size, Tensor perm, "
+  m.def("lut_linear(Tensor x, Tensor packed, Tensor block_bits, Tensor scales, int group_size, Tensor perm, "
         "Tensor col_scale, Tensor offsets, Tensor cols, Tensor vals, Tensor row_scale, Tensor bias, str isa='auto', "
-        "int predecode_from=32) -> Tensor");
+        "int predecode_from=32, int dense_from=9223372036854775807) -> Tensor");
   m.def("cpu_features() -> str[]", &cpu_features);
   m.def("best_isa() -> str", &best_isa);
 }

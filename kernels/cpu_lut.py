@@ -52,6 +52,10 @@ BUILD_ISA = "avx2"
 # benchmarks/results/linear_cpu.md (5 bits: 16-32; 4 bits: 64, or never, by ≤ 3 %; 8 bits, whose
 # in-register decode costs more than 5 bits', as 5).
 PREDECODE_FROM = {4: 64, 5: 32, 8: 32}
+# Rows of x from which the op dequantizes tiles of rows to bfloat16 (each weight rounded once, as the
+# bf16 model's own) and runs PyTorch's bf16 GEMM on them, for layouts with / without group scales (SSQR /
+# HPTQ): the crossovers measured in benchmarks/results/linear_cpu.md.
+DENSE_FROM = {True: 256, False: 512}
 
 
 def host_features() -> frozenset[str]:
@@ -132,16 +136,17 @@ def isa() -> str | None:
     return _state.get("isa") if load()[0] else None
 
 
-def _fake(x, packed, bits, scales, group_size, perm, col_scale, offsets, cols, vals, row_scale, bias, isa="auto",
-          predecode_from=32):
-    return x.new_empty(x.shape[0], packed.shape[0] * ROWS)
+def _fake(x, packed, block_bits, scales, group_size, perm, col_scale, offsets, cols, vals, row_scale, bias, isa="auto",
+          predecode_from=32, dense_from=(1 << 63) - 1):
+    return x.new_empty(x.shape[0], block_bits.shape[0] * ROWS)
 
 
 @dataclass
 class LutPacked:
     """The op's resident tensors (block layout: kernels/cpu_lut.cpp), its two integers and the variant."""
 
-    packed: torch.Tensor      # (N/16, K/2, 16 | 20 | 32 bytes for 4 | 5 | 8 bits) uint8 (8 bits: int8)
+    packed: torch.Tensor      # (Σ_b K/2 · (16 | 20 | 32 bytes for 4 | 5 | 8 bits),) uint8: the blocks of 16 rows
+    block_bits: torch.Tensor  # (N/16,) uint8: each block's width
     scales: torch.Tensor      # (N/16, K/G, 16) float16, or empty when all are 1 (G = K)
     offsets: torch.Tensor     # (N + 1,) int32, CSR residual
     cols: torch.Tensor        # (nnz,) int16 holding uint16 columns
@@ -149,21 +154,24 @@ class LutPacked:
     perm: torch.Tensor        # (K,) int64 or empty
     col_scale: torch.Tensor   # (K,) float32 in original column order (HPTQ's α), or empty
     row_scale: torch.Tensor   # (N,) float32, (N/16,) when constant on blocks of 16 rows, or empty
-    bits: int
     group_size: int
+    predecode_from: int       # rows of x from which codes are decoded once per chunk: PREDECODE_FROM of
+    # the width most blocks have
     isa: str = "auto"         # "avx512" or "avx2"
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.packed, self.scales, self.offsets, self.cols, self.vals, self.perm, self.col_scale, self.row_scale]
+        return [self.packed, self.block_bits, self.scales, self.offsets, self.cols, self.vals, self.perm, self.col_scale, self.row_scale]
 
 
 def check_layout(layout: DenseResidual) -> str | None:
     """Why the kernel cannot serve `layout`, or None."""
     n, k = layout.shape
-    if layout.bits not in BITS:
-        return f"serves {list(BITS)}-bit dense codes, the layout has {layout.bits}"
+    if any(b not in BITS for _, b in layout.runs):
+        return f"serves {list(BITS)}-bit dense codes, the layout has {sorted({b for _, b in layout.runs})}"
     if n % ROWS:
         return f"needs N divisible by {ROWS}, the layer has N={n}"
+    if any(rows % ROWS for rows, _ in layout.runs):
+        return f"needs each dense width's rows divisible by {ROWS}, the layout has {list(layout.runs)}"
     group = k if layout.one_scale_per_row else layout.group_size
     if group % 8 or k % group:
         return f"needs a group size that is a multiple of 8 dividing K={k}, the layout has {layout.group_size}"
@@ -174,6 +182,23 @@ def check_layout(layout: DenseResidual) -> str | None:
     if _fp16_terms(layout.residual.vals) is None:
         return f"keeps residual values as sums of ≤ {FP16_TERMS} float16 terms, and this layer's need more"
     return None
+
+
+def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes (N, K) int8 within `bits` → the blocks' bytes (N/16 · K/2 · 4·bits,) uint8 (kernels/cpu_lut.cpp)."""
+    n, k = codes.shape
+    blocks = n // ROWS
+    pairs = codes.view(blocks, ROWS, k // 2, 2).transpose(1, 2)         # block, pair, row, column
+    if bits == 8:
+        return pairs.reshape(-1).contiguous().view(torch.uint8)           # (N/16, K/2, 32) int8
+    u = pairs.to(torch.int64) + (1 << (bits - 1))                        # in [0, 2^bits)
+    packed = ((u[..., 0] & 15) | ((u[..., 1] & 15) << 4)).to(torch.uint8)  # (N/16, K/2, 16)
+    if bits == 5:                                                        # bit 2i + c of a 32-bit mask
+        shifts = torch.arange(2 * ROWS, dtype=torch.int64).view(ROWS, 2)
+        high = ((u >> 4) << shifts).sum((-2, -1))                        # (N/16, K/2)
+        mask = high.to(torch.int32).view(torch.uint8).view(blocks, k // 2, 4)  # little-endian bytes
+        packed = torch.cat([packed, mask], dim=-1)
+    return packed.reshape(-1)
 
 
 def check_residual(r: Residual, n: int, k: int) -> None:
@@ -248,31 +273,28 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
     if row_scale.numel() and bool((row_scale.view(-1, ROWS) == row_scale.view(-1, ROWS)[:, :1]).all()):
         row_scale = row_scale[::ROWS].contiguous()
     blocks = n // ROWS
-    pairs = layout.codes.view(blocks, ROWS, k // 2, 2).transpose(1, 2)   # block, pair, row, column
-    if layout.bits == 8:
-        packed = pairs.reshape(blocks, k // 2, 2 * ROWS).contiguous()       # (N/16, K/2, 32)
-    else:
-        u = pairs.to(torch.int64) + (1 << (layout.bits - 1))                 # in [0, 2^bits)
-        packed = ((u[..., 0] & 15) | ((u[..., 1] & 15) << 4)).to(torch.uint8)  # (N/16, K/2, 16)
-        if layout.bits == 5:                                                 # bit 2i + c of a 32-bit mask
-            shifts = torch.arange(2 * ROWS, dtype=torch.int64).view(ROWS, 2)
-            high = ((u >> 4) << shifts).sum((-2, -1))                        # (N/16, K/2)
-            mask = high.to(torch.int32).view(torch.uint8).view(blocks, k // 2, 4)  # little-endian bytes
-            packed = torch.cat([packed, mask], dim=-1)
-        packed = packed.contiguous()
+    runs, row0 = [], 0
+    for rows, bits in layout.runs:
+        runs.append(_pack_codes(layout.codes[row0:row0 + rows], bits))
+        row0 += rows
+    block_bits = torch.tensor([b for rows, b in layout.runs for _ in range(rows // ROWS)], dtype=torch.uint8)
     scales = scales.half().view(blocks, ROWS, -1).transpose(1, 2).contiguous() if scales.numel() else scales.half()
-    return LutPacked(packed, scales,
+    return LutPacked(torch.cat(runs), block_bits, scales,
                      *_csr_fp16(layout),
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
                      torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
-                     row_scale.float().contiguous(), layout.bits, group, isa or _state["isa"])
+                     row_scale.float().contiguous(), group,
+                     PREDECODE_FROM[max(BITS, key=lambda b: int((block_bits == b).sum()))], isa or _state["isa"])
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
-               predecode_from: int | None = None) -> torch.Tensor:
+               predecode_from: int | None = None, dense_from: int | None = None) -> torch.Tensor:
     """x (M, K) bfloat16 in original column order → (M, N) bfloat16. predecode_from: rows of x from which
-    codes are decoded once per chunk (default PREDECODE_FROM[bits])."""
-    return torch.ops.babai_cpu.lut_linear(x, p.packed, p.bits, p.scales, p.group_size, p.perm, p.col_scale,
+    codes are decoded once per chunk (default: PREDECODE_FROM of the layout's most common width);
+    dense_from: rows of x from which tiles of rows are dequantized to bf16 for PyTorch's GEMM (default
+    DENSE_FROM[the layout has group scales])."""
+    return torch.ops.babai_cpu.lut_linear(x, p.packed, p.block_bits, p.scales, p.group_size, p.perm, p.col_scale,
                                           p.offsets, p.cols, p.vals, p.row_scale,
                                           x.new_empty(0) if bias is None else bias, p.isa,
-                                          PREDECODE_FROM[p.bits] if predecode_from is None else predecode_from)
+                                          p.predecode_from if predecode_from is None else predecode_from,
+                                          DENSE_FROM[p.scales.numel() > 0] if dense_from is None else dense_from)

@@ -24,6 +24,13 @@ from babai_kernels.ssqr.pack import pack_ssqr, ssqr_meta, unpack_ssqr
 
 DENSE_BITS = (4, 5, 8)       # dense widths some kernel serves (2/3-bit codes are widened to 4)
 RESIDUAL_ENTRY_BYTES = 4     # one CSR entry as the CPU kernel keeps it: column uint16 + value float16
+WIDTH_ROWS = 32              # HPTQ rows that share one dense width (two 16-row blocks of the CPU kernel)
+# Time of the CPU kernel (babai_cpu::lut_linear, 1 thread, M = 1, AVX-512 BF16, 960x576) per dense
+# weight by width and per residual entry, ns: measured on the AMD EPYC dev box (benchmarks/linear_cpu.py,
+# section "dense width cost"). An entry costs ~28 5-bit weights of time, where its 4 bytes are 6.4
+# weights of bandwidth: widths chosen by bytes left HPTQ-4.3's fused qkv at 5 bits with 5 % residual.
+CPU_NS_PER_WEIGHT = {4: 0.049, 5: 0.059, 8: 0.065}
+CPU_NS_PER_ENTRY = 1.64
 
 
 @dataclass
@@ -83,10 +90,18 @@ class DenseResidual:
     perm: torch.Tensor | None        # (K,) int64, stored column j = original column perm[j]
     row_scale: torch.Tensor | None   # (N,) float32
     col_scale: torch.Tensor | None = None   # (K,) float32, original column order (HPTQ col_steps)
+    # (rows, bits) runs from the top row, each run's codes within its own width (≤ bits; HPTQ rows
+    # whose codes need different ranges); None: every row within `bits`
+    widths: tuple[tuple[int, int], ...] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.codes.shape)
+
+    @property
+    def runs(self) -> tuple[tuple[int, int], ...]:
+        """(rows, bits) runs from the top row: `widths`, or one run of every row at `bits`."""
+        return self.widths or ((self.shape[0], self.bits),)
 
     @property
     def group_size(self) -> int:
@@ -109,20 +124,29 @@ def from_ssqr(tensors: dict[str, torch.Tensor], unpacked: tuple | None = None) -
                          None if identity else perm.long(), None)
 
 
-def hptq_dense_bits(z: torch.Tensor) -> int:
-    """The dense width (of DENSE_BITS) that holds integer codes z (N, K) in the fewest resident
-    bytes: b/8 bytes per weight plus RESIDUAL_ENTRY_BYTES per code outside the b-bit range."""
-    def resident(bits):
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        return z.numel() * bits / 8 + int(((z < lo) | (z > hi)).sum()) * RESIDUAL_ENTRY_BYTES
-    return min(DENSE_BITS, key=resident)
+def hptq_dense_widths(z: torch.Tensor) -> tuple[tuple[int, int], ...]:
+    """Dense widths for integer codes z (N, K): (rows, bits) runs from the top row, one width (of
+    DENSE_BITS) per WIDTH_ROWS rows, the one the CPU kernel serves fastest: CPU_NS_PER_WEIGHT[b] per
+    weight plus CPU_NS_PER_ENTRY per code outside the b-bit range (a residual entry costs far more
+    time than its 4 bytes; see CPU_NS_PER_WEIGHT)."""
+    runs: list[list[int]] = []
+    for r0 in range(0, z.shape[0], WIDTH_ROWS):
+        rows = z[r0:r0 + WIDTH_ROWS]
+        outside = {b: int(((rows < -(1 << (b - 1))) | (rows > (1 << (b - 1)) - 1)).sum()) for b in DENSE_BITS}
+        bits = min(DENSE_BITS, key=lambda b: rows.numel() * CPU_NS_PER_WEIGHT[b] + outside[b] * CPU_NS_PER_ENTRY)
+        if runs and runs[-1][1] == bits:
+            runs[-1][0] += rows.shape[0]
+        else:
+            runs.append([rows.shape[0], bits])
+    return tuple((n, b) for n, b in runs)
 
 
 def from_hptq(parts: list[dict[str, torch.Tensor]], in_features: int, bits: int | None = None,
               group_size: int = 32) -> DenseResidual:
     """HPTQ tensors of fused siblings (each with its own scale and code table, docs/format.md §3)
-    → one runtime layout with their rows stacked: Z = clamp(z) to `bits` (default: fewest
-    resident bytes, `hptq_dense_bits`), R = z − Z, S = 1, row_scale = each sibling's scale."""
+    → one runtime layout with their rows stacked: Z = clamp(z) to `bits` (default: each group of
+    WIDTH_ROWS rows its own width, `hptq_dense_widths`), R = z − Z, S = 1, row_scale = each
+    sibling's scale."""
     codes = [decode_hptq(tensors, in_features) for tensors in parts]
     return from_hptq_codes(codes, parts, in_features, bits, group_size)
 
@@ -136,15 +160,17 @@ def from_hptq_codes(codes: list[torch.Tensor], parts: list[dict[str, torch.Tenso
         row_scales.append(torch.full((meta["out_features"],), meta["scale"], dtype=torch.float32))
     col_scale = hptq_col_scale(parts)
     z = torch.cat(codes)
-    bits = bits or hptq_dense_bits(z)
-    if bits not in DENSE_BITS:
+    if bits is not None and bits not in DENSE_BITS:
         raise ValueError(f"bits: dense width {bits} not in {list(DENSE_BITS)}")
-    dense = z.clamp(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    widths = ((z.shape[0], bits),) if bits else hptq_dense_widths(z)
+    row_bits = torch.cat([torch.full((n, 1), b) for n, b in widths])
+    dense = z.clamp(-(1 << (row_bits - 1)), (1 << (row_bits - 1)) - 1)
     if in_features % group_size:
         raise ValueError(f"group_size: {group_size} does not divide K={in_features}")
     scales = torch.ones(z.shape[0], in_features // group_size)
-    return DenseResidual(dense.to(torch.int8), bits, scales, Residual.from_dense((z - dense).float()), None,
-                         torch.cat(row_scales), col_scale)
+    return DenseResidual(dense.to(torch.int8), max(b for _, b in widths), scales,
+                         Residual.from_dense((z - dense).float()), None, torch.cat(row_scales), col_scale,
+                         widths if len(widths) > 1 else None)
 
 
 def hptq_col_scale(parts: list[dict[str, torch.Tensor]]) -> torch.Tensor | None:

@@ -24,7 +24,12 @@ HOST = cpu_lut.host_features()
 ISAS = [pytest.param(isa, marks=pytest.mark.skipif(cpu_lut.choose_isa(HOST, isa)[0] != isa,
                                                    reason=f"this CPU cannot run the {isa} variant"))
         for isa in cpu_lut.ISA_FEATURES]
-PATHS = {"per-pass": 1 << 30, "predecoded": 1}    # predecode_from
+# the op's paths by batch size: codes decoded per pass, once per chunk of rows, or tiles dequantized to
+# bf16 for PyTorch's GEMM (each weight rounded once to bf16: one more term 2⁻⁹·Σ|w·x| of the bound)
+NEVER = 1 << 62
+PATHS = {"per-pass": dict(predecode_from=NEVER, dense_from=NEVER), "predecoded": dict(predecode_from=1, dense_from=NEVER),
+         "dense": dict(dense_from=1)}
+EXACT_PATHS = ["per-pass", "predecoded"]   # the paths whose weights are exact
 
 
 def _layout(n, k, bits, group, seed, *, perm=True, row_scale=False, exact=False, rate=0.03, col_scale=False):
@@ -53,15 +58,33 @@ def _exact(layout, x, bias=None):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", EXACT_PATHS)
 @pytest.mark.parametrize("bits", [4, 5, 8])
 @pytest.mark.parametrize("m", [1, 2, 3, 8, 9, 20, 300])
 def test_exact_inputs_give_the_fp64_product_rounded_once(isa, path, bits, m):
     """n = 48 rows: three blocks of 16, so the avx512 variant also runs a single-block unit."""
     layout = _layout(48, 128, bits, 32, seed=bits * 100 + m, exact=True, row_scale=bits != 4)
     x = torch.randint(-3, 4, (m, 128), generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
-    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, predecode_from=PATHS[path])
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, **PATHS[path])
     assert y.dtype == torch.bfloat16 and torch.equal(y, _exact(layout, x).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("path", EXACT_PATHS)
+@pytest.mark.parametrize("m", [1, 4, 9, 70])
+def test_blocks_of_different_widths_in_one_call(isa, path, m):
+    """Runs of 5, 8, 4, 4, 8, 5 bits (32, 16, 16, 32, 48, 16 rows: pairs of blocks split where the width
+    changes, single blocks between), each run's codes within its own width: the exact product."""
+    runs = ((32, 5), (16, 8), (16, 4), (32, 4), (48, 8), (16, 5))
+    parts = [_layout(n, 128, b, 32, seed=n + b + m, exact=True, row_scale=True) for n, b in runs]
+    layout = runtime.DenseResidual(torch.cat([p.codes for p in parts]), 8, torch.cat([p.scales for p in parts]),
+                                   runtime.Residual.from_dense(torch.cat([p.residual.to_dense(128) for p in parts])),
+                                   None, torch.cat([p.row_scale for p in parts]), widths=runs)
+    packed = cpu_lut.pack(layout, isa)
+    assert packed.block_bits.tolist() == [5, 5, 8, 4, 4, 4, 8, 8, 8, 5]
+    assert packed.packed.numel() == sum(n * 128 * b // 8 for n, b in runs)
+    x = torch.randint(-3, 4, (m, 128), generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+    assert torch.equal(cpu_lut.lut_linear(packed, x, **PATHS[path]), _exact(layout, x).to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -73,15 +96,15 @@ def test_exact_inputs_give_the_fp64_product_rounded_once(isa, path, bits, m):
 @pytest.mark.parametrize("col_scale", [False, True])
 def test_random_inputs_within_the_derived_bound(isa, path, bits, group, perm, row_scale, m, col_scale):
     """With per-column steps α the kernel rounds x ⊙ α once to bf16 (≤ 2⁻⁹ relative, + 2⁻²⁴ for the
-    float32 product): one more term 2⁻⁹·Σ|w·x| of the bound (w includes α)."""
+    float32 product): one more term 2⁻⁹·Σ|w·x| of the bound (w includes α); the dense path another."""
     n, k = 64, 384
     layout = _layout(n, k, bits, group, seed=m + group, perm=perm, row_scale=row_scale, col_scale=col_scale)
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
-    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, predecode_from=PATHS[path]).double()
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, **PATHS[path]).double()
     exact = _exact(layout, x, bias)
-    scaled = (2 ** -9 + 2 ** -23) if col_scale else 0.0
+    scaled = ((2 ** -9 + 2 ** -23) if col_scale else 0.0) + (2 ** -9 if path == "dense" else 0.0)
     bound = 2 ** -8 * exact.abs() + (k * 2 ** -24 + scaled) * (x.double().abs() @ runtime.dequantize(layout).double().abs().T)
     assert bool(((y - exact).abs() <= bound).all()), float(((y - exact).abs() / bound).max())
 
@@ -98,9 +121,29 @@ def test_col_scale_in_the_op_equals_scaling_x_first(isa, path, bits, perm, m):
     with_alpha = cpu_lut.pack(layout, isa)
     assert torch.equal(with_alpha.col_scale, layout.col_scale)
     without = dataclasses.replace(with_alpha, col_scale=torch.empty(0))
-    y = cpu_lut.lut_linear(with_alpha, x, predecode_from=PATHS[path])
-    assert torch.equal(y, cpu_lut.lut_linear(without, runtime.scale_input(x, layout.col_scale), predecode_from=PATHS[path]))
-    assert not torch.equal(y, cpu_lut.lut_linear(without, x, predecode_from=PATHS[path]))
+    y = cpu_lut.lut_linear(with_alpha, x, **PATHS[path])
+    assert torch.equal(y, cpu_lut.lut_linear(without, runtime.scale_input(x, layout.col_scale), **PATHS[path]))
+    assert not torch.equal(y, cpu_lut.lut_linear(without, x, **PATHS[path]))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits, perm, n, k", [(4, True, 64, 256), (5, False, 48, 384), (8, True, 32, 128),
+                                              (5, True, 2064, 2048)])   # the last: 8.1 MiB, two tiles
+@pytest.mark.parametrize("m", [1, 33])
+def test_dense_path_is_pytorch_bf16_linear_on_the_weights_rounded_once(isa, bits, perm, n, k, m):
+    """From `dense_from` rows the op dequantizes tiles of rows to bf16 in stored column order,
+    (S ⊙ Z + R) · row_scale rounded once, and runs F.linear on x ⊙ α in stored order: bit for bit
+    torch's own bf16 linear on those weights, bias included."""
+    layout = _layout(n, k, bits, 32, seed=n + bits + m, perm=perm, row_scale=bits != 4, col_scale=True)
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    bias = torch.randn(n, generator=g).to(torch.bfloat16)
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, dense_from=m)
+    unscaled = dataclasses.replace(layout, col_scale=None)
+    order = layout.perm if perm else torch.arange(k)
+    weight = runtime.dequantize(unscaled)[:, order].to(torch.bfloat16)
+    x_stored = runtime.scale_input(x, layout.col_scale)[:, order]
+    assert torch.equal(y, torch.nn.functional.linear(x_stored, weight, bias))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -140,6 +183,9 @@ def test_layouts_it_cannot_serve_are_refused_with_the_reason():
     layout.bits = 6
     with pytest.raises(ValueError, match=r"layout: serves \[4, 5, 8\]-bit dense codes"):
         cpu_lut.pack(layout)
+    layout = _layout(32, 64, 4, 32, seed=3)
+    layout.widths = ((8, 4), (24, 4))
+    assert "each dense width's rows divisible by 16" in cpu_lut.check_layout(layout)
     layout = _layout(32, 64, 4, 32, seed=3)
     layout.residual.vals[0] = 1 / 3
     assert "sums of ≤ 3 float16 terms" in cpu_lut.check_layout(layout)
@@ -195,7 +241,7 @@ def test_malformed_residual_is_refused_by_the_public_op(isa, fault, message):
     bad = _faulty(fault, cpu_lut.pack(layout, isa))
     x = torch.randn(3, 256).to(torch.bfloat16)
     with pytest.raises(RuntimeError, match="babai_cpu::lut_linear: residual " + message):
-        torch.ops.babai_cpu.lut_linear(x, bad.packed, bad.bits, bad.scales, bad.group_size, bad.perm, bad.col_scale,
+        torch.ops.babai_cpu.lut_linear(x, bad.packed, bad.block_bits, bad.scales, bad.group_size, bad.perm, bad.col_scale,
                                        bad.offsets, bad.cols, bad.vals, bad.row_scale, x.new_empty(0), isa)
 
 
@@ -220,7 +266,7 @@ def test_malformed_residual_is_refused_by_pack(fault, message):
 def test_other_bad_arguments_are_refused_by_the_op():
     p = cpu_lut.pack(_layout(32, 64, 4, 32, seed=5))
     x = torch.randn(2, 64).to(torch.bfloat16)
-    args = dict(x=x, packed=p.packed, bits=p.bits, scales=p.scales, group_size=p.group_size, perm=p.perm,
+    args = dict(x=x, packed=p.packed, block_bits=p.block_bits, scales=p.scales, group_size=p.group_size, perm=p.perm,
                 col_scale=p.col_scale, offsets=p.offsets, cols=p.cols, vals=p.vals, row_scale=p.row_scale, bias=x.new_empty(0))
     for change, message in [(dict(group_size=0), "group_size must be a positive multiple of 8"),
                             (dict(scales=p.scales[:1]), "scales must be float16"),
@@ -230,7 +276,11 @@ def test_other_bad_arguments_are_refused_by_the_op():
                             (dict(vals=p.vals[:-1]), "residual must be CSR"),
                             (dict(row_scale=torch.ones(5)), "row_scale must be"),
                             (dict(bias=torch.ones(31)), r"bias must be \(N\)"),
-                            (dict(isa="sse2"), "isa must be 'auto', 'avx2' or 'avx512'")]:
+                            (dict(isa="sse2"), "isa must be 'auto', 'avx2' or 'avx512'"),
+                            (dict(block_bits=torch.tensor([4, 6], dtype=torch.uint8)),
+                             "block_bits must be 4, 5 or 8, block 1 has 6"),
+                            (dict(block_bits=torch.tensor([4, 5], dtype=torch.uint8)), "packed must be .* wrong size"),
+                            (dict(block_bits=p.block_bits.int()), r"block_bits must be contiguous uint8 \(N/16\)")]:
         with pytest.raises(RuntimeError, match=message):
             torch.ops.babai_cpu.lut_linear(**{**args, **change})
     with pytest.raises(RuntimeError, match=r"perm entries must lie in \[0, K\)"):

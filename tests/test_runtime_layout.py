@@ -47,19 +47,42 @@ def test_hptq_transcode_reproduces_the_checkpoint_bit_for_bit():
         assert torch.equal(runtime.dequantize(layout), expected)
 
 
-def test_hptq_dense_width_is_the_one_with_fewer_resident_bytes():
-    z = torch.zeros(64, 64, dtype=torch.int64)
-    z[:, :2] = 20                                         # 2/64 = 3% outside 4 bits: 4-bit + residual wins
-    assert runtime.hptq_dense_bits(z) == 4
-    z[0, :40] = 20                                        # one row with 40: CSR has no padding, still 4-bit
-    assert runtime.hptq_dense_bits(z) == 4
-    z[:, :40] = 20                                        # 62% outside 4 and 5 bits: 8-bit wins
-    assert runtime.hptq_dense_bits(z) == 8
-    z[:, :40] = 12                                        # 62% outside 4 bits, all inside 5: 5-bit wins
-    assert runtime.hptq_dense_bits(z) == 5
-    z[:, :40] = 20
-    layout = runtime.from_hptq([encode_hptq(z, 0.5, 32)], 64)
-    assert layout.bits == 8 and layout.residual.nnz == 0
+def _cpu_cost(z, bits):
+    """The CPU kernel's modelled time (ns) of codes z at one dense width (runtime's constants)."""
+    outside = ((z < -(1 << (bits - 1))) | (z > (1 << (bits - 1)) - 1)).sum()
+    return z.numel() * runtime.CPU_NS_PER_WEIGHT[bits] + int(outside) * runtime.CPU_NS_PER_ENTRY
+
+
+def test_hptq_dense_widths_take_the_fastest_width_per_group_of_rows():
+    """Each group of 32 rows gets the width of least modelled CPU time (brute force over the widths
+    here); equal neighbours merge into one run; a width shared by every row leaves widths None."""
+    z = torch.zeros(128 + 16, 64, dtype=torch.int64)
+    assert runtime.hptq_dense_widths(z) == ((144, 4),)
+    z[32:64, :40] = 20                                   # 62 % outside 5 bits: 8
+    z[64:96, :40] = 12                                   # 62 % outside 4 bits, inside 5: 5
+    z[96:128, 0] = 20                                    # one code a row outside 4 bits
+    z[128:, :3] = 100                                    # 16-row tail, 3 codes a row outside 5 bits
+    expected = [min(runtime.DENSE_BITS, key=lambda b: _cpu_cost(z[r:r + 32], b)) for r in range(0, 144, 32)]
+    runs = runtime.hptq_dense_widths(z)
+    rows_bits = [b for n, b in runs for _ in range(n)]
+    assert len(rows_bits) == 144
+    assert [rows_bits[r] for r in range(0, 144, 32)] == expected
+    assert expected[:3] == [4, 8, 5]
+    assert all(a[1] != b[1] for a, b in zip(runs, runs[1:]))   # merged
+
+
+def test_hptq_layout_with_several_widths_reproduces_the_checkpoint():
+    """Siblings whose codes need different ranges (q within 4 bits, k within 5, v needing 8): the default
+    layout keeps one width per run of rows, codes within it, the rest residual; bit for bit the checkpoint."""
+    g = torch.Generator().manual_seed(11)
+    parts = [encode_hptq(torch.randint(-lim, lim, (n, 64), generator=g), s, 32)
+             for n, lim, s in ((64, 8, 0.5), (32, 16, 0.25), (32, 100, 0.125))]
+    layout = runtime.from_hptq(parts, 64)
+    assert layout.widths == ((64, 4), (32, 5), (32, 8)) and layout.bits == 8 and layout.residual.nnz == 0
+    for (lo, hi), (n, b) in zip(((0, 64), (64, 96), (96, 128)), layout.widths):
+        assert int(layout.codes[lo:hi].abs().max()) <= 1 << (b - 1)
+    assert torch.equal(runtime.dequantize(layout), torch.cat([dequantize_hptq(p, 64) for p in parts]))
+    assert runtime.from_hptq(parts, 64, bits=5).widths is None
 
 
 def _exact_case(n, k, group, seed):
