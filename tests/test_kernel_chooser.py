@@ -143,6 +143,26 @@ def test_cuda_resident_bytes_stay_near_the_checkpoint(platform, checkpoint, chec
         assert resident <= 1.10 * stored, (resident / stored)
 
 
+def test_cpu_resident_bytes_count_the_per_column_steps():
+    """HPTQ with α: HuffmanDecodeCPU keeps the checkpoint tensors and α as float32; BabaiLutCPU's packed
+    tensors include α (K float32) too."""
+    from babai_kernels.choices.cpu import BabaiLutCPU
+    from babai_kernels.choices.reference import HuffmanDecodeCPU
+    from babai_kernels.layer_spec import LinearSpec
+    g = torch.Generator().manual_seed(2)
+    alpha = (torch.rand(64, generator=g) + 0.5).half()
+    tensors = encode_hptq(torch.randint(-9, 10, (32, 64), generator=g, dtype=torch.int32), 0.01, 32, col_steps=alpha)
+    spec = LinearSpec("hptq", None, (32, 64), torch.bfloat16, torch.device("cpu"), [tensors])
+    stored = sum(t.numel() * t.element_size() for t in tensors.values())
+    assert HuffmanDecodeCPU(spec).resident_bytes() == stored + 64 * 4
+    if BabaiLutCPU.can_implement(spec)[0]:
+        plain = LinearSpec("hptq", None, (32, 64), torch.bfloat16, torch.device("cpu"),
+                           [{n: t for n, t in tensors.items() if n != "col_steps"}])
+        kernel = BabaiLutCPU(spec)
+        assert torch.equal(kernel.packed.col_scale, alpha.float())
+        assert kernel.resident_bytes() == BabaiLutCPU(plain).resident_bytes() + 64 * 4
+
+
 def test_old_triton_dense_route_memory_is_logged_not_hidden(checkpoints, monkeypatch, caplog):
     """HPTQ-3.3 on a Triton without Gluon: the 4-bit SSQR form, its resident bits in the log line."""
     monkeypatch.setattr(hptq_prepare, "gluon_available", lambda: False)

@@ -33,7 +33,7 @@ class HuffmanDecodeCPU(BabaiKernel):
         return (y if bias is None else y + bias).to(x.dtype)
 
     def resident_bytes(self) -> int:
-        return tensor_bytes(t for p in self.parts for t in p.values())
+        return tensor_bytes([*(t for p in self.parts for t in p.values()), self.col_scale])
 
 
 class TorchReference(BabaiKernel):
