@@ -147,10 +147,12 @@ def quantized_weights(name: str, model, tokenizer, args, texts) -> dict:
         windows = calibration_windows(tokenizer, texts["calib"], spec.get("nsamples", args.nsamples), args.seqlen,
                                       args.seed)
         options = QuantizeOptions(**_options(spec))
+        start = time.perf_counter()
         with simulated_v2(spec.get("simulate") == "v2"):
             result, allocation = quantize_allocated(model, windows, options, progress=True)
         report = result.report()
         facts = dict(effective_bits=_effective_bits(spec, result), quantize_seconds=report["totals"]["seconds"],
+                     quantize_wall_seconds=time.perf_counter() - start,      # + the allocation plan
                      bound_holds_where_unclipped=report["totals"]["bound_holds_where_unclipped"],
                      clipped_rows=report["totals"]["clipped_rows"], options=dataclasses.asdict(options),
                      outlier_rate=_mean_outlier_rate(report["layers"]), allocation=allocation,

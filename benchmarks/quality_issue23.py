@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.quality_report import fmt
+from benchmarks.quality_report import fmt, quantize_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVERS = [      # (row suffix, what the row changes)
@@ -50,9 +50,10 @@ def lever_table(results: dict, t: str) -> tuple[list[str], list[dict]]:
         vs = None if default is None else r["ppl"] - default["ppl"]
         lines.append(f"| {name} | {lever} | {r['effective_bits']:.3f} | {fmt(r.get('gpu_resident_bits'))} | "
                      f"{r['ppl']:.3f} | {fmt(vs, '+.3f')} | {fmt(rr.get('effective'), '.0%')} | "
-                     f"{fmt(rr.get('gpu'), '.0%')} | {r.get('quantize_seconds', 0):.0f} |")
+                     f"{fmt(rr.get('gpu'), '.0%')} | {quantize_time(r)} |")
         entries.append({"row": name, "lever": lever, "ppl": r["ppl"], "delta_base": r["ppl"] - base,
-                        "vs_default": vs, "ratio": rr, "quantize_seconds": r.get("quantize_seconds")})
+                        "vs_default": vs, "ratio": rr,
+                        "quantize_seconds": r.get("quantize_wall_seconds", r.get("quantize_seconds"))})
     return lines, entries
 
 

@@ -93,6 +93,15 @@ def fmt(x, spec=".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
+def quantize_time(row: dict) -> str:
+    """The quantizer's wall seconds, allocation plan included; rows cached before that was timed show
+    the layers' seconds, '+ plan' where a plan ran."""
+    if "quantize_wall_seconds" in row:
+        return f"{row['quantize_wall_seconds']:.0f}"
+    planned = (row.get("spec") or {}).get("allocation", "uniform") != "uniform"
+    return f"{row.get('quantize_seconds', 0):.0f}" + (" + plan" if planned else "")
+
+
 def earlier_rows(commit: str, path: str = "benchmarks/results/quality.json") -> dict:
     """{"commit", "date", "rows": {row: row}, "ratios"} of the results file as committed at `commit` (git show)."""
     import subprocess
@@ -151,7 +160,7 @@ def markdown(rows: dict, missing: list[str], meta: dict, rat: dict, stem: str = 
                      f"{fmt(None if base is None else r['ppl'] - base, '+.3f')} | {fmt(rr.get('effective'), '.0%')} | "
                      f"{fmt(rr.get('resident'), '.0%')} | {fmt(rr.get('gpu'), '.0%')} | "
                      f"{fmt(r.get('outlier_rate'), '.2%')} | "
-                     f"{r.get('quantize_seconds', 0):.0f} | {bound} |")
+                     f"{quantize_time(r)} | {bound} |")
     if missing:
         lines += ["", f"Not run yet (no cached result for these settings and code): {', '.join(missing)}."]
     if earlier:
