@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": device(), "versions": versions(), "threads": args.threads, "rounds": args.rounds,
               "target_ms": args.target_ms, "ms": list(args.ms), "complete": complete,
-              "predecode_from": cpu_lut.PREDECODE_FROM, "dense_from": {"group scales": cpu_lut.DENSE_FROM[True], "no group scales": cpu_lut.DENSE_FROM[False]}, "isa": cpu_lut.isa(),
+              "predecode_from": cpu_lut.PREDECODE_FROM, "dense_from": cpu_lut.DENSE_FROM, "isa": cpu_lut.isa(),
               "decoder_layers": layers, "shapes_NxK": {f: list(sp.shape) for f, sp in specs["ssqr-w4"][0].items()},
               "us_per_call": times, "x_bf16_per_call": ratios, "ms_per_step": step, "crossover": crossovers,
               "width_costs": costs,

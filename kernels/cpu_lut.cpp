@@ -49,6 +49,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -412,7 +413,17 @@ void residual_rows(const int32_t* off, const uint16_t* col, const at::Half* val,
     const int32_t e0 = off[row0 + r], e1 = off[row0 + r + 1];
     int64_t m = 0;
     for (; m + 64 <= ldt; m += 64) residual_block<8>(col, val, e0, e1, xt, ldt, m, res + r * ldt + m);
-    for (; m < ldt; m += 8) residual_block<1>(col, val, e0, e1, xt, ldt, m, res + r * ldt + m);
+    float* a = res + r * ldt + m;
+    switch ((ldt - m) / 8) {   // the rest in one pass over the row's entries
+      case 1: residual_block<1>(col, val, e0, e1, xt, ldt, m, a); break;
+      case 2: residual_block<2>(col, val, e0, e1, xt, ldt, m, a); break;
+      case 3: residual_block<3>(col, val, e0, e1, xt, ldt, m, a); break;
+      case 4: residual_block<4>(col, val, e0, e1, xt, ldt, m, a); break;
+      case 5: residual_block<5>(col, val, e0, e1, xt, ldt, m, a); break;
+      case 6: residual_block<6>(col, val, e0, e1, xt, ldt, m, a); break;
+      case 7: residual_block<7>(col, val, e0, e1, xt, ldt, m, a); break;
+      default: break;
+    }
   }
 }
 
@@ -463,47 +474,129 @@ void transpose_x(const uint16_t* x, int64_t mc, int64_t K, int64_t ldt, float* x
 }
 
 // --- large M: dequantized tiles and PyTorch's bf16 GEMM --------------------------------------------
+//
+// Each block becomes rows of the weight in stored column order, w[j][k] = bf16((S ⊙ Z + R)[row0 + j][k]
+// · rs[j]) for its 16 rows j: w (16, ldw) bfloat16, one rounding per weight, in runtime.dequantize's
+// order. f: scratch (K, 16) float32 (a block with residual entries: S ⊙ Z + R before the rounding).
 
 constexpr int64_t kDenseTileBytes = 8 << 20;   // bf16 weights dequantized at a time (per call, not resident)
 
-// wt[k][j] = bf16((S ⊙ Z + R)[row0 + j][k] · rs[j]) for the block's 16 rows j, all K stored columns:
-// wt (K, ldw) bfloat16, the block's 16 columns of the transposed weight (one rounding per weight, in the
-// order of runtime.dequantize). f: scratch (K, 16) float32 for a block with residual entries.
+using DequantizeFn = void (*)(const Unit&, const int32_t*, const uint16_t*, const at::Half*, int64_t, const float*,
+                              float*, uint16_t*, int64_t);
+
+// f[k][j] += R[row0 + j][k] over the block's CSR entries.
+inline void add_block_residual(const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0, float* f) {
+  for (int j = 0; j < kRows; ++j)
+    for (int32_t e = off[row0 + j]; e < off[row0 + j + 1]; ++e) f[col[e] * kRows + j] += static_cast<float>(val[e]);
+}
+
+namespace y {
+
 template <int BITS>
 void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0,
-                      const float* rs, float* f, uint16_t* wt, int64_t ldw) {
-  const bool residual = off[row0] != off[row0 + kRows];
-  const __m256 r[2] = {_mm256_loadu_ps(rs), _mm256_loadu_ps(rs + 8)};
+                      const float* rs, float* f, uint16_t* w, int64_t ldw) {
   __m256 v[4];
   for (int64_t p = 0; p < u.K / 2; ++p) {
-    y::decode<BITS>(u.blk + p * BITS * 4, v);
+    decode<BITS>(u.blk + p * BITS * 4, v);
     const int64_t g = 2 * p / u.G;
     for (int h = 0; h < 2; ++h) {
       const __m256 s = u.sc ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u.sc + g * kRows + 8 * h)))
                             : _mm256_set1_ps(1.0f);
-      for (int c = 0; c < 2; ++c) {
-        const __m256 w = _mm256_mul_ps(v[2 * c + h], s);
-        if (residual)
-          _mm256_storeu_ps(f + (2 * p + c) * kRows + 8 * h, w);
-        else
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(wt + (2 * p + c) * ldw + 8 * h), y::to_bf16(_mm256_mul_ps(w, r[h])));
-      }
+      for (int c = 0; c < 2; ++c) _mm256_storeu_ps(f + (2 * p + c) * kRows + 8 * h, _mm256_mul_ps(v[2 * c + h], s));
     }
   }
-  if (!residual) return;
-  for (int j = 0; j < kRows; ++j)
-    for (int32_t e = off[row0 + j]; e < off[row0 + j + 1]; ++e) f[col[e] * kRows + j] += static_cast<float>(val[e]);
-  for (int64_t k = 0; k < u.K; ++k)
-    for (int h = 0; h < 2; ++h)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(wt + k * ldw + 8 * h),
-                       y::to_bf16(_mm256_mul_ps(_mm256_loadu_ps(f + k * kRows + 8 * h), r[h])));
+  add_block_residual(off, col, val, row0, f);
+  for (int64_t k0 = 0; k0 < u.K; k0 += 8)
+    for (int h = 0; h < 2; ++h) {
+      __m256 t[8];
+      for (int i = 0; i < 8; ++i) t[i] = _mm256_loadu_ps(f + (k0 + i) * kRows + 8 * h);
+      transpose8(t);
+      for (int r = 0; r < 8; ++r)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(w + (8 * h + r) * ldw + k0),
+                         to_bf16(_mm256_mul_ps(t[r], _mm256_set1_ps(rs[8 * h + r]))));
+    }
 }
 
-using DequantizeFn = void (*)(const Unit&, const int32_t*, const uint16_t*, const at::Half*, int64_t, const float*,
-                              float*, uint16_t*, int64_t);
 DequantizeFn pick_dequantize(int bits) {
   return bits == 4 ? dequantize_block<4> : bits == 5 ? dequantize_block<5> : dequantize_block<8>;
 }
+
+}  // namespace y
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+namespace z {
+
+// The codes' bf16 pairs (lane i = row i, columns 2p, 2p+1) → float32 of column 2p and of 2p + 1.
+inline void split_pairs(__m512i v, __m512& a, __m512& b) {
+  a = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+  b = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+// Per 8 pairs of columns: 16 rows × 2 columns scaled, rounded to bf16 pairs (VCVTNEPS2BF16: round to
+// nearest even; it flushes denormals, which (S ⊙ Z + R) · rs never is for scales of normal size), two
+// 8 × 8 transposes of 32-bit pairs, 32-byte stores per row. Blocks without residual never touch f.
+template <int BITS>
+void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0,
+                      const float* rs, float* f, uint16_t* w, int64_t ldw) {
+  const bool residual = off[row0] != off[row0 + kRows];
+  const __m512i table = lut(BITS == 8 ? 4 : BITS);
+  const __m512 r = _mm512_loadu_ps(rs);
+  const int64_t pairs = u.K / 2;
+  auto scaled = [&](int64_t p, __m512& a, __m512& b) {   // S ⊙ Z of columns 2p, 2p + 1
+    split_pairs(decode<BITS>(u.blk + p * BITS * 4, table), a, b);
+    if (u.sc) {
+      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.sc + 2 * p / u.G * kRows)));
+      a = _mm512_mul_ps(a, s);
+      b = _mm512_mul_ps(b, s);
+    }
+  };
+  if (residual) {
+    for (int64_t p = 0; p < pairs; ++p) {
+      __m512 a, b;
+      scaled(p, a, b);
+      _mm512_storeu_ps(f + 2 * p * kRows, a);
+      _mm512_storeu_ps(f + (2 * p + 1) * kRows, b);
+    }
+    add_block_residual(off, col, val, row0, f);
+  }
+  for (int64_t p0 = 0; p0 < pairs; p0 += 8) {
+    const int n = static_cast<int>(std::min<int64_t>(8, pairs - p0));
+    __m256 lo[8], hi[8];
+    for (int q = 0; q < 8; ++q) {
+      if (q >= n) {
+        lo[q] = hi[q] = _mm256_setzero_ps();
+        continue;
+      }
+      __m512 a, b;
+      if (residual) {
+        a = _mm512_loadu_ps(f + 2 * (p0 + q) * kRows);
+        b = _mm512_loadu_ps(f + (2 * (p0 + q) + 1) * kRows);
+      } else {
+        scaled(p0 + q, a, b);
+      }
+      const __m512i ra = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(a, r)));
+      const __m512i rb = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(b, r)));
+      const __m512i pair = _mm512_or_si512(ra, _mm512_slli_epi32(rb, 16));
+      lo[q] = _mm256_castsi256_ps(_mm512_castsi512_si256(pair));
+      hi[q] = _mm256_castsi256_ps(_mm512_extracti64x4_epi64(pair, 1));
+    }
+    transpose8(lo);
+    transpose8(hi);
+    const __mmask8 keep = static_cast<__mmask8>((1u << n) - 1);
+    for (int i = 0; i < 8; ++i) {
+      _mm256_mask_storeu_epi32(w + i * ldw + 2 * p0, keep, _mm256_castps_si256(lo[i]));
+      _mm256_mask_storeu_epi32(w + (8 + i) * ldw + 2 * p0, keep, _mm256_castps_si256(hi[i]));
+    }
+  }
+}
+
+DequantizeFn pick_dequantize(int bits) {
+  return bits == 4 ? dequantize_block<4> : bits == 5 ? dequantize_block<5> : dequantize_block<8>;
+}
+
+}  // namespace z
+#pragma GCC pop_options
 
 // --- validation --------------------------------------------------------------------------------
 
@@ -533,35 +626,45 @@ void check_csr(const at::Tensor& offsets, const at::Tensor& cols, const at::Tens
 // xs[m][j] = bf16(x[m][p(j)] · α[p(j)]): x (M, K) contiguous in stored order (p = perm, the identity
 // when empty; entries within [0, K), checked by the caller), scaled by col_scale α (K) float32 in
 // original order (1 when empty) and rounded once to bfloat16 as runtime.scale_input does; x itself
-// when both are empty. ~7x faster than index_select along the last dimension here.
+// when both are empty. The permutation gathers 8 columns at a time (32-bit gathers at byte 2·p(j) − 2,
+// the element in the upper half, or at 0 for p(j) = 0: never past the row), ~2x the scalar copy.
 at::Tensor prepare_x(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& col_scale) {
   if (!perm.numel() && !col_scale.numel()) return x;
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor xs = at::empty_like(x);
   const int64_t* pi = perm.numel() ? perm.data_ptr<int64_t>() : nullptr;
-  std::vector<float> a(col_scale.numel() ? K : 0);   // α in stored order
   const float* alpha = col_scale.numel() ? col_scale.data_ptr<float>() : nullptr;
-  for (int64_t j = 0; j < static_cast<int64_t>(a.size()); ++j) a[j] = alpha[pi ? pi[j] : j];
+  std::vector<float> a(K, 1.0f);             // α in stored order
+  std::vector<int32_t> at_byte(K), shift(K);   // where column p(j)'s gather reads, and its shift
+  for (int64_t j = 0; j < K; ++j) {
+    const int64_t c = pi ? pi[j] : j;
+    if (alpha) a[j] = alpha[c];
+    at_byte[j] = static_cast<int32_t>(c > 0 ? 2 * c - 2 : 0);
+    shift[j] = c > 0 ? 16 : 0;
+  }
   const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   uint16_t* dst = reinterpret_cast<uint16_t*>(xs.data_ptr<at::BFloat16>());
   at::parallel_for(0, M, std::max<int64_t>(1, 16384 / K), [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       const uint16_t* s = src + m * K;
       uint16_t* d = dst + m * K;
-      if (a.empty()) {
-        for (int64_t j = 0; j < K; ++j) d[j] = s[pi[j]];
-        continue;
-      }
-      alignas(16) uint16_t g[8];
       for (int64_t j = 0; j < K; j += 8) {   // K is a multiple of 8
-        const uint16_t* v = s + j;
+        __m256i v;                            // bf16 bits in the low half of each 32-bit lane
         if (pi) {
-          for (int i = 0; i < 8; ++i) g[i] = s[pi[j + i]];
-          v = g;
+          const __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(s),
+                                                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&at_byte[j])), 1);
+          v = _mm256_and_si256(_mm256_srlv_epi32(g, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&shift[j]))),
+                               _mm256_set1_epi32(0xFFFF));
+        } else {
+          v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j)));
         }
-        const __m256 xf = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))), 16));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + j), y::to_bf16(_mm256_mul_ps(xf, _mm256_loadu_ps(a.data() + j))));
+        __m128i out;
+        if (alpha) {
+          out = y::to_bf16(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(&a[j])));
+        } else {
+          out = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0x08));
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + j), out);
       }
     }
   });
@@ -639,23 +742,25 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
   const uint8_t* pk = static_cast<const uint8_t*>(packed.data_ptr());
   const at::Half* sc = scales.numel() ? scales.data_ptr<at::Half>() : nullptr;
   uint16_t* yo = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  if (M >= dense_from) {   // tiles of rows dequantized to bf16 (K, rows), PyTorch's bf16 GEMM on each
+  if (M >= dense_from) {   // tiles of rows dequantized to bf16 (rows, K), F.linear (PyTorch's bf16 GEMM) on each
     const int64_t tile_blocks = std::max<int64_t>(1, kDenseTileBytes / (2 * K * kRows));
     const at::Tensor bias_b = bias.numel() ? bias.reshape({N}).to(at::kBFloat16) : bias;
     for (int64_t b0 = 0; b0 < nb; b0 += tile_blocks) {
       const int64_t b1 = std::min(nb, b0 + tile_blocks), rows = (b1 - b0) * kRows;
-      at::Tensor wt = at::empty({K, rows}, x.options());
-      uint16_t* wp = reinterpret_cast<uint16_t*>(wt.data_ptr<at::BFloat16>());
+      at::Tensor w = at::empty({rows, K}, x.options());
+      uint16_t* wp = reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>());
       at::parallel_for(b0, b1, 1, [&](int64_t c0, int64_t c1) {
         std::vector<float> f(K * kRows);
         float r16[kRows];
         for (int64_t b = c0; b < c1; ++b) {
           for (int j = 0; j < kRows; ++j) r16[j] = rs ? (block_scale ? rs[b] : rs[b * kRows + j]) : 1.0f;
           const Unit unit{pk + boff[b], boff[b + 1] - boff[b], sc ? sc + b * sc_block : nullptr, sc_block, K, G};
-          pick_dequantize(bits[b])(unit, off, col, val, b * kRows, r16, f.data(), wp + (b - b0) * kRows, rows);
+          (wide ? z::pick_dequantize(bits[b]) : y::pick_dequantize(bits[b]))(unit, off, col, val, b * kRows, r16,
+                                                                           f.data(), wp + (b - b0) * kRows * K, K);
         }
       });
-      const at::Tensor yt = bias.numel() ? at::addmm(bias_b.narrow(0, b0 * kRows, rows), xp, wt) : at::mm(xp, wt);
+      const at::Tensor yt = at::linear(xp, w, bias.numel() ? std::optional<at::Tensor>(bias_b.narrow(0, b0 * kRows, rows))
+                                                        : std::nullopt);
       if (b0 == 0 && b1 == nb) return yt;
       out.narrow(1, b0 * kRows, rows).copy_(yt);
     }

@@ -53,9 +53,9 @@ BUILD_ISA = "avx2"
 # in-register decode costs more than 5 bits', as 5).
 PREDECODE_FROM = {4: 64, 5: 32, 8: 32}
 # Rows of x from which the op dequantizes tiles of rows to bfloat16 (each weight rounded once, as the
-# bf16 model's own) and runs PyTorch's bf16 GEMM on them, for layouts with / without group scales (SSQR /
-# HPTQ): the crossovers measured in benchmarks/results/linear_cpu.md.
-DENSE_FROM = {True: 256, False: 512}
+# bf16 model's own) and runs PyTorch's bf16 GEMM on them: the crossover measured in
+# benchmarks/results/linear_cpu.md (SSQR-w4 and HPTQ-4.3 layers: 256-512; at 256 the two paths are within noise).
+DENSE_FROM = 512
 
 
 def host_features() -> frozenset[str]:
@@ -288,13 +288,12 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
-               predecode_from: int | None = None, dense_from: int | None = None) -> torch.Tensor:
+               predecode_from: int | None = None, dense_from: int = DENSE_FROM) -> torch.Tensor:
     """x (M, K) bfloat16 in original column order → (M, N) bfloat16. predecode_from: rows of x from which
     codes are decoded once per chunk (default: PREDECODE_FROM of the layout's most common width);
-    dense_from: rows of x from which tiles of rows are dequantized to bf16 for PyTorch's GEMM (default
-    DENSE_FROM[the layout has group scales])."""
+    dense_from: rows of x from which tiles of rows are dequantized to bf16 for PyTorch's GEMM."""
     return torch.ops.babai_cpu.lut_linear(x, p.packed, p.block_bits, p.scales, p.group_size, p.perm, p.col_scale,
                                           p.offsets, p.cols, p.vals, p.row_scale,
                                           x.new_empty(0) if bias is None else bias, p.isa,
                                           p.predecode_from if predecode_from is None else predecode_from,
-                                          DENSE_FROM[p.scales.numel() > 0] if dense_from is None else dense_from)
+                                          dense_from)

@@ -127,14 +127,15 @@ def test_col_scale_in_the_op_equals_scaling_x_first(isa, path, bits, perm, m):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("bits, perm, n, k", [(4, True, 64, 256), (5, False, 48, 384), (8, True, 32, 128),
-                                              (5, True, 2064, 2048)])   # the last: 8.1 MiB, two tiles
+@pytest.mark.parametrize("bits, perm, n, k, group", [(4, True, 64, 256, 32), (5, False, 48, 384, 64), (8, True, 32, 128, 32),
+                                                     (4, False, 32, 200, 40),      # 100 pairs: 8 per pass, then 4
+                                                     (5, True, 2064, 2048, 32)])   # 8.1 MiB: two tiles
 @pytest.mark.parametrize("m", [1, 33])
-def test_dense_path_is_pytorch_bf16_linear_on_the_weights_rounded_once(isa, bits, perm, n, k, m):
+def test_dense_path_is_pytorch_bf16_linear_on_the_weights_rounded_once(isa, bits, perm, n, k, group, m):
     """From `dense_from` rows the op dequantizes tiles of rows to bf16 in stored column order,
     (S ⊙ Z + R) · row_scale rounded once, and runs F.linear on x ⊙ α in stored order: bit for bit
     torch's own bf16 linear on those weights, bias included."""
-    layout = _layout(n, k, bits, 32, seed=n + bits + m, perm=perm, row_scale=bits != 4, col_scale=True)
+    layout = _layout(n, k, bits, group, seed=n + bits + m, perm=perm, row_scale=bits != 4, col_scale=True)
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
