@@ -60,7 +60,8 @@ constexpr int kTile = 32;        // tile row stride (floats): up to 2 blocks
 constexpr int kMaxMB = 8;        // activation rows per pass (avx512; avx2 takes 4)
 constexpr int64_t kChunkM = 64;  // activation rows per outer chunk (xᵀ of a chunk stays in L2 for K ≤ 1536)
 
-void check(bool ok, const std::string& what) { TORCH_CHECK(ok, "babai_cpu::lut_linear: ", what); }
+// The message is built only on failure (a per-call check must not allocate strings).
+#define BABAI_CHECK(ok, ...) TORCH_CHECK(ok, "babai_cpu::lut_linear: ", __VA_ARGS__)
 
 inline uint32_t load_u32(const void* p) { uint32_t v; std::memcpy(&v, p, sizeof v); return v; }
 
@@ -122,10 +123,10 @@ bool has_avx512() {
 // The instruction set a call runs: "auto" → the best this CPU has; a named one must be present.
 enum class Isa { kAvx2, kAvx512 };
 Isa resolve_isa(const std::string& isa) {
-  check(isa == "auto" || isa == "avx2" || isa == "avx512", "isa must be 'auto', 'avx2' or 'avx512', got '" + isa + "'");
-  check(has_avx2(), "this CPU lacks AVX2, FMA or F16C, which every variant of the kernel needs");
+  BABAI_CHECK(isa == "auto" || isa == "avx2" || isa == "avx512", "isa must be 'auto', 'avx2' or 'avx512', got '", isa, "'");
+  BABAI_CHECK(has_avx2(), "this CPU lacks AVX2, FMA or F16C, which every variant of the kernel needs");
   if (isa == "avx512") {
-    check(has_avx512(), "isa 'avx512' needs AVX-512 F, BW, VL, DQ and BF16, and this CPU lacks one of them");
+    BABAI_CHECK(has_avx512(), "isa 'avx512' needs AVX-512 F, BW, VL, DQ and BF16, and this CPU lacks one of them");
     return Isa::kAvx512;
   }
   return isa == "auto" && has_avx512() ? Isa::kAvx512 : Isa::kAvx2;
@@ -602,25 +603,24 @@ DequantizeFn pick_dequantize(int bits) {
 
 // The CSR residual of an (N, K) matrix: offsets start at 0, never decrease, end at nnz; columns < K.
 void check_csr(const at::Tensor& offsets, const at::Tensor& cols, const at::Tensor& vals, int64_t N, int64_t K) {
-  check(offsets.dim() == 1 && offsets.numel() == N + 1 && offsets.scalar_type() == at::kInt && offsets.is_contiguous(),
-        "residual offsets must be contiguous int32 of size N + 1 = " + std::to_string(N + 1));
-  check(cols.dim() == 1 && cols.scalar_type() == at::kShort && cols.is_contiguous() && vals.dim() == 1 &&
+  BABAI_CHECK(offsets.dim() == 1 && offsets.numel() == N + 1 && offsets.scalar_type() == at::kInt && offsets.is_contiguous(),
+        "residual offsets must be contiguous int32 of size N + 1 = ", N + 1);
+  BABAI_CHECK(cols.dim() == 1 && cols.scalar_type() == at::kShort && cols.is_contiguous() && vals.dim() == 1 &&
             vals.scalar_type() == at::kHalf && vals.is_contiguous() && cols.numel() == vals.numel(),
         "residual must be CSR: contiguous uint16 columns (held as int16) and float16 values of one size");
   const int64_t nnz = cols.numel();
   const int32_t* off = offsets.data_ptr<int32_t>();
-  check(off[0] == 0, "residual offsets[0] must be 0, got " + std::to_string(off[0]));
+  BABAI_CHECK(off[0] == 0, "residual offsets[0] must be 0, got ", off[0]);
   int64_t bad = -1;
   for (int64_t n = 0; n < N && bad < 0; ++n)
     if (off[n + 1] < off[n]) bad = n;
-  check(bad < 0, "residual offsets must not decrease: offsets[" + std::to_string(bad + 1) + "] = " +
-                     (bad < 0 ? "" : std::to_string(off[bad + 1])) + " < offsets[" + std::to_string(bad) + "]");
-  check(off[N] == nnz, "residual offsets[N] must equal the number of entries " + std::to_string(nnz) + ", got " +
-                           std::to_string(off[N]));
+  BABAI_CHECK(bad < 0, "residual offsets must not decrease: offsets[", bad + 1, "] = ", off[bad < 0 ? 0 : bad + 1],
+              " < offsets[", bad, "]");
+  BABAI_CHECK(off[N] == nnz, "residual offsets[N] must equal the number of entries ", nnz, ", got ", off[N]);
   const uint16_t* col = reinterpret_cast<const uint16_t*>(cols.data_ptr<int16_t>());
   uint16_t top = 0;
   for (int64_t e = 0; e < nnz; ++e) top = std::max(top, col[e]);
-  check(nnz == 0 || top < K, "residual column " + std::to_string(top) + " is out of range for K = " + std::to_string(K));
+  BABAI_CHECK(nnz == 0 || top < K, "residual column ", top, " is out of range for K = ", K);
 }
 
 // xs[m][j] = bf16(x[m][p(j)] · α[p(j)]): x (M, K) contiguous in stored order (p = perm, the identity
@@ -688,8 +688,8 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
                       const at::Tensor& vals, const at::Tensor& row_scale, const at::Tensor& bias,
                       const std::string& isa_name, int64_t predecode_from, int64_t dense_from) {
   const Isa isa = resolve_isa(isa_name);
-  check(x_in.dim() == 2 && x_in.scalar_type() == at::kBFloat16 && x_in.size(1) > 0, "x must be (M, K) bfloat16, K > 0");
-  check(block_bits.dim() == 1 && block_bits.scalar_type() == at::kByte && block_bits.is_contiguous(),
+  BABAI_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kBFloat16 && x_in.size(1) > 0, "x must be (M, K) bfloat16, K > 0");
+  BABAI_CHECK(block_bits.dim() == 1 && block_bits.scalar_type() == at::kByte && block_bits.is_contiguous(),
         "block_bits must be contiguous uint8 (N/16)");
   const int64_t nb = block_bits.numel(), N = nb * kRows;
   const uint8_t* bits = block_bits.data_ptr<uint8_t>();
@@ -697,33 +697,35 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
   const at::Tensor x = x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), G = group_size;
   for (int64_t b = 0; b < nb; ++b) {
-    check(bits[b] == 4 || bits[b] == 5 || bits[b] == 8,
-          "block_bits must be 4, 5 or 8, block " + std::to_string(b) + " has " + std::to_string(bits[b]));
+    BABAI_CHECK(bits[b] == 4 || bits[b] == 5 || bits[b] == 8, "block_bits must be 4, 5 or 8, block ", b, " has ",
+                static_cast<int>(bits[b]));
     boff[b + 1] = boff[b] + 2 * K * bits[b];
   }
-  check(packed.dim() == 1 && packed.is_contiguous() && packed.numel() == boff[nb] &&
+  BABAI_CHECK(packed.dim() == 1 && packed.is_contiguous() && packed.numel() == boff[nb] &&
             (packed.scalar_type() == at::kByte || packed.scalar_type() == at::kChar),
         "packed must be contiguous uint8/int8 of 2·K·Σ block_bits bytes and has the wrong size for x's K");
-  check(G > 0 && G % 8 == 0 && K % G == 0, "group_size must be a positive multiple of 8 dividing K");
-  check(scales.scalar_type() == at::kHalf && scales.is_contiguous() &&
+  BABAI_CHECK(G > 0 && G % 8 == 0 && K % G == 0, "group_size must be a positive multiple of 8 dividing K");
+  BABAI_CHECK(scales.scalar_type() == at::kHalf && scales.is_contiguous() &&
             (scales.numel() == N * (K / G) || (scales.numel() == 0 && G == K)),
         "scales must be float16 (N/16, K/G, 16) or empty with G = K");
-  check(K <= 65536, "K must be at most 65536 (residual columns are 16-bit)");
+  BABAI_CHECK(K <= 65536, "K must be at most 65536 (residual columns are 16-bit)");
   check_csr(offsets, cols, vals, N, K);
-  check(perm.numel() == 0 || (perm.dim() == 1 && perm.numel() == K && perm.scalar_type() == at::kLong),
+  BABAI_CHECK(perm.numel() == 0 || (perm.dim() == 1 && perm.numel() == K && perm.scalar_type() == at::kLong),
         "perm must be (K) int64 or empty");
   const at::Tensor perm_c = perm.contiguous();
-  if (perm.numel()) {
-    const auto [lo, hi] = at::aminmax(perm_c);
-    check(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < K, "perm entries must lie in [0, K)");
+  if (perm.numel()) {   // a loop, not at::aminmax: two torch ops and two .item() cost µs at decode sizes
+    const int64_t* pi = perm_c.data_ptr<int64_t>();
+    bool inside = true;
+    for (int64_t j = 0; j < K; ++j) inside &= pi[j] >= 0 && pi[j] < K;
+    BABAI_CHECK(inside, "perm entries must lie in [0, K)");
   }
-  check(col_scale.numel() == 0 || (col_scale.dim() == 1 && col_scale.numel() == K &&
+  BABAI_CHECK(col_scale.numel() == 0 || (col_scale.dim() == 1 && col_scale.numel() == K &&
                                    col_scale.scalar_type() == at::kFloat && col_scale.is_contiguous()),
         "col_scale must be contiguous float32 (K) or empty");
-  check(row_scale.numel() == 0 || ((row_scale.numel() == N || row_scale.numel() == nb) &&
+  BABAI_CHECK(row_scale.numel() == 0 || ((row_scale.numel() == N || row_scale.numel() == nb) &&
                                    row_scale.scalar_type() == at::kFloat && row_scale.is_contiguous()),
         "row_scale must be contiguous float32 (N) or (N/16), or empty");
-  check(bias.numel() == 0 || bias.numel() == N, "bias must be (N) or empty");
+  BABAI_CHECK(bias.numel() == 0 || bias.numel() == N, "bias must be (N) or empty");
   auto out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
 
