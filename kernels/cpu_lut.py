@@ -53,9 +53,10 @@ BUILD_ISA = "avx2"
 # in-register decode costs more than 5 bits', as 5).
 PREDECODE_FROM = {4: 64, 5: 32, 8: 32}
 # Rows of x from which the op dequantizes tiles of rows to bfloat16 (each weight rounded once, as the
-# bf16 model's own) and runs PyTorch's bf16 GEMM on them: the crossover measured in
-# benchmarks/results/linear_cpu.md (SSQR-w4 and HPTQ-4.3 layers: 256-512; at 256 the two paths are within noise).
-DENSE_FROM = 512
+# bf16 model's own) and runs PyTorch's bf16 GEMM on them, by whether the layout has group scales: the
+# crossovers measured in benchmarks/results/linear_cpu.md (SSQR-w4: 256 on every shape; HPTQ-4.3/3.3:
+# 512, gate_up 1024 within 1-3 % at 512).
+DENSE_FROM = {"group scales": 256, "no group scales": 512}
 
 
 def host_features() -> frozenset[str]:
@@ -157,6 +158,7 @@ class LutPacked:
     group_size: int
     predecode_from: int       # rows of x from which codes are decoded once per chunk: PREDECODE_FROM of
     # the width most blocks have
+    dense_from: int           # rows of x from which tiles are dequantized for PyTorch's GEMM (DENSE_FROM)
     isa: str = "auto"         # "avx512" or "avx2"
 
     def tensors(self) -> list[torch.Tensor]:
@@ -284,16 +286,18 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
                      torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
                      row_scale.float().contiguous(), group,
-                     PREDECODE_FROM[max(BITS, key=lambda b: int((block_bits == b).sum()))], isa or _state["isa"])
+                     PREDECODE_FROM[max(BITS, key=lambda b: int((block_bits == b).sum()))],
+                     DENSE_FROM["group scales" if scales.numel() else "no group scales"], isa or _state["isa"])
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
-               predecode_from: int | None = None, dense_from: int = DENSE_FROM) -> torch.Tensor:
+               predecode_from: int | None = None, dense_from: int | None = None) -> torch.Tensor:
     """x (M, K) bfloat16 in original column order → (M, N) bfloat16. predecode_from: rows of x from which
     codes are decoded once per chunk (default: PREDECODE_FROM of the layout's most common width);
-    dense_from: rows of x from which tiles of rows are dequantized to bf16 for PyTorch's GEMM."""
+    dense_from: rows of x from which tiles of rows are dequantized to bf16 for PyTorch's GEMM (default:
+    DENSE_FROM of the layout)."""
     return torch.ops.babai_cpu.lut_linear(x, p.packed, p.block_bits, p.scales, p.group_size, p.perm, p.col_scale,
                                           p.offsets, p.cols, p.vals, p.row_scale,
                                           x.new_empty(0) if bias is None else bias, p.isa,
                                           p.predecode_from if predecode_from is None else predecode_from,
-                                          dense_from)
+                                          p.dense_from if dense_from is None else dense_from)
