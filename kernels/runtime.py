@@ -104,6 +104,11 @@ class DenseResidual:
         return self.widths or ((self.shape[0], self.bits),)
 
     @property
+    def dense_bytes(self) -> float:
+        """Bytes of the dense codes at their widths: Σ over runs of rows · K · bits / 8."""
+        return sum(rows * self.shape[1] * bits / 8 for rows, bits in self.runs)
+
+    @property
     def group_size(self) -> int:
         return self.codes.shape[1] // self.scales.shape[1]
 

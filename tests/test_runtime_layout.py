@@ -83,6 +83,7 @@ def test_hptq_layout_with_several_widths_reproduces_the_checkpoint():
         assert int(layout.codes[lo:hi].abs().max()) <= 1 << (b - 1)
     assert torch.equal(runtime.dequantize(layout), torch.cat([dequantize_hptq(p, 64) for p in parts]))
     assert runtime.from_hptq(parts, 64, bits=5).widths is None
+    assert layout.dense_bytes == (64 * 4 + 32 * 5 + 32 * 8) * 64 / 8
 
 
 def _exact_case(n, k, group, seed):
