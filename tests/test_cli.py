@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from babai_quantizer.cli import main
+from babai_quantizer.cli import build_parser, main, options_from_args
 from tests.fixtures.tiny_checkpoint import save_tiny_tokenizer, tiny_llama_config
 
 WORDS = ("it is a truth universally acknowledged that a single man in possession of a good fortune "
@@ -201,8 +201,17 @@ def test_hptq_defaults_to_per_column_steps_and_fisher_allocation(model_dir, tmp_
         report = json.loads((out / "quant_report.json").read_text())
         assert report["options"]["col_steps"] == ("ldl" if expected else "none")
         assert report["options"]["allocation"] == "fisher"           # the default plan, recorded per layer
+        assert report["options"]["float_target"] is True             # hptq's default since issue 23
         targets = {n: e["target_bits"] for n, e in report["allocation"]["layers"].items()}
         assert set(targets) == set(report["layers"])
         for name, layer in report["layers"].items():
             assert layer["effective_bits"] == pytest.approx(targets[name], abs=0.05)
         assert report["totals"]["bound_holds_where_unclipped"]
+
+
+@pytest.mark.parametrize("extra,expected", [(["--format", "hptq", "--target-bits", "3.3"], True),
+                                            (["--format", "hptq", "--target-bits", "3.3", "--no-float-target"], False),
+                                            (["--format", "hrtn", "--target-bits", "3.3"], False),
+                                            (["--format", "gptq"], False), (["--format", "gptq", "--float-target"], True)])
+def test_float_target_is_hptqs_default_only(extra, expected):
+    assert options_from_args(build_parser().parse_args(extra)).float_target is expected
