@@ -66,24 +66,24 @@ def _rows() -> dict[str, dict | None]:
     for t in (3.15, 3.3, 3.8, 4.3):      # 3.3 / 4.3: GPTQ w3g64 / w4g64's exact size
         exact = {3.3: gptq_bits(3, 64), 4.3: gptq_bits(4, 64)}.get(t, t)
         rows[f"hptq-{t}"] = dict(format="hptq", target_bits=exact)
-        # The CLI's default (issue 23): per-column steps α ∝ D^{-1/2} (WaterSIC) and one Lagrange multiplier
-        # for the model (quantizer/allocation.py, Fisher-weighted).
-        default = dict(format="hptq", target_bits=exact, col_steps="ldl", allocation="fisher")
-        rows[f"hptq-{t}-ldl-fisher"] = default
+        # Issue 23's reference: per-column steps α ∝ D^{-1/2} (WaterSIC) and one Lagrange multiplier for the
+        # model (quantizer/allocation.py, Fisher-weighted); the CLI's default adds the float target (-ft).
+        ref = dict(format="hptq", target_bits=exact, col_steps="ldl", allocation="fisher")
+        rows[f"hptq-{t}-ldl-fisher"] = ref
+        rows[f"hptq-{t}-ldl-fisher-ft"] = {**ref, "float_target": True}
         if t in (3.3, 4.3):
             rows[f"hrtn-{t}"] = dict(format="hrtn", target_bits=exact)
             # Each lever alone, HRTN with the same α as the control ...
             rows[f"hptq-{t}-ldl"] = dict(format="hptq", target_bits=exact, col_steps="ldl")
             rows[f"hrtn-{t}-ldl"] = dict(format="hrtn", target_bits=exact, col_steps="ldl")
             rows[f"hptq-{t}-fisher"] = dict(format="hptq", target_bits=exact, allocation="fisher")
-            # ... and one change to the default each: α ∝ D^{-1/4}, the allocation's span (±2.5 bits instead of
-            # ±1.5), the float (Qronos) target, damping, calibration size (128 windows of 512 tokens, beside GPTQ's).
-            rows[f"hptq-{t}-ldl0.5-fisher"] = {**default, "col_steps": "ldl0.5"}
-            rows[f"hptq-{t}-ldl-fisher-span2.5"] = {**default, "allocation_span": 2.5}
-            rows[f"hptq-{t}-ldl-fisher-ft"] = {**default, "float_target": True}
-            rows[f"hptq-{t}-ldl-fisher-d0.1"] = {**default, "damping": 0.1}
-            rows[f"hptq-{t}-ldl-fisher-d0.001"] = {**default, "damping": 0.001}
-            rows[f"hptq-{t}-ldl-fisher-c128"] = {**default, "nsamples": 128}
+            # ... and one change to the reference each: α ∝ D^{-1/4}, the allocation's span (±2.5 bits instead of
+            # ±1.5), damping, calibration size (128 windows of 512 tokens, beside GPTQ's).
+            rows[f"hptq-{t}-ldl0.5-fisher"] = {**ref, "col_steps": "ldl0.5"}
+            rows[f"hptq-{t}-ldl-fisher-span2.5"] = {**ref, "allocation_span": 2.5}
+            rows[f"hptq-{t}-ldl-fisher-d0.1"] = {**ref, "damping": 0.1}
+            rows[f"hptq-{t}-ldl-fisher-d0.001"] = {**ref, "damping": 0.001}
+            rows[f"hptq-{t}-ldl-fisher-c128"] = {**ref, "nsamples": 128}
     for b in (3, 4):
         rows[f"gptq-w{b}g64-c128"] = dict(format="gptq", bits=b, group_size=64, dtype="float64", nsamples=128)
     for b, g, rate in ((3, 64, 0.01), (3, 64, 0.03), (4, 64, 0.01), (4, 64, 0.03)):
@@ -102,7 +102,8 @@ def _rows() -> dict[str, dict | None]:
 BENCH_KEYS = ("simulate", "nsamples")     # row keys of the benchmark itself: v2 simulation, calibration windows
 ROWS = _rows()
 # The order of a full run: what the comparison needs first (issue 15's priorities).
-DEFAULT_ORDER = ["base", "gptq-w3g64", "gptq-w4g64", "hptq-3.3-ldl-fisher", "hptq-4.3-ldl-fisher",
+DEFAULT_ORDER = ["base", "gptq-w3g64", "gptq-w4g64", "hptq-3.3-ldl-fisher-ft", "hptq-4.3-ldl-fisher-ft",
+                 "hptq-3.3-ldl-fisher", "hptq-4.3-ldl-fisher",
                  "hptq-3.3", "hptq-4.3", "hptq-3.3-ldl", "hptq-4.3-ldl",
                  "ssqr-w3g192-1%-cap-rms", "ssqr-w4g192-1%-cap-rms", "gptq-w3g32", "gptq-w4g32",
                  "gptq-w3g192", "gptq-w4g192", "ssqr-v2sim-w3g192-2%-cap", "rtn-w3g64", "rtn-w4g64",

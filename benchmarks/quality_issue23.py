@@ -2,7 +2,7 @@
 
 Reads benchmarks/results/quality.json (32 eval windows) and, where present, quality_w64.json (64 windows);
 writes benchmarks/results/quality_issue23.{md,json}: for each HPTQ/HRTN row at ≈3.3 and ≈4.3 bits the
-lever it measures, its perplexity beside the CLI's default (hptq-<t>-ldl-fisher), the ratio of its
+lever it measures, its perplexity beside the reference (hptq-<t>-ldl-fisher: α and the Fisher plan), the ratio of its
 increase to GPTQ's at equal effective and GPU-resident bits (benchmarks.quality_report.ratios, c128
 rows against the c128 GPTQ rows) and the quantizer's wall time.
 
@@ -17,20 +17,21 @@ from pathlib import Path
 from benchmarks.quality_report import fmt, quantize_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LEVERS = [      # (row suffix, what the row changes)
+LEVERS = [      # (row suffix, what the row changes); Δ is against REFERENCE, the rows differ from it in one option
     ("hptq-{t}", "HPTQ before issue 23: one step per matrix, every linear at the target"),
     ("hrtn-{t}", "control: round to nearest, one step"),
     ("hptq-{t}-ldl", "per-column steps α ∝ D^-1/2 (WaterSIC)"),
     ("hrtn-{t}-ldl", "control: round to nearest with the same α"),
     ("hptq-{t}-fisher", "Fisher allocation alone"),
-    ("hptq-{t}-ldl-fisher", "**default**: α + Fisher allocation (span ±1.5 bits)"),
-    ("hptq-{t}-ldl0.5-fisher", "default, α ∝ D^-1/4"),
-    ("hptq-{t}-ldl-fisher-span2.5", "default, allocation span ±2.5 bits"),
-    ("hptq-{t}-ldl-fisher-ft", "default + float (Qronos) target"),
-    ("hptq-{t}-ldl-fisher-d0.1", "default, damping 0.1"),
-    ("hptq-{t}-ldl-fisher-d0.001", "default, damping 0.001"),
-    ("hptq-{t}-ldl-fisher-c128", "default, calibration 128 × 512 (ratio vs GPTQ c128)"),
+    ("hptq-{t}-ldl-fisher", "α + Fisher allocation (span ±1.5 bits): the reference"),
+    ("hptq-{t}-ldl0.5-fisher", "reference with α ∝ D^-1/4"),
+    ("hptq-{t}-ldl-fisher-span2.5", "reference with allocation span ±2.5 bits"),
+    ("hptq-{t}-ldl-fisher-ft", "**CLI default**: reference + float (Qronos) target"),
+    ("hptq-{t}-ldl-fisher-d0.1", "reference with damping 0.1"),
+    ("hptq-{t}-ldl-fisher-d0.001", "reference with damping 0.001"),
+    ("hptq-{t}-ldl-fisher-c128", "reference, calibration 128 × 512 (ratio vs GPTQ c128)"),
 ]
+REFERENCE = "hptq-{t}-ldl-fisher"
 NOTES: list[str] = []
 
 
@@ -38,8 +39,8 @@ def lever_table(results: dict, t: str) -> tuple[list[str], list[dict]]:
     """Markdown lines and JSON entries of the levers at target `t` ("3.3" / "4.3") present in `results`."""
     rows = {r["row"]: r for r in results["rows"]}
     base = rows["base"]["ppl"]
-    default = rows.get(f"hptq-{t}-ldl-fisher")
-    lines = [f"| row | lever | effective bits | GPU bits | perplexity | Δ vs default | ratio @eff | ratio @GPU "
+    default = rows.get(REFERENCE.format(t=t))
+    lines = [f"| row | lever | effective bits | GPU bits | perplexity | Δ vs reference | ratio @eff | ratio @GPU "
              "| quantize s |", "|---|---|---|---|---|---|---|---|---|"]
     entries = []
     for pattern, lever in LEVERS:
@@ -60,8 +61,9 @@ def lever_table(results: dict, t: str) -> tuple[list[str], list[dict]]:
 def main(argv: list[str]) -> int:
     out, md = {}, ["# Issue 23: HPTQ levers at ≈3.3 and ≈4.3 stored bits", "",
                    "`python -m benchmarks.quality_issue23`, from [quality.md](quality.md) (and "
-                   "[quality_w64.md](quality_w64.md)). Δ vs default: perplexity minus the CLI default's "
-                   "(hptq-<t>-ldl-fisher) on the same windows. Ratio: Δppl over base / GPTQ's Δppl interpolated at "
+                   "[quality_w64.md](quality_w64.md)). Δ vs reference: perplexity minus "
+                   "hptq-<t>-ldl-fisher's (α + Fisher plan) on the same windows; each lever row differs from it in "
+                   "one option. Ratio: Δppl over base / GPTQ's Δppl interpolated at "
                    "equal bits (c128 rows against the c128 GPTQ rows). Quantize s: wall time of the quantizer, "
                    "1 thread, on the shared 2-core box (other jobs ran beside it: ±30 %)."]
     for stem in ("quality", "quality_w64"):

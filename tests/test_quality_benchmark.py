@@ -121,7 +121,7 @@ def test_results_are_written_under_the_given_stem(tmp_path):
 
 
 def test_lever_table_compares_each_lever_with_the_default():
-    """quality_issue23.lever_table: one line per lever row present, Δ against hptq-<t>-ldl-fisher."""
+    """quality_issue23.lever_table: one line per lever row present, Δ against hptq-<t>-ldl-fisher (the reference)."""
     from benchmarks.quality_issue23 import lever_table
 
     def row(name, ppl):
@@ -132,4 +132,5 @@ def test_lever_table_compares_each_lever_with_the_default():
     lines, entries = lever_table(results, "3.3")
     assert [e["row"] for e in entries] == ["hptq-3.3", "hptq-3.3-ldl-fisher", "hptq-3.3-ldl-fisher-ft"]
     assert [e["vs_default"] for e in entries] == pytest.approx([1.5, 0.0, -0.5])
-    assert "| hptq-3.3-ldl-fisher-ft | default + float (Qronos) target | 3.300 | 3.500 | 12.000 | -0.500 | 20% | – | 9 |" in lines
+    assert ("| hptq-3.3-ldl-fisher-ft | **CLI default**: reference + float (Qronos) target | 3.300 | 3.500 | 12.000 "
+            "| -0.500 | 20% | – | 9 |") in lines
