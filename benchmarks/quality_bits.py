@@ -2,10 +2,11 @@
 
 Effective bits (quantizer/formats/result.py) count every byte a checkpoint stores. Resident bits
 count what a server holds for the matmul, from the runtime layout (babai_kernels.runtime:
-`from_ssqr` / `from_hptq` → DenseResidual, whose dense width HPTQ picks by resident bytes) with one
-formula for every format:
+`from_ssqr` / `from_hptq` → DenseResidual; HPTQ picks a dense width per 32 rows by the CPU kernel's
+measured time, runtime.hptq_dense_widths) with one formula for every format:
 
-    resident bytes = N·K·b/8                 dense codes at the layout's width b (2/3-bit widened to 4)
+    resident bytes = Σ rows·K·b/8            dense codes at each run's width b (2/3-bit widened to 4;
+                                             DenseResidual.dense_bytes)
                    + N·(K/G)·2               group scales, 2 bytes each (fp16; all SSQR scales are fp16)
                      (N·2 when every group scale of a row is the same, e.g. HPTQ's all-ones S)
                    + N·4                     row scale, float32 (HPTQ's matrix scale per fused sibling)
@@ -57,7 +58,7 @@ def layout_bytes(layout: DenseResidual) -> float:
     residual = nnz * runtime.RESIDUAL_ENTRY_BYTES + (n + 1) * CSR_OFFSET_BYTES if nnz else 0
     perm = k * PERM_BYTES if layout.perm is not None else 0
     col_scale = k * COL_SCALE_BYTES if layout.col_scale is not None else 0
-    return n * k * layout.bits / 8 + scales + row_scale + residual + perm + col_scale
+    return layout.dense_bytes + scales + row_scale + residual + perm + col_scale
 
 
 def gptq_bytes(tensors: dict[str, torch.Tensor], bits: int, n: int, k: int) -> float:

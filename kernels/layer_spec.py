@@ -87,7 +87,8 @@ class LinearSpec:
 
     def dense_layout(self, bits: int | None = None) -> DenseResidual:
         """The runtime layout (dense codes + sparse residual), built on first use. bits: the dense
-        width (HPTQ only; None: the fewest CPU-resident bytes, runtime.hptq_dense_bits)."""
+        width (HPTQ only; None: a width per 32 rows by the CPU kernel's measured time,
+        runtime.hptq_dense_widths)."""
         return self.cached(("dense", bits), lambda: FORMATS[self.format].layout(self, bits))
 
     def ssqr_unpacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
