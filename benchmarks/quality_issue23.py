@@ -32,7 +32,18 @@ LEVERS = [      # (row suffix, what the row changes); Δ is against REFERENCE, t
     ("hptq-{t}-ldl-fisher-c128", "reference, calibration 128 × 512 (ratio vs GPTQ c128)"),
 ]
 REFERENCE = "hptq-{t}-ldl-fisher"
-NOTES: list[str] = []
+NOTES = [
+    "Notes (2026-12-05; docs/findings.md has the reading):",
+    "- Rows named with no lever suffix beyond the reference and not listed here were not recomputed under "
+    "today's code: quality.md lists the 2026-12-03 ones apart (hptq-3.3 29.910, hptq-4.3 26.075, hrtn-3.3 "
+    "39.262, hrtn-4.3 28.658 at 32 windows).",
+    "- Float target: -0.09 ppl at both sizes (same direction twice), ~+50 % layer time: the CLI default.",
+    "- Span ±2.5: no change. Calibration 128 × 512: HPTQ and GPTQ both improve, the ratio stays 26 %, "
+    "quantizing takes ~6× longer: the default stays 16 × 512.",
+    "- Not run (CPU time): α ∝ D^-1/4 with the plan, damping 0.1 / 0.001, HRTN with α, calibration 256 × 2048.",
+    "- At 3.3 bits 0.133 bits/weight are side information (chunk_bits 0.057, Huffman redundancy 0.050, α 0.023, "
+    "tables 0.004): the next lever is fewer chunks per row (kernels' layout).",
+]
 
 
 def lever_table(results: dict, t: str) -> tuple[list[str], list[dict]]:
@@ -50,8 +61,8 @@ def lever_table(results: dict, t: str) -> tuple[list[str], list[dict]]:
         r, rr = rows[name], results["ratios"].get(name, {})
         vs = None if default is None else r["ppl"] - default["ppl"]
         lines.append(f"| {name} | {lever} | {r['effective_bits']:.3f} | {fmt(r.get('gpu_resident_bits'))} | "
-                     f"{r['ppl']:.3f} | {fmt(vs, '+.3f')} | {fmt(rr.get('effective'), '.0%')} | "
-                     f"{fmt(rr.get('gpu'), '.0%')} | {quantize_time(r)} |")
+                     f"{r['ppl']:.3f} | {fmt(vs, '+.3f')} | {fmt(rr.get('effective'), '.1%')} | "
+                     f"{fmt(rr.get('gpu'), '.1%')} | {quantize_time(r)} |")
         entries.append({"row": name, "lever": lever, "ppl": r["ppl"], "delta_base": r["ppl"] - base,
                         "vs_default": vs, "ratio": rr,
                         "quantize_seconds": r.get("quantize_wall_seconds", r.get("quantize_seconds"))})

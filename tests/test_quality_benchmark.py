@@ -133,4 +133,4 @@ def test_lever_table_compares_each_lever_with_the_default():
     assert [e["row"] for e in entries] == ["hptq-3.3", "hptq-3.3-ldl-fisher", "hptq-3.3-ldl-fisher-ft"]
     assert [e["vs_default"] for e in entries] == pytest.approx([1.5, 0.0, -0.5])
     assert ("| hptq-3.3-ldl-fisher-ft | **CLI default**: reference + float (Qronos) target | 3.300 | 3.500 | 12.000 "
-            "| -0.500 | 20% | – | 9 |") in lines
+            "| -0.500 | 20.0% | – | 9 |") in lines
