@@ -40,7 +40,8 @@ NOTES = [
     "- Float target: -0.09 ppl at both sizes (same direction twice), ~+50 % layer time: the CLI default.",
     "- Span ±2.5: no change. Calibration 128 × 512: HPTQ and GPTQ both improve, the ratio stays 26 %, "
     "quantizing takes ~6× longer: the default stays 16 × 512.",
-    "- Not run (CPU time): α ∝ D^-1/4 with the plan, damping 0.1 / 0.001, HRTN with α, calibration 256 × 2048.",
+    "- Not run (CPU time): α ∝ D^-1/4 with the plan, damping 0.1 / 0.001, the 4.3-bit one-lever rows, "
+    "calibration 256 × 2048.",
     "- At 3.3 bits 0.133 bits/weight are side information (chunk_bits 0.057, Huffman redundancy 0.050, α 0.023, "
     "tables 0.004): the next lever is fewer chunks per row (kernels' layout).",
 ]
