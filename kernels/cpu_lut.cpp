@@ -285,23 +285,23 @@ inline void decode(const uint8_t* p, __m256 w[4]) {
       w[2 + h] = _mm256_cvtepi32_ps(_mm256_srai_epi32(v, 8));
     }
   } else {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    const __m256i nib = _mm256_set1_epi32(15);
-    const __m256 offset = _mm256_set1_ps(static_cast<float>(1 << (BITS - 1)));
+    // u → float32 without a conversion: the bits 0x4B000000 | u are 2^23 + u exactly, and one subtraction
+    // of 2^23 + 2^(bits-1) leaves z (the OR takes any vector pipe; VCVTDQ2PS would compete with the
+    // subtraction for Zen 4's two FP-add pipes)
+    const __m256i nib = _mm256_set1_epi32(15), magic = _mm256_set1_epi32(0x4B000000);
+    const __m256 offset = _mm256_set1_ps(static_cast<float>((1 << 23) + (1 << (BITS - 1))));
     for (int h = 0; h < 2; ++h) {
-      const __m256i v = _mm256_cvtepu8_epi32(h ? _mm_unpackhi_epi64(bytes, bytes) : bytes);
+      const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h)));
       __m256i u0 = _mm256_and_si256(v, nib), u1 = _mm256_srli_epi32(v, 4);
-      if constexpr (BITS == 5) {   // bit 2i + c of the mask is bit 4 of u[i, 2p + c]
-        const __m256i mask = _mm256_set1_epi32(static_cast<int>(load_u32(p + 16)));
-        const __m256i shift = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-        const __m256i sh0 = _mm256_add_epi32(shift, _mm256_set1_epi32(16 * h)), one = _mm256_set1_epi32(1);
-        const __m256i b0 = _mm256_and_si256(_mm256_srlv_epi32(mask, sh0), one);
-        const __m256i b1 = _mm256_and_si256(_mm256_srlv_epi32(mask, _mm256_add_epi32(sh0, one)), one);
-        u0 = _mm256_or_si256(u0, _mm256_slli_epi32(b0, 4));
-        u1 = _mm256_or_si256(u1, _mm256_slli_epi32(b1, 4));
+      if constexpr (BITS == 5) {   // bit 2i + c of the mask is bit 4 of u[i, 2p + c]: the half's 16 bits at 4 .. 19
+        const uint32_t mask = load_u32(p + 16);
+        const __m256i hb = _mm256_set1_epi32(static_cast<int>(h ? mask >> 12 : (mask & 0xFFFF) << 4));
+        const __m256i shift = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), bit4 = _mm256_set1_epi32(16);
+        u0 = _mm256_or_si256(u0, _mm256_and_si256(_mm256_srlv_epi32(hb, shift), bit4));
+        u1 = _mm256_or_si256(u1, _mm256_and_si256(_mm256_srlv_epi32(hb, _mm256_add_epi32(shift, _mm256_set1_epi32(1))), bit4));
       }
-      w[h] = _mm256_sub_ps(_mm256_cvtepi32_ps(u0), offset);
-      w[2 + h] = _mm256_sub_ps(_mm256_cvtepi32_ps(u1), offset);
+      w[h] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(u0, magic)), offset);
+      w[2 + h] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(u1, magic)), offset);
     }
   }
 }
@@ -330,12 +330,13 @@ void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
     for (int c = 0; c < C; ++c)
       for (int h = 0; h < 2; ++h)
         for (int m = 0; m < MB; ++m) part[c][h][m] = _mm256_setzero_ps();
-    for (int64_t k = g0; k < g0 + u.G; k += 2) {
+    const uint8_t* code = u.blk + g0 / 2 * BITS * 4;
+    for (int64_t k = g0; k < g0 + u.G; k += 2, code += BITS * 4) {
       __m256 w[4];
       if (DEC) {
         for (int q = 0; q < 4; ++q) w[q] = _mm256_loadu_ps(d + (k + q / 2) * kRows + 8 * (q % 2));
       } else {
-        decode<BITS>(u.blk + k / 2 * BITS * 4, w);
+        decode<BITS>(code, w);
       }
       for (int m = 0; m < MB; ++m)
         for (int c = 0; c < 2; ++c) {
