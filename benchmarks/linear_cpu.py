@@ -28,7 +28,6 @@ benchmarks/results/linear_cpu.{json,md}; `--ms`/`--kernels` runs a subset into
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import statistics
@@ -119,10 +118,12 @@ def median_ratio(base: list[float], kernel: list[float]) -> float:
 
 
 def make_kernel(cls, spec, isa: str | None):
-    """The chooser's kernel for `spec`; BabaiLutCPU re-pointed at instruction set `isa` (same tensors)."""
+    """The chooser's kernel for `spec`; BabaiLutCPU with instruction set `isa` gets the layout that
+    variant is packed with when it is the host's (HPTQ widths by its own costs, runtime.CPU_COSTS)."""
+    from babai_kernels import cpu_lut
     kernel = cls(spec)
     if isa is not None:
-        kernel.packed = dataclasses.replace(kernel.packed, isa=isa)
+        kernel.packed = cpu_lut.pack(spec.dense_layout(isa=isa), isa)
     return kernel
 
 

@@ -41,8 +41,8 @@ class Format:
     fuse: Callable[[list[dict]], list[dict]]               # siblings -> parts whose outputs concatenate
     validate: Callable[["LinearSpec"], object]             # check every tensor (ValueError naming it);
     # what it decodes stays cached on the spec for the layout
-    layout: Callable[["LinearSpec", int | None], DenseResidual]  # spec, dense bits (None: the format's
-    # default) -> the runtime layout
+    layout: Callable[["LinearSpec", int | None, str], DenseResidual]  # spec, dense bits (None: the format's
+    # default), CPU kernel variant whose costs choose HPTQ's default widths -> the runtime layout
 
 
 def _ssqr_rows(tensors: dict, k: int, config: BabaiCheckpointConfig | None) -> int:
@@ -54,11 +54,12 @@ def _ssqr_rows(tensors: dict, k: int, config: BabaiCheckpointConfig | None) -> i
 
 SSQR = Format("ssqr", TENSOR_NAMES["ssqr"], _ssqr_rows, ssqr_tp.slice_rows, ssqr_tp.slice_cols,
               lambda parts: [ssqr_tp.concat_rows(parts)], lambda spec: spec.ssqr_unpacked(),
-              lambda spec, bits: runtime.from_ssqr(spec.parts[0], spec.ssqr_unpacked()))
+              lambda spec, bits, isa: runtime.from_ssqr(spec.parts[0], spec.ssqr_unpacked()))
 HPTQ = Format("hptq", TENSOR_NAMES["hptq"], lambda t, k, config: hptq_meta(t, k)["out_features"], hptq_tp.slice_rows,
               lambda t, part, parts, layer: hptq_tp.slice_cols(t, part, parts),
               list, lambda spec: spec.hptq_codes(),
-              lambda spec, bits: runtime.from_hptq_codes(spec.hptq_codes(), spec.parts, spec.shape[1], bits))
+              lambda spec, bits, isa: runtime.from_hptq_codes(spec.hptq_codes(), spec.parts, spec.shape[1], bits,
+                                                              isa=isa))
 FORMATS = {f.name: f for f in (SSQR, HPTQ)}
 
 
@@ -85,11 +86,13 @@ class LinearSpec:
             self._cache[key] = build()
         return self._cache[key]
 
-    def dense_layout(self, bits: int | None = None) -> DenseResidual:
+    def dense_layout(self, bits: int | None = None, isa: str | None = None) -> DenseResidual:
         """The runtime layout (dense codes + sparse residual), built on first use. bits: the dense
-        width (HPTQ only; None: a width per 32 rows by the CPU kernel's measured time,
-        runtime.hptq_dense_widths)."""
-        return self.cached(("dense", bits), lambda: FORMATS[self.format].layout(self, bits))
+        width (HPTQ only; None: a width per 32 rows by the measured time of CPU kernel variant `isa`,
+        runtime.hptq_dense_widths; None: the AVX-512 variant's). Layouts `isa` does not change are
+        built once."""
+        isa = isa if isa and self.format == HPTQ.name and bits is None else "avx512"
+        return self.cached(("dense", bits, isa), lambda: FORMATS[self.format].layout(self, bits, isa))
 
     def ssqr_unpacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """SSQR: unpack_ssqr of the (fused) part — (z, scales, perm, outliers), validated — once."""

@@ -31,6 +31,10 @@ WIDTH_ROWS = 32              # HPTQ rows that share one dense width (two 16-row 
 # weights of bandwidth: widths chosen by bytes left HPTQ-4.3's fused qkv at 5 bits with 5 % residual.
 CPU_NS_PER_WEIGHT = {4: 0.049, 5: 0.059, 8: 0.065}
 CPU_NS_PER_ENTRY = 1.64
+# (ns per weight by width, ns per entry) per variant of the kernel (cpu_lut.isa()); the AVX2 + FMA + F16C
+# variant measured the same way, forced on the same box: it decodes codes to float32, where 5 bits cost
+# 1.7x 4 bits (the high bits take their own shifts), so its widths are 4 or 8 bits nearly everywhere.
+CPU_COSTS = {"avx512": (CPU_NS_PER_WEIGHT, CPU_NS_PER_ENTRY), "avx2": ({4: 0.064, 5: 0.111, 8: 0.073}, 1.69)}
 
 
 @dataclass
@@ -129,16 +133,19 @@ def from_ssqr(tensors: dict[str, torch.Tensor], unpacked: tuple | None = None) -
                          None if identity else perm.long(), None)
 
 
-def hptq_dense_widths(z: torch.Tensor) -> tuple[tuple[int, int], ...]:
+def hptq_dense_widths(z: torch.Tensor, isa: str = "avx512") -> tuple[tuple[int, int], ...]:
     """Dense widths for integer codes z (N, K): (rows, bits) runs from the top row, one width (of
-    DENSE_BITS) per WIDTH_ROWS rows, the one the CPU kernel serves fastest: CPU_NS_PER_WEIGHT[b] per
-    weight plus CPU_NS_PER_ENTRY per code outside the b-bit range (a residual entry costs far more
-    time than its 4 bytes; see CPU_NS_PER_WEIGHT)."""
+    DENSE_BITS) per WIDTH_ROWS rows, the one the CPU kernel's variant `isa` serves fastest: its
+    CPU_COSTS ns per weight of width b plus ns per code outside the b-bit range (a residual entry
+    costs far more time than its 4 bytes; see CPU_NS_PER_WEIGHT)."""
+    if isa not in CPU_COSTS:
+        raise ValueError(f"isa: no measured CPU costs for {isa!r}, only for {list(CPU_COSTS)}")
+    ns_weight, ns_entry = CPU_COSTS[isa]
     runs: list[list[int]] = []
     for r0 in range(0, z.shape[0], WIDTH_ROWS):
         rows = z[r0:r0 + WIDTH_ROWS]
         outside = {b: int(((rows < -(1 << (b - 1))) | (rows > (1 << (b - 1)) - 1)).sum()) for b in DENSE_BITS}
-        bits = min(DENSE_BITS, key=lambda b: rows.numel() * CPU_NS_PER_WEIGHT[b] + outside[b] * CPU_NS_PER_ENTRY)
+        bits = min(DENSE_BITS, key=lambda b: rows.numel() * ns_weight[b] + outside[b] * ns_entry)
         if runs and runs[-1][1] == bits:
             runs[-1][0] += rows.shape[0]
         else:
@@ -147,17 +154,17 @@ def hptq_dense_widths(z: torch.Tensor) -> tuple[tuple[int, int], ...]:
 
 
 def from_hptq(parts: list[dict[str, torch.Tensor]], in_features: int, bits: int | None = None,
-              group_size: int = 32) -> DenseResidual:
+              group_size: int = 32, isa: str = "avx512") -> DenseResidual:
     """HPTQ tensors of fused siblings (each with its own scale and code table, docs/format.md §3)
     → one runtime layout with their rows stacked: Z = clamp(z) to `bits` (default: each group of
-    WIDTH_ROWS rows its own width, `hptq_dense_widths`), R = z − Z, S = 1, row_scale = each
-    sibling's scale."""
+    WIDTH_ROWS rows its own width, `hptq_dense_widths` by the costs of CPU kernel variant `isa`),
+    R = z − Z, S = 1, row_scale = each sibling's scale."""
     codes = [decode_hptq(tensors, in_features) for tensors in parts]
-    return from_hptq_codes(codes, parts, in_features, bits, group_size)
+    return from_hptq_codes(codes, parts, in_features, bits, group_size, isa)
 
 
 def from_hptq_codes(codes: list[torch.Tensor], parts: list[dict[str, torch.Tensor]], in_features: int,
-                    bits: int | None = None, group_size: int = 32) -> DenseResidual:
+                    bits: int | None = None, group_size: int = 32, isa: str = "avx512") -> DenseResidual:
     """`from_hptq` with each part's codes (N_part, K) already decoded (decode_hptq)."""
     row_scales = []
     for tensors in parts:
@@ -167,7 +174,7 @@ def from_hptq_codes(codes: list[torch.Tensor], parts: list[dict[str, torch.Tenso
     z = torch.cat(codes)
     if bits is not None and bits not in DENSE_BITS:
         raise ValueError(f"bits: dense width {bits} not in {list(DENSE_BITS)}")
-    widths = ((z.shape[0], bits),) if bits else hptq_dense_widths(z)
+    widths = ((z.shape[0], bits),) if bits else hptq_dense_widths(z, isa)
     row_bits = torch.cat([torch.full((n, 1), b) for n, b in widths])
     dense = z.clamp(-(1 << (row_bits - 1)), (1 << (row_bits - 1)) - 1)
     if in_features % group_size:

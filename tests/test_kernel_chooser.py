@@ -163,6 +163,24 @@ def test_cpu_resident_bytes_count_the_per_column_steps():
         assert kernel.resident_bytes() == BabaiLutCPU(plain).resident_bytes() + 64 * 4
 
 
+def test_cpu_kernel_packs_the_layout_of_its_variant():
+    """HPTQ's widths per 32 rows follow the measured costs of the variant that runs (runtime.CPU_COSTS):
+    rows needing 5 bits get 5 for AVX-512 and 8 for AVX2; BabaiLutCPU packs its own variant's layout,
+    the spec builds each layout once per variant, and one of an explicit width only once."""
+    from babai_kernels.choices.cpu import BabaiLutCPU
+    from babai_kernels.layer_spec import LinearSpec
+    g = torch.Generator().manual_seed(3)
+    tensors = encode_hptq(torch.randint(-12, 12, (32, 64), generator=g, dtype=torch.int32), 0.01, 32)
+    spec = LinearSpec("hptq", None, (32, 64), torch.bfloat16, torch.device("cpu"), [tensors])
+    assert spec.dense_layout().bits == 5 and spec.dense_layout(isa="avx2").bits == 8
+    assert spec.dense_layout(isa="avx2") is spec.dense_layout(isa="avx2")
+    assert spec.dense_layout(5, isa="avx2") is spec.dense_layout(5)
+    if BabaiLutCPU.can_implement(spec)[0]:
+        kernel = BabaiLutCPU(spec)
+        assert kernel.variant == kernel.packed.isa == cpu_lut.isa()
+        assert kernel.packed.block_bits.tolist() == [spec.dense_layout(isa=kernel.variant).bits] * 2
+
+
 def test_old_triton_dense_route_memory_is_logged_not_hidden(checkpoints, monkeypatch, caplog):
     """HPTQ-3.3 on a Triton without Gluon: the 4-bit SSQR form, its resident bits in the log line."""
     monkeypatch.setattr(hptq_prepare, "gluon_available", lambda: False)

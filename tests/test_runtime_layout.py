@@ -47,28 +47,34 @@ def test_hptq_transcode_reproduces_the_checkpoint_bit_for_bit():
         assert torch.equal(runtime.dequantize(layout), expected)
 
 
-def _cpu_cost(z, bits):
-    """The CPU kernel's modelled time (ns) of codes z at one dense width (runtime's constants)."""
+def _cpu_cost(z, bits, isa="avx512"):
+    """The CPU kernel variant's modelled time (ns) of codes z at one dense width (runtime's constants)."""
+    ns_weight, ns_entry = runtime.CPU_COSTS[isa]
     outside = ((z < -(1 << (bits - 1))) | (z > (1 << (bits - 1)) - 1)).sum()
-    return z.numel() * runtime.CPU_NS_PER_WEIGHT[bits] + int(outside) * runtime.CPU_NS_PER_ENTRY
+    return z.numel() * ns_weight[bits] + int(outside) * ns_entry
 
 
-def test_hptq_dense_widths_take_the_fastest_width_per_group_of_rows():
-    """Each group of 32 rows gets the width of least modelled CPU time (brute force over the widths
-    here); equal neighbours merge into one run; a width shared by every row leaves widths None."""
+@pytest.mark.parametrize("isa, first_three", [("avx512", [4, 8, 5]), ("avx2", [4, 8, 8])])
+def test_hptq_dense_widths_take_the_fastest_width_per_group_of_rows(isa, first_three):
+    """Each group of 32 rows gets the width of least modelled CPU time of the kernel variant (brute
+    force over the widths here); equal neighbours merge into one run; a width shared by every row
+    leaves widths None. The AVX2 variant's 5-bit codes cost more than its 8-bit ones (runtime.CPU_COSTS):
+    rows that need 5 bits take 8 there."""
     z = torch.zeros(128 + 16, 64, dtype=torch.int64)
-    assert runtime.hptq_dense_widths(z) == ((144, 4),)
+    assert runtime.hptq_dense_widths(z, isa) == ((144, 4),)
     z[32:64, :40] = 20                                   # 62 % outside 5 bits: 8
     z[64:96, :40] = 12                                   # 62 % outside 4 bits, inside 5: 5
     z[96:128, 0] = 20                                    # one code a row outside 4 bits
     z[128:, :3] = 100                                    # 16-row tail, 3 codes a row outside 5 bits
-    expected = [min(runtime.DENSE_BITS, key=lambda b: _cpu_cost(z[r:r + 32], b)) for r in range(0, 144, 32)]
-    runs = runtime.hptq_dense_widths(z)
+    expected = [min(runtime.DENSE_BITS, key=lambda b: _cpu_cost(z[r:r + 32], b, isa)) for r in range(0, 144, 32)]
+    runs = runtime.hptq_dense_widths(z, isa)
     rows_bits = [b for n, b in runs for _ in range(n)]
     assert len(rows_bits) == 144
     assert [rows_bits[r] for r in range(0, 144, 32)] == expected
-    assert expected[:3] == [4, 8, 5]
+    assert expected[:3] == first_three
     assert all(a[1] != b[1] for a, b in zip(runs, runs[1:]))   # merged
+    with pytest.raises(ValueError, match="no measured CPU costs for 'neon'"):
+        runtime.hptq_dense_widths(z, "neon")
 
 
 def test_hptq_layout_with_several_widths_reproduces_the_checkpoint():

@@ -9,12 +9,20 @@ from babai_kernels.choices.base import BabaiKernel, DenseResidualKernel, tensor_
 from babai_kernels.layer_spec import LinearSpec
 
 
-def dense_cpu_reason(spec: LinearSpec, bits: tuple[int, ...]) -> str | None:
-    """Why a bf16 CPU kernel over `bits`-bit dense codes cannot serve `spec` (builds the layout)."""
+def cpu_reason(spec: LinearSpec) -> str | None:
+    """Why a bf16 CPU kernel cannot serve `spec` (device, activation dtype)."""
     if spec.device.type != "cpu":
         return f"CPU only, the layer is on {spec.device}"
     if spec.act_dtype != torch.bfloat16:
         return f"needs bfloat16 activations, the model runs {spec.act_dtype}"
+    return None
+
+
+def dense_cpu_reason(spec: LinearSpec, bits: tuple[int, ...]) -> str | None:
+    """Why a bf16 CPU kernel over `bits`-bit dense codes cannot serve `spec` (builds the layout)."""
+    reason = cpu_reason(spec)
+    if reason is not None:
+        return reason
     layout = spec.dense_layout()
     if layout.bits not in bits:
         return f"serves {list(bits)}-bit dense codes, the layout has {layout.bits}"
@@ -30,16 +38,17 @@ class BabaiLutCPU(BabaiKernel):
 
     @classmethod
     def can_implement(cls, spec):
-        reason = dense_cpu_reason(spec, cpu_lut.BITS)
+        reason = cpu_reason(spec)
         if reason is None:
             reason = cpu_lut.load()[1]
         if reason is None:
-            reason = cpu_lut.check_layout(spec.dense_layout())
+            reason = cpu_lut.check_layout(spec.dense_layout(isa=cpu_lut.isa()))
         return reason is None, reason
 
     def __init__(self, spec: LinearSpec):
-        self.packed = cpu_lut.pack(spec.dense_layout())
-        self.variant = self.packed.isa            # "avx512" (AVX-512 BF16) or "avx2" (AVX2 + FMA + F16C)
+        # the variant's own layout: HPTQ's widths per 32 rows follow its measured costs (runtime.CPU_COSTS)
+        self.variant = cpu_lut.isa()              # "avx512" (AVX-512 BF16) or "avx2" (AVX2 + FMA + F16C)
+        self.packed = cpu_lut.pack(spec.dense_layout(isa=self.variant), self.variant)
 
     def apply(self, x, bias):
         return cpu_lut.lut_linear(self.packed, x, bias)
