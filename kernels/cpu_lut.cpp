@@ -357,6 +357,13 @@ void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
   }
 }
 
+// out (n) float32 = x (n) bfloat16, n a multiple of 8 (exact: the bits in the upper half).
+void widen(const uint16_t* x, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                  _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))), 16)));
+}
+
 inline __m128i to_bf16(__m256 v) {   // round to nearest even; NaN → 0x7FC0
   const __m256i b = _mm256_castps_si256(v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
@@ -776,7 +783,8 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     const int64_t mc = std::min(kChunkM, M - c0);
     const at::Tensor xc = xp.narrow(0, c0, mc);
     // avx512 reads x as bf16 pairs; avx2 as float32. The residual reads xᵀ (K, ldt) float32, zero-padded.
-    const at::Tensor xf = wide ? xc : xc.to(at::kFloat).contiguous();
+    std::vector<float> xf(wide ? 0 : mc * K);
+    if (!wide) y::widen(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), mc * K, xf.data());
     const int64_t ldt = (mc + 7) / 8 * 8;
     at::Tensor xt;
     if (nnz) {
@@ -784,8 +792,8 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
       transpose_x(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), mc, K, ldt, xt.data_ptr<float>());
     }
     const float* xtp = nnz ? xt.data_ptr<float>() : nullptr;
-    const char* xin = static_cast<const char*>(xf.data_ptr());
-    const int64_t xrow = K * xf.element_size();
+    const char* xin = wide ? static_cast<const char*>(xc.data_ptr()) : reinterpret_cast<const char*>(xf.data());
+    const int64_t xrow = K * (wide ? 2 : 4);
     const bool dec = mc >= predecode_from;
     const StoreFn store = wide ? z::store : y::store;
 
