@@ -139,7 +139,7 @@ def crossover(spec, x_of, rounds: int, target_ms: float) -> dict:
     each: µs of both paths per M, and the smallest M from which the second is faster at every larger M
     measured (None: never)."""
     from babai_kernels import cpu_lut
-    packed = cpu_lut.pack(spec.dense_layout())
+    packed = cpu_lut.pack(spec.dense_layout(isa=cpu_lut.isa()))
     out = {}
     for switch, (ms, below, above) in SWITCHES.items():
         rows = {}

@@ -53,10 +53,13 @@ BUILD_ISA = "avx2"
 # in-register decode costs more than 5 bits', as 5).
 PREDECODE_FROM = {4: 64, 5: 32, 8: 32}
 # Rows of x from which the op dequantizes tiles of rows to bfloat16 (each weight rounded once, as the
-# bf16 model's own) and runs PyTorch's bf16 GEMM on them, by whether the layout has group scales: the
-# crossovers measured in benchmarks/results/linear_cpu.md (SSQR-w4: 256 on every shape; HPTQ-4.3/3.3:
-# 512, gate_up 1024 within 1-3 % at 512).
-DENSE_FROM = {"group scales": 256, "no group scales": 512}
+# bf16 model's own) and runs PyTorch's bf16 GEMM on them, by variant and by whether the layout has group
+# scales: the crossovers measured in benchmarks/results/linear_cpu.md (avx512: SSQR-w4 256 on every shape;
+# HPTQ-4.3/3.3 512, gate_up 1024 within 1-3 % at 512). avx2 (float32 FMA, forced on the same box,
+# 2026-12-05): 32 for every shape of the three layouts, the GEMM 1.08-1.28x faster there, 0.68-0.83x at 16;
+# its predecoding (PREDECODE_FROM) thus never runs at the default crossovers.
+DENSE_FROM = {"avx512": {"group scales": 256, "no group scales": 512},
+              "avx2": {"group scales": 32, "no group scales": 32}}
 
 
 def host_features() -> frozenset[str]:
@@ -158,7 +161,7 @@ class LutPacked:
     group_size: int
     predecode_from: int       # rows of x from which codes are decoded once per chunk: PREDECODE_FROM of
     # the width most blocks have
-    dense_from: int           # rows of x from which tiles are dequantized for PyTorch's GEMM (DENSE_FROM)
+    dense_from: int           # rows of x from which tiles are dequantized for PyTorch's GEMM (DENSE_FROM[isa])
     isa: str = "auto"         # "avx512" or "avx2"
 
     def tensors(self) -> list[torch.Tensor]:
@@ -268,6 +271,7 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
         raise RuntimeError(f"babai CPU kernel: {why}")
     if isa is not None and choose_isa(host_features(), isa)[0] != isa:
         raise RuntimeError(f"babai CPU kernel: {choose_isa(host_features(), isa)[1]}")
+    isa = isa or _state["isa"]
     group = k if layout.one_scale_per_row else layout.group_size
     scales = layout.scales[:, :1] if group == k else layout.scales
     scales = scales.new_empty(0) if group == k and bool((scales == 1).all()) else scales
@@ -287,7 +291,7 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
                      torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
                      row_scale.float().contiguous(), group,
                      PREDECODE_FROM[max(BITS, key=lambda b: int((block_bits == b).sum()))],
-                     DENSE_FROM["group scales" if scales.numel() else "no group scales"], isa or _state["isa"])
+                     DENSE_FROM[isa]["group scales" if scales.numel() else "no group scales"], isa)
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
@@ -295,7 +299,7 @@ def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
     """x (M, K) bfloat16 in original column order → (M, N) bfloat16. predecode_from: rows of x from which
     codes are decoded once per chunk (default: PREDECODE_FROM of the layout's most common width);
     dense_from: rows of x from which tiles of rows are dequantized to bf16 for PyTorch's GEMM (default:
-    DENSE_FROM of the layout)."""
+    DENSE_FROM of the variant and layout)."""
     return torch.ops.babai_cpu.lut_linear(x, p.packed, p.block_bits, p.scales, p.group_size, p.perm, p.col_scale,
                                           p.offsets, p.cols, p.vals, p.row_scale,
                                           x.new_empty(0) if bias is None else bias, p.isa,

@@ -148,6 +148,19 @@ def test_dense_path_is_pytorch_bf16_linear_on_the_weights_rounded_once(isa, bits
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("group", [32, None])
+def test_default_dispatch_takes_the_dense_path_from_the_variants_crossover(isa, group):
+    """A packed layout carries its variant's DENSE_FROM (by group scales or none): from that many rows the
+    default call is the dense path bit for bit, one row fewer the codes' path."""
+    layout = _layout(32, 128, 4, group or 128, seed=5, row_scale=group is None)
+    packed = cpu_lut.pack(layout, isa)
+    assert packed.dense_from == cpu_lut.DENSE_FROM[isa]["group scales" if group else "no group scales"]
+    x = torch.randn(packed.dense_from, 128, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    assert torch.equal(cpu_lut.lut_linear(packed, x), cpu_lut.lut_linear(packed, x, dense_from=1))
+    assert torch.equal(cpu_lut.lut_linear(packed, x[1:]), cpu_lut.lut_linear(packed, x[1:], dense_from=NEVER))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_empty_residual_and_empty_batch(isa):
     layout = _layout(32, 64, 4, 32, seed=1, rate=0.0)
     assert layout.residual.nnz == 0
