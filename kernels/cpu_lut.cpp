@@ -369,13 +369,18 @@ void widen(const uint16_t* x, int64_t n, float* out) {
                                   _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))), 16)));
 }
 
-inline __m128i to_bf16(__m256 v) {   // round to nearest even; NaN → 0x7FC0
+// v rounded to bfloat16 (nearest even; NaN → 0x7FC0) in the upper 16 bits of each lane, zeros below.
+inline __m256i round_bf16(__m256 v) {
   const __m256i b = _mm256_castps_si256(v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)), 16);
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-  return _mm256_castsi256_si128(packed);
+  const __m256i r = _mm256_and_si256(_mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)),
+                                     _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)));
+  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC00000), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+}
+
+inline __m128i to_bf16(__m256 v) {   // 8 bfloat16
+  const __m256i r = _mm256_srli_epi32(round_bf16(v), 16);
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
 }
 
 void store(const float* tile, int mb, int rows, const float* s, const float* c, uint16_t* y, int64_t ldy) {
@@ -506,6 +511,9 @@ inline void add_block_residual(const int32_t* off, const uint16_t* col, const at
 
 namespace y {
 
+// f = S ⊙ Z + R (K, 16) float32; then per 8 pairs of columns and half of the rows: times the row scale,
+// rounded to bf16 pairs (lane j: row j, columns 2p and 2p + 1), an 8 × 8 transpose of the pairs, 32-byte
+// stores per row.
 template <int BITS>
 void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0,
                       const float* rs, float* f, uint16_t* w, int64_t ldw) {
@@ -520,15 +528,31 @@ void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, co
     }
   }
   add_block_residual(off, col, val, row0, f);
-  for (int64_t k0 = 0; k0 < u.K; k0 += 8)
+  const int64_t pairs = u.K / 2;
+  for (int64_t p0 = 0; p0 < pairs; p0 += 8) {
+    const int n = static_cast<int>(std::min<int64_t>(8, pairs - p0));
     for (int h = 0; h < 2; ++h) {
-      __m256 t[8];
-      for (int i = 0; i < 8; ++i) t[i] = _mm256_loadu_ps(f + (k0 + i) * kRows + 8 * h);
+      const __m256 r = _mm256_loadu_ps(rs + 8 * h);
+      __m256 t[8];   // t[q] lane j: row 8h + j, columns 2(p0 + q) and 2(p0 + q) + 1 as a bf16 pair
+      for (int q = 0; q < 8; ++q) {
+        const float* fk = f + 2 * (p0 + std::min(q, n - 1)) * kRows + 8 * h;   // past n: a repeat, not stored
+        t[q] = _mm256_castsi256_ps(_mm256_or_si256(
+            _mm256_srli_epi32(round_bf16(_mm256_mul_ps(_mm256_loadu_ps(fk), r)), 16),
+            round_bf16(_mm256_mul_ps(_mm256_loadu_ps(fk + kRows), r))));
+      }
       transpose8(t);
-      for (int r = 0; r < 8; ++r)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(w + (8 * h + r) * ldw + k0),
-                         to_bf16(_mm256_mul_ps(t[r], _mm256_set1_ps(rs[8 * h + r]))));
+      for (int i = 0; i < 8; ++i) {   // VPMASKMOVD stores are microcoded on AMD: the last < 8 pairs by memcpy
+        uint16_t* wi = w + (8 * h + i) * ldw + 2 * p0;
+        if (n == 8) {
+          _mm256_storeu_ps(reinterpret_cast<float*>(wi), t[i]);
+        } else {
+          alignas(32) float row[8];
+          _mm256_store_ps(row, t[i]);
+          std::memcpy(wi, row, 4 * n);
+        }
+      }
     }
+  }
 }
 
 DequantizeFn pick_dequantize(int bits) {
