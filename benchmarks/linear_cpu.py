@@ -154,10 +154,10 @@ def crossover(spec, x_of, rounds: int, target_ms: float) -> dict:
     return out
 
 
-def width_costs(rounds: int, target_ms: float, n: int = 960, k: int = 576) -> dict:
-    """The CPU kernel's time per dense weight by width and per residual entry (runtime.CPU_NS_PER_*, the
-    cost by which HPTQ rows get their dense width) at M = 1 and 8: random (n, k) codes with no residual
-    and with 5 % of the weights as residual entries, ns = µs difference / entries."""
+def width_costs(rounds: int, target_ms: float, isa: str, n: int = 960, k: int = 576) -> dict:
+    """The CPU kernel variant `isa`'s time per dense weight by width and per residual entry
+    (runtime.CPU_COSTS[isa], the cost by which HPTQ rows get their dense width) at M = 1 and 8: random
+    (n, k) codes with no residual and with 5 % of the weights as residual entries, ns = µs difference / entries."""
     from babai_kernels import cpu_lut, runtime
     g = torch.Generator().manual_seed(0)
     out = {}
@@ -170,14 +170,14 @@ def width_costs(rounds: int, target_ms: float, n: int = 960, k: int = 576) -> di
                 r = torch.where(torch.rand(n, k, generator=g) < rate, torch.randint(-40, 40, (n, k), generator=g), 0)
                 layout = runtime.DenseResidual(codes, bits, torch.ones(n, 1), runtime.Residual.from_dense(r.float()),
                                                None, torch.rand(n, generator=g))
-                packed = cpu_lut.pack(layout)
+                packed = cpu_lut.pack(layout, isa)
                 fns[(bits, rate)] = lambda packed=packed: cpu_lut.lut_linear(packed, x)
                 entries[bits] = layout.residual.nnz
         t = {key: statistics.median(us) for key, us in rounds_us(fns, rounds, target_ms).items()}
         weight = {b: t[(b, 0.0)] / (n * k) * 1e3 for b in runtime.DENSE_BITS}
         entry = statistics.mean((t[(b, 0.05)] - t[(b, 0.0)]) / entries[b] * 1e3 for b in runtime.DENSE_BITS)
         out[m] = {"ns_per_weight": weight, "ns_per_entry": entry}
-    out["model"] = {"ns_per_weight": runtime.CPU_NS_PER_WEIGHT, "ns_per_entry": runtime.CPU_NS_PER_ENTRY}
+    out["model"] = dict(zip(("ns_per_weight", "ns_per_entry"), runtime.CPU_COSTS[isa]))
     return out
 
 
@@ -226,7 +226,8 @@ def main(argv=None) -> int:
                 if row in specs:
                     crossovers.setdefault(row, {})[fused] = crossover(specs[row][0][fused], x_of, args.rounds, args.target_ms)
         print(f"{fused} {n}x{k} done", flush=True)
-    costs = {} if args.no_crossover else width_costs(args.rounds, args.target_ms)
+    variants = [isa for isa in cpu_lut.ISA_FEATURES if cpu_lut.choose_isa(cpu_lut.host_features(), isa)[0] == isa]
+    costs = {} if args.no_crossover else {isa: width_costs(args.rounds, args.target_ms, isa) for isa in variants}
     step = {name: {m: layers * sum(t[m] for t in per.values()) / 1000 for m in args.ms} for name, per in times.items()}
     complete = list(args.ms) == list(MS) and list(cases) == list(CASES) and not args.no_crossover
     command = "python -m benchmarks.linear_cpu" + (f" --threads {args.threads}" if args.threads != 1 else "")
@@ -298,15 +299,15 @@ def markdown(r: dict) -> str:
                 out.append(f"| {row} | {fused} | " + " | ".join(f"{c['by_m'][m]['speedup']:.2f}" for m in c["by_m"])
                            + f" | {c['crossover_m']} |")
     if r.get("width_costs"):
-        c = r["width_costs"]
-        out += ["", "## Dense width cost (BabaiLutCPU, default instruction set; HPTQ's width per 32 rows)", "",
+        out += ["", "## Dense width cost (BabaiLutCPU per instruction set; HPTQ's width per 32 rows)", "",
                 "ns per dense weight by width and per residual entry (960x576 random codes, 0 and 5 % residual); "
-                "model: runtime.CPU_NS_PER_WEIGHT / CPU_NS_PER_ENTRY.", "",
-                "| M | 4-bit | 5-bit | 8-bit | residual entry | entry / 5-bit weight |", "|---|---|---|---|---|---|"]
-        for m, v in c.items():
-            w = {int(b): t for b, t in v["ns_per_weight"].items()}
-            out.append(f"| {m} | {w[4]:.4f} | {w[5]:.4f} | {w[8]:.4f} | {v['ns_per_entry']:.3f} | "
-                       f"{v['ns_per_entry'] / w[5]:.0f} |")
+                "model: runtime.CPU_COSTS of the variant.", "",
+                "| variant | M | 4-bit | 5-bit | 8-bit | residual entry | entry / 5-bit weight |", "|---|---|---|---|---|---|---|"]
+        for isa, c in r["width_costs"].items():
+            for m, v in c.items():
+                w = {int(b): t for b, t in v["ns_per_weight"].items()}
+                out.append(f"| {isa} | {m} | {w[4]:.4f} | {w[5]:.4f} | {w[8]:.4f} | {v['ns_per_entry']:.3f} | "
+                           f"{v['ns_per_entry'] / w[5]:.0f} |")
     return "\n".join(out) + "\n"
 
 
