@@ -27,8 +27,9 @@
 //   avx2 (+ FMA, F16C): codes → exact float32, 16 rows × 1 column in two ymm, FMA with up to 4 rows of x
 //     (x converted to float32 once per call).
 // Products are exact in both (small integers × bfloat16), sums float32; per group the partial sums are
-// scaled once. Then R is added row by row (CSR), row scale and bias applied, and the result rounded
-// once to bfloat16 (round to nearest even).
+// scaled once. Then R is added (CSR: entry by entry into the tile for passes of ≤ kSparseM rows of x,
+// else row by row over xᵀ), row scale and bias applied, and the result rounded once to bfloat16 (round
+// to nearest even).
 //
 // Dispatch by M: rows of x are taken in chunks of kChunkM (bounding the transient buffers: xᵀ in
 // float32 for the residual, and x in float32 for avx2; per thread the residual of its 32 rows over the
@@ -59,6 +60,7 @@ constexpr int kRows = 16;        // output rows per block
 constexpr int kTile = 32;        // tile row stride (floats): up to 2 blocks
 constexpr int kMaxMB = 8;        // activation rows per pass (avx512; avx2 takes 4)
 constexpr int64_t kChunkM = 64;  // activation rows per outer chunk (xᵀ of a chunk stays in L2 for K ≤ 1536)
+constexpr int64_t kSparseM = 4;  // chunks of at most this many rows add the residual entry by entry
 
 // The message is built only on failure (a per-call check must not allocate strings).
 #define BABAI_CHECK(ok, ...) TORCH_CHECK(ok, "babai_cpu::lut_linear: ", __VA_ARGS__)
@@ -428,6 +430,24 @@ void residual_rows(const int32_t* off, const uint16_t* col, const at::Half* val,
   }
 }
 
+// tile[m][r] += Σ_e val[e] · x[m][col[e]] over the CSR entries of rows row0 .. row0 + rows − 1, for mb rows
+// of x (bfloat16, stored order, row stride K): entry by entry, nothing for a row without entries. For
+// passes of few rows of x (kSparseM): the per-row pass below (xᵀ, then an 8 × 8 transpose per 8 rows)
+// cost ~10 ns per row of the layer at M = 1 whether or not the row had entries (HPTQ-4.3: ~20 % of the op).
+void add_residual_sparse(const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0, int rows,
+                         const uint16_t* x, int64_t K, int mb, float* tile) {
+  for (int r = 0; r < rows; ++r)
+    for (int32_t e = off[row0 + r], e1 = off[row0 + r + 1]; e < e1; ++e) {
+      const float v = static_cast<float>(val[e]);
+      for (int m = 0; m < mb; ++m) {
+        const uint32_t bits = static_cast<uint32_t>(x[m * K + col[e]]) << 16;
+        float xv;
+        std::memcpy(&xv, &bits, sizeof xv);
+        tile[m * kTile + r] += v * xv;
+      }
+    }
+}
+
 // v[i] (row i of an 8 × 8 block) → v[i] = column i.
 inline void transpose8(__m256 v[8]) {
   __m256 t[8], u[8];
@@ -623,24 +643,29 @@ void check_csr(const at::Tensor& offsets, const at::Tensor& cols, const at::Tens
   BABAI_CHECK(nnz == 0 || top < K, "residual column ", top, " is out of range for K = ", K);
 }
 
+// d[j] = s[p[j]] for j < K: 16-bit copies, kept scalar (no-tree-vectorize): on Zen 4 a scalar load and
+// store per element is ~2x faster than 8-wide 32-bit gathers (measured: SSQR down_proj, M = 1024, the
+// gathers were 10 % of the op).
+__attribute__((optimize("no-tree-vectorize"))) void permute_row(const uint16_t* s, const int32_t* p, int64_t K,
+                                                                uint16_t* d) {
+  for (int64_t j = 0; j < K; ++j) d[j] = s[p[j]];
+}
+
 // xs[m][j] = bf16(x[m][p(j)] · α[p(j)]): x (M, K) contiguous in stored order (p = perm, the identity
 // when empty; entries within [0, K), checked by the caller), scaled by col_scale α (K) float32 in
 // original order (1 when empty) and rounded once to bfloat16 as runtime.scale_input does; x itself
-// when both are empty. The permutation gathers 8 columns at a time (32-bit gathers at byte 2·p(j) − 2,
-// the element in the upper half, or at 0 for p(j) = 0: never past the row), ~2x the scalar copy.
+// when both are empty.
 at::Tensor prepare_x(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& col_scale) {
   if (!perm.numel() && !col_scale.numel()) return x;
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor xs = at::empty_like(x);
   const int64_t* pi = perm.numel() ? perm.data_ptr<int64_t>() : nullptr;
   const float* alpha = col_scale.numel() ? col_scale.data_ptr<float>() : nullptr;
-  std::vector<float> a(K, 1.0f);             // α in stored order
-  std::vector<int32_t> at_byte(K), shift(K);   // where column p(j)'s gather reads, and its shift
+  std::vector<float> a(alpha ? K : 0);    // α in stored order
+  std::vector<int32_t> p(pi ? K : 0);
   for (int64_t j = 0; j < K; ++j) {
-    const int64_t c = pi ? pi[j] : j;
-    if (alpha) a[j] = alpha[c];
-    at_byte[j] = static_cast<int32_t>(c > 0 ? 2 * c - 2 : 0);
-    shift[j] = c > 0 ? 16 : 0;
+    if (pi) p[j] = static_cast<int32_t>(pi[j]);
+    if (alpha) a[j] = alpha[pi ? pi[j] : j];
   }
   const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   uint16_t* dst = reinterpret_cast<uint16_t*>(xs.data_ptr<at::BFloat16>());
@@ -648,23 +673,15 @@ at::Tensor prepare_x(const at::Tensor& x, const at::Tensor& perm, const at::Tens
     for (int64_t m = m0; m < m1; ++m) {
       const uint16_t* s = src + m * K;
       uint16_t* d = dst + m * K;
+      if (pi) {
+        permute_row(s, p.data(), K, d);
+        s = d;
+      }
+      if (!alpha) continue;
       for (int64_t j = 0; j < K; j += 8) {   // K is a multiple of 8
-        __m256i v;                            // bf16 bits in the low half of each 32-bit lane
-        if (pi) {
-          const __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(s),
-                                                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&at_byte[j])), 1);
-          v = _mm256_and_si256(_mm256_srlv_epi32(g, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&shift[j]))),
-                               _mm256_set1_epi32(0xFFFF));
-        } else {
-          v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j)));
-        }
-        __m128i out;
-        if (alpha) {
-          out = y::to_bf16(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(&a[j])));
-        } else {
-          out = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0x08));
-        }
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + j), out);
+        const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + j),
+                         y::to_bf16(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(&a[j]))));
       }
     }
   });
@@ -777,12 +794,14 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     // avx512 reads x as bf16 pairs; avx2 as float32. The residual reads xᵀ (K, ldt) float32, zero-padded.
     const at::Tensor xf = wide ? xc : xc.to(at::kFloat).contiguous();
     const int64_t ldt = (mc + 7) / 8 * 8;
+    const bool sparse = mc <= kSparseM;   // residual: entry by entry into the tile, or per row over xᵀ
+    const uint16_t* xcb = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
     at::Tensor xt;
-    if (nnz) {
+    if (nnz && !sparse) {
       xt = at::empty({K, ldt}, xc.options().dtype(at::kFloat));
       transpose_x(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), mc, K, ldt, xt.data_ptr<float>());
     }
-    const float* xtp = nnz ? xt.data_ptr<float>() : nullptr;
+    const float* xtp = xt.defined() ? xt.data_ptr<float>() : nullptr;
     const char* xin = static_cast<const char*>(xf.data_ptr());
     const int64_t xrow = K * xf.element_size();
     const bool dec = mc >= predecode_from;
@@ -792,14 +811,14 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
       alignas(64) float tile[kMaxMB * kTile];
       alignas(64) float s[kTile], c[kTile];
       std::vector<uint8_t> buf(dec ? dec_bytes + 64 : 0);
-      std::vector<float> res(nnz ? kTile * ldt + 8 : 0);
+      std::vector<float> res(nnz && !sparse ? kTile * ldt + 8 : 0);
       void* dbuf = dec ? buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64 : nullptr;
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t b = first[u];
         const int nbk = static_cast<int>(first[u + 1] - b), rows = nbk * kRows, w = bits[b];
         const Unit unit{pk + boff[b], boff[b + 1] - boff[b], sc ? sc + b * sc_block : nullptr, sc_block, K, G};
         if (dec) (wide ? (nbk == 2 ? z::pick_decode<2>(w) : z::pick_decode<1>(w)) : y::pick_decode(w))(unit, dbuf);
-        if (nnz) residual_rows(off, col, val, b * kRows, rows, xtp, ldt, res.data());
+        if (nnz && !sparse) residual_rows(off, col, val, b * kRows, rows, xtp, ldt, res.data());
         for (int j = 0; j < rows; ++j) {
           const int64_t row = b * kRows + j;
           s[j] = rs ? (block_scale ? rs[row / kRows] : rs[row]) : 1.0f;
@@ -810,7 +829,8 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
           const DotsFn f = wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
                                 : y::pick_dots(w, mb, dec);
           f(unit, dbuf, xin + m0 * xrow, tile);
-          if (nnz) add_residual(res.data(), rows, ldt, m0, mb, tile);
+          if (nnz && sparse) add_residual_sparse(off, col, val, b * kRows, rows, xcb + m0 * K, K, mb, tile);
+          if (nnz && !sparse) add_residual(res.data(), rows, ldt, m0, mb, tile);
           store(tile, mb, rows, s, c, yo + (c0 + m0) * N + b * kRows, N);
         }
       }
