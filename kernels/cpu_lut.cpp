@@ -27,8 +27,8 @@
 //   avx2 (+ FMA, F16C): codes → exact float32, 16 rows × 1 column in two ymm, FMA with up to 4 rows of x
 //     (x converted to float32 once per call).
 // Products are exact in both (small integers × bfloat16), sums float32; per group the partial sums are
-// scaled once. Then R is added (CSR: entry by entry into the tile for passes of ≤ kSparseM rows of x,
-// else row by row over xᵀ), row scale and bias applied, and the result rounded once to bfloat16 (round
+// scaled once. Then R is added (CSR: entry by entry into the tile when entries × rows of x are few,
+// kSparseRatio; else row by row over xᵀ), row scale and bias applied, and the result rounded once to bfloat16 (round
 // to nearest even).
 //
 // Dispatch by M: rows of x are taken in chunks of kChunkM (bounding the transient buffers: xᵀ in
@@ -60,7 +60,11 @@ constexpr int kRows = 16;        // output rows per block
 constexpr int kTile = 32;        // tile row stride (floats): up to 2 blocks
 constexpr int kMaxMB = 8;        // activation rows per pass (avx512; avx2 takes 4)
 constexpr int64_t kChunkM = 64;  // activation rows per outer chunk (xᵀ of a chunk stays in L2 for K ≤ 1536)
-constexpr int64_t kSparseM = 4;  // chunks of at most this many rows add the residual entry by entry
+// The residual entry by entry costs ~0.65 ns per entry and row of x, the per-row pass ~5-10 ns per row of
+// the layer + ~0.24 ns per entry and row of x (AVX-512 host, SSQR-w4/HPTQ-4.3 layers at M = 1 … 16): a chunk
+// of mc rows takes the entry-by-entry way while mc · nnz ≤ kSparseRatio · N (measured: HPTQ-4.3 gate_up
+// 3072x576 with 2,287 entries gains at M = 8 (199 → 184 µs) and loses at M = 16 (340 → 348 µs)).
+constexpr int64_t kSparseRatio = 10;
 
 // The message is built only on failure (a per-call check must not allocate strings).
 #define BABAI_CHECK(ok, ...) TORCH_CHECK(ok, "babai_cpu::lut_linear: ", __VA_ARGS__)
@@ -431,9 +435,9 @@ void residual_rows(const int32_t* off, const uint16_t* col, const at::Half* val,
 }
 
 // tile[m][r] += Σ_e val[e] · x[m][col[e]] over the CSR entries of rows row0 .. row0 + rows − 1, for mb rows
-// of x (bfloat16, stored order, row stride K): entry by entry, nothing for a row without entries. For
-// passes of few rows of x (kSparseM): the per-row pass below (xᵀ, then an 8 × 8 transpose per 8 rows)
-// cost ~10 ns per row of the layer at M = 1 whether or not the row had entries (HPTQ-4.3: ~20 % of the op).
+// of x (bfloat16, stored order, row stride K): entry by entry, nothing for a row without entries (the
+// per-row pass below, xᵀ and an 8 × 8 transpose per 8 rows, costs ~10 ns per row of the layer whether or
+// not the row has entries: ~20 % of HPTQ-4.3's op at M = 1). Taken for few entries × rows (kSparseRatio).
 void add_residual_sparse(const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0, int rows,
                          const uint16_t* x, int64_t K, int mb, float* tile) {
   for (int r = 0; r < rows; ++r)
@@ -794,7 +798,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     // avx512 reads x as bf16 pairs; avx2 as float32. The residual reads xᵀ (K, ldt) float32, zero-padded.
     const at::Tensor xf = wide ? xc : xc.to(at::kFloat).contiguous();
     const int64_t ldt = (mc + 7) / 8 * 8;
-    const bool sparse = mc <= kSparseM;   // residual: entry by entry into the tile, or per row over xᵀ
+    const bool sparse = mc * nnz <= kSparseRatio * N;   // residual: entry by entry into the tile, or per row over xᵀ
     const uint16_t* xcb = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
     at::Tensor xt;
     if (nnz && !sparse) {

@@ -71,6 +71,19 @@ def test_exact_inputs_give_the_fp64_product_rounded_once(isa, path, bits, m):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("path", EXACT_PATHS)
+@pytest.mark.parametrize("m", [1, 3, 8, 20, 70])
+def test_residual_entry_by_entry_and_per_row_give_the_exact_product(isa, path, m):
+    """A sparse residual (~70 entries over 64 rows): chunks of few rows of x add it entry by entry
+    (rows of x · entries ≤ 10 · N), larger ones (m = 20, 70) row by row over xᵀ; both exact."""
+    layout = _layout(64, 384, 4, 64, seed=7, exact=True, rate=0.003)
+    assert 0 < layout.residual.nnz * 3 <= 10 * 64 < layout.residual.nnz * 20
+    x = torch.randint(-3, 4, (m, 384), generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, **PATHS[path])
+    assert torch.equal(y, _exact(layout, x).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("path", EXACT_PATHS)
 @pytest.mark.parametrize("m", [1, 4, 9, 70])
 def test_blocks_of_different_widths_in_one_call(isa, path, m):
     """Runs of 5, 8, 4, 4, 8, 5 bits (32, 16, 16, 32, 48, 16 rows: pairs of blocks split where the width
