@@ -558,9 +558,48 @@ inline void split_pairs(__m512i v, __m512& a, __m512& b) {
   b = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
 }
 
-// Per 8 pairs of columns: 16 rows × 2 columns scaled, rounded to bf16 pairs (VCVTNEPS2BF16: round to
-// nearest even; it flushes denormals, which (S ⊙ Z + R) · rs never is for scales of normal size), two
-// 8 × 8 transposes of 32-bit pairs, 32-byte stores per row. Blocks without residual never touch f.
+// float32 a (lane i: row i, column 2p) and b (column 2p + 1) → lane i = bf16(a) | bf16(b) << 16, each
+// rounded to nearest even by integer adds (finite inputs; as torch's float → bfloat16): no shuffle-port
+// instruction, where VCVTNEPS2BF16 + VPMOVZXWD cost two.
+inline __m512i round_pairs(__m512 a, __m512 b) {
+  const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF);
+  const __m512i ia = _mm512_castps_si512(a), ib = _mm512_castps_si512(b);
+  const __m512i ra = _mm512_add_epi32(ia, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ia, 16), one)));
+  const __m512i rb = _mm512_add_epi32(ib, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ib, 16), one)));
+  return _mm512_or_si512(_mm512_srli_epi32(ra, 16), _mm512_and_si512(rb, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+// t[q] (lane i = element (q, i) of a 16 × 16 block of 32-bit elements) → t[i] (lane q).
+__attribute__((always_inline)) inline void transpose16(__m512i t[16]) {
+  __m512i u[16];
+  for (int i = 0; i < 16; i += 2) {
+    u[i] = _mm512_unpacklo_epi32(t[i], t[i + 1]);
+    u[i + 1] = _mm512_unpackhi_epi32(t[i], t[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    t[i] = _mm512_unpacklo_epi64(u[i], u[i + 2]);
+    t[i + 1] = _mm512_unpackhi_epi64(u[i], u[i + 2]);
+    t[i + 2] = _mm512_unpacklo_epi64(u[i + 1], u[i + 3]);
+    t[i + 3] = _mm512_unpackhi_epi64(u[i + 1], u[i + 3]);
+  }
+  // t[4a + b] now holds, in 128-bit lane l, rows 4a .. 4a + 3 of column 4l + b; column 4l + b gathers
+  // lane l of t[b], t[4 + b], t[8 + b], t[12 + b]
+  for (int b = 0; b < 4; ++b) {
+    u[4 * b] = _mm512_shuffle_i32x4(t[b], t[4 + b], 0x44);       // lanes 0, 1 of t[b]; 0, 1 of t[4 + b]
+    u[4 * b + 1] = _mm512_shuffle_i32x4(t[b], t[4 + b], 0xEE);   // lanes 2, 3 of both
+    u[4 * b + 2] = _mm512_shuffle_i32x4(t[8 + b], t[12 + b], 0x44);
+    u[4 * b + 3] = _mm512_shuffle_i32x4(t[8 + b], t[12 + b], 0xEE);
+  }
+  for (int b = 0; b < 4; ++b) {
+    t[b] = _mm512_shuffle_i32x4(u[4 * b], u[4 * b + 2], 0x88);        // lane 0 of each
+    t[4 + b] = _mm512_shuffle_i32x4(u[4 * b], u[4 * b + 2], 0xDD);    // lane 1
+    t[8 + b] = _mm512_shuffle_i32x4(u[4 * b + 1], u[4 * b + 3], 0x88);
+    t[12 + b] = _mm512_shuffle_i32x4(u[4 * b + 1], u[4 * b + 3], 0xDD);
+  }
+}
+
+// Per 16 pairs of columns: 16 rows × 2 columns scaled, rounded to bf16 pairs (round_pairs), one 16 × 16
+// transpose of 32-bit pairs, one 64-byte store per row. Blocks without residual never touch f.
 template <int BITS>
 void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0,
                       const float* rs, float* f, uint16_t* w, int64_t ldw) {
@@ -568,10 +607,15 @@ void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, co
   const __m512i table = lut(BITS == 8 ? 4 : BITS);
   const __m512 r = _mm512_loadu_ps(rs);
   const int64_t pairs = u.K / 2;
-  auto scaled = [&](int64_t p, __m512& a, __m512& b) {   // S ⊙ Z of columns 2p, 2p + 1
+  int64_t g = 0, next = u.G / 2;   // the group of pair p, the first pair of the next group (no division per pair)
+  auto scaled = [&](int64_t p, __m512& a, __m512& b) {   // S ⊙ Z of columns 2p, 2p + 1; p = 0, 1, … in turn
     split_pairs(decode<BITS>(u.blk + p * BITS * 4, table), a, b);
+    if (p == next) {
+      ++g;
+      next += u.G / 2;
+    }
     if (u.sc) {
-      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.sc + 2 * p / u.G * kRows)));
+      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.sc + g * kRows)));
       a = _mm512_mul_ps(a, s);
       b = _mm512_mul_ps(b, s);
     }
@@ -585,12 +629,12 @@ void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, co
     }
     add_block_residual(off, col, val, row0, f);
   }
-  for (int64_t p0 = 0; p0 < pairs; p0 += 8) {
-    const int n = static_cast<int>(std::min<int64_t>(8, pairs - p0));
-    __m256 lo[8], hi[8];
-    for (int q = 0; q < 8; ++q) {
+  for (int64_t p0 = 0; p0 < pairs; p0 += 16) {
+    const int n = static_cast<int>(std::min<int64_t>(16, pairs - p0));
+    __m512i t[16];
+    for (int q = 0; q < 16; ++q) {
       if (q >= n) {
-        lo[q] = hi[q] = _mm256_setzero_ps();
+        t[q] = _mm512_setzero_si512();
         continue;
       }
       __m512 a, b;
@@ -600,19 +644,11 @@ void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, co
       } else {
         scaled(p0 + q, a, b);
       }
-      const __m512i ra = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(a, r)));
-      const __m512i rb = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(b, r)));
-      const __m512i pair = _mm512_or_si512(ra, _mm512_slli_epi32(rb, 16));
-      lo[q] = _mm256_castsi256_ps(_mm512_castsi512_si256(pair));
-      hi[q] = _mm256_castsi256_ps(_mm512_extracti64x4_epi64(pair, 1));
+      t[q] = round_pairs(_mm512_mul_ps(a, r), _mm512_mul_ps(b, r));
     }
-    transpose8(lo);
-    transpose8(hi);
-    const __mmask8 keep = static_cast<__mmask8>((1u << n) - 1);
-    for (int i = 0; i < 8; ++i) {
-      _mm256_mask_storeu_epi32(w + i * ldw + 2 * p0, keep, _mm256_castps_si256(lo[i]));
-      _mm256_mask_storeu_epi32(w + (8 + i) * ldw + 2 * p0, keep, _mm256_castps_si256(hi[i]));
-    }
+    transpose16(t);
+    const __mmask16 keep = static_cast<__mmask16>((1u << n) - 1);
+    for (int i = 0; i < kRows; ++i) _mm512_mask_storeu_epi32(w + i * ldw + 2 * p0, keep, t[i]);
   }
 }
 
