@@ -59,6 +59,7 @@ namespace {
 constexpr int kRows = 16;        // output rows per block
 constexpr int kTile = 32;        // tile row stride (floats): up to 2 blocks
 constexpr int kMaxMB = 8;        // activation rows per pass (avx512; avx2 takes 4)
+constexpr int kMaxMBGroups = 6;  // the same for predecoded blocks with group scales (totals in registers)
 constexpr int64_t kChunkM = 64;  // activation rows per outer chunk (xᵀ of a chunk stays in L2 for K ≤ 1536)
 // The residual entry by entry costs ~0.65 ns per entry and row of x, the per-row pass ~5-10 ns per row of
 // the layer + ~0.24 ns per entry and row of x (AVX-512 host, SSQR-w4/HPTQ-4.3 layers at M = 1 … 16): a chunk
@@ -211,15 +212,22 @@ void decode_unit(const Unit& u, void* dec) {
 }
 
 // U independent partial sums per (block, row of x) (column pairs taken round-robin) hide VDPBF16PS
-// latency when NB·MB is small; G is a multiple of 8 ≥ 2U.
+// latency when NB·MB is small; G is a multiple of 8 ≥ 2U. Up to 12 (block, row) pairs keep their scaled
+// totals in registers across groups; more (16) add each group's sums into the tile (a load, an FMA and a
+// store per pair and group: ~12 % of the passes' instructions with groups of 64, hence kMaxMBGroups).
 template <int BITS, int NB, int MB, bool DEC>
 void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
   constexpr int U = NB * MB >= 4 ? 1 : 4 / (NB * MB);
+  constexpr bool kInRegisters = NB * MB <= 12;
   const __m512i table = lut(BITS == 8 ? 4 : BITS);
   const uint16_t* d = static_cast<const uint16_t*>(dec);
   const uint16_t* x = static_cast<const uint16_t*>(xv);
+  __m512 total[NB][MB];
   for (int m = 0; m < MB; ++m)
-    for (int j = 0; j < NB; ++j) _mm512_storeu_ps(tile + m * kTile + j * kRows, _mm512_setzero_ps());
+    for (int j = 0; j < NB; ++j) {
+      total[j][m] = _mm512_setzero_ps();
+      if (!kInRegisters) _mm512_storeu_ps(tile + m * kTile + j * kRows, total[j][m]);
+    }
   for (int64_t g0 = 0, gi = 0; g0 < u.K; g0 += u.G, ++gi) {
     __m512 part[U][NB][MB];
     for (int v = 0; v < U; ++v)
@@ -243,10 +251,17 @@ void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
         __m512 sum = part[0][j][m];
         for (int v = 1; v < U; ++v) sum = _mm512_add_ps(sum, part[v][j][m]);
         float* t = tile + m * kTile + j * kRows;
-        _mm512_storeu_ps(t, _mm512_fmadd_ps(sum, s, _mm512_loadu_ps(t)));
+        if (kInRegisters) {
+          total[j][m] = _mm512_fmadd_ps(sum, s, total[j][m]);
+        } else {
+          _mm512_storeu_ps(t, _mm512_fmadd_ps(sum, s, _mm512_loadu_ps(t)));
+        }
       }
     }
   }
+  if (kInRegisters)
+    for (int m = 0; m < MB; ++m)
+      for (int j = 0; j < NB; ++j) _mm512_storeu_ps(tile + m * kTile + j * kRows, total[j][m]);
 }
 
 void store(const float* tile, int mb, int rows, const float* s, const float* c, uint16_t* y, int64_t ldy) {
@@ -901,8 +916,9 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
           s[j] = rs ? (block_scale ? rs[row / kRows] : rs[row]) : 1.0f;
           c[j] = bs ? bs[row] : 0.0f;
         }
-        for (int64_t m0 = 0; m0 < mc; m0 += MBmax) {
-          const int mb = static_cast<int>(std::min<int64_t>(MBmax, mc - m0));
+        const int pass = wide && dec && sc ? kMaxMBGroups : MBmax;
+        for (int64_t m0 = 0; m0 < mc; m0 += pass) {
+          const int mb = static_cast<int>(std::min<int64_t>(pass, mc - m0));
           const DotsFn f = wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
                                 : y::pick_dots(w, mb, dec);
           f(unit, dbuf, xin + m0 * xrow, tile);
