@@ -70,6 +70,8 @@ ROWS: dict[str, dict] = {
                              max_prompts={1: 1, 8: 8}, output_len=8),
 }
 BASELINES = ("bf16", "gptq-w4")
+# measured first and again after every other row (the box drifts ~20 % between minutes): ratios use the mean
+BRACKETED = "bf16"
 RATIO_METRICS = ("decode_tok_s", "median_ttft_ms")
 
 # vLLM default: torch.compile on. Prefix caching off: `vllm bench serve` warms up with the first request's
@@ -240,16 +242,26 @@ def measure_row(name: str, prompts: dict[int, int], prefill_prompts: int, linear
 
 # --- the run ------------------------------------------------------------------------------------
 
+def baseline_value(base: dict, key: str, c: int | None) -> float:
+    """A baseline row's metric (c None: the prefill TTFT): the mean of its first and, where it was measured
+    again after every other row (BRACKETED), its second measurement, so a drift of the box hits every row alike."""
+    runs = [base, *([base["again"]] if "runs" in base.get("again", {}) else [])]
+    values = [r["prefill"]["median_ttft_ms"] if c is None else r["runs"][str(c)][key] for r in runs
+              if c is not None or "prefill" in r]
+    return sum(values) / len(values)
+
+
 def add_ratios(rows: dict[str, dict]) -> None:
     """row['ratios'][baseline]['<metric>_c<concurrency>'] = row / baseline, for baselines measured in this run."""
-    for row in rows.values():
+    again = [rows[BRACKETED]["again"]] if "again" in rows.get(BRACKETED, {}) else []
+    for row in [*rows.values(), *again]:
         if "error" not in row:
-            row["ratios"] = {base: {f"{key}_c{c}": row["runs"][str(c)][key] / rows[base]["runs"][str(c)][key]
+            row["ratios"] = {base: {f"{key}_c{c}": row["runs"][str(c)][key] / baseline_value(rows[base], key, c)
                                     for c in CONCURRENCY for key in RATIO_METRICS}
                              for base in BASELINES if base in rows and "error" not in rows[base]}
             for base, ratios in row["ratios"].items():
                 if "prefill" in row and "prefill" in rows[base]:
-                    ratios["prefill_ttft_ms"] = row["prefill"]["median_ttft_ms"] / rows[base]["prefill"]["median_ttft_ms"]
+                    ratios["prefill_ttft_ms"] = row["prefill"]["median_ttft_ms"] / baseline_value(rows[base], "", None)
 
 
 def runtime_notes(rows: dict[str, dict]) -> list[str]:
@@ -309,6 +321,10 @@ def main(argv=None) -> int:
     linears = linear_weights(assets.model_dir())
     for name in args.rows:
         result["rows"][name] = run_row(name, prompts, prefill_prompts, linears)
+    bracket = result["rows"].get(BRACKETED)
+    if bracket and "error" not in bracket and len(args.rows) > 1:
+        print(f"[{BRACKETED}] again, after every other row", flush=True)
+        bracket["again"] = run_row(BRACKETED, prompts, prefill_prompts, linears)
     add_ratios(result["rows"])
     result["notes"] = runtime_notes(result["rows"])
     out_dir, stem = (RESULTS, "serving_cpu") if complete else (LOGS, "serving_cpu_partial")

@@ -64,14 +64,19 @@ def markdown(result: dict) -> str:
             f"- Client: `vllm bench serve` (random dataset, {result['input_len']} input / {result['output_len']} output tokens, "
             f"ignore_eos, temperature 0, 1 warm-up request per level); requests: {prompts_text(result)}.",
             "- Decode tok/s = concurrency x 1000 / mean TPOT (vLLM's TPOT: (latency - TTFT) / (output tokens - 1) "
-            "per request); TTFT is vLLM's median. Ratios are to this run's bf16 and GPTQ-w4 rows.",
+            "per request); TTFT is vLLM's median. Ratios are to this run's bf16 and GPTQ-w4 rows"
+            + (", bf16's values the mean of its two measurements (first row and again last; both rows shown)."
+               if "runs" in rows.get("bf16", {}).get("again", {}) else "."),
             *([f"- Prefill: {result['prefill_prompts']} prompts of {result['prefill_len']} tokens with 1 output token, "
                "one at a time (1 warm-up); prefill TTFT = vLLM's median TTFT; TTFT x bf16 = row / bf16 "
                "(< 1: faster)."] if result.get("prefill_prompts") else []),
             f"- Run: `{result['command']}`; server/client logs and vLLM's raw result files: paths in the JSON.", ""]
     out += ["| row | decode tok/s @1 | @8 | TTFT ms @1 | @8 | prefill TTFT ms | TTFT x bf16 | x bf16 @1 | @8 "
             "| x GPTQ-w4 @1 | @8 | resident bits/w | on-disk bits/w |", "|---" * 13 + "|"]
-    for name, row in rows.items():
+    listed = [(name, row) for name, row in rows.items()]
+    if "runs" in rows.get("bf16", {}).get("again", {}):
+        listed.append(("bf16 (again, last)", rows["bf16"]["again"]))
+    for name, row in listed:
         if "error" in row:
             out.append(f"| {name} | failed (see Notes) |" + " |" * 12)
             continue

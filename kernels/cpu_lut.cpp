@@ -27,8 +27,9 @@
 //   avx2 (+ FMA, F16C): codes → exact float32, 16 rows × 1 column in two ymm, FMA with up to 4 rows of x
 //     (x converted to float32 once per call).
 // Products are exact in both (small integers × bfloat16), sums float32; per group the partial sums are
-// scaled once. Then R is added row by row (CSR), row scale and bias applied, and the result rounded
-// once to bfloat16 (round to nearest even).
+// scaled once. Then R is added (CSR: entry by entry into the tile when entries × rows of x are few,
+// kSparseRatio; else row by row over xᵀ), row scale and bias applied, and the result rounded once to bfloat16 (round
+// to nearest even).
 //
 // Dispatch by M: rows of x are taken in chunks of kChunkM (bounding the transient buffers: xᵀ in
 // float32 for the residual, and x in float32 for avx2; per thread the residual of its 32 rows over the
@@ -58,7 +59,13 @@ namespace {
 constexpr int kRows = 16;        // output rows per block
 constexpr int kTile = 32;        // tile row stride (floats): up to 2 blocks
 constexpr int kMaxMB = 8;        // activation rows per pass (avx512; avx2 takes 4)
+constexpr int kMaxMBGroups = 6;  // the same for predecoded blocks with group scales (totals in registers)
 constexpr int64_t kChunkM = 64;  // activation rows per outer chunk (xᵀ of a chunk stays in L2 for K ≤ 1536)
+// The residual entry by entry costs ~0.65 ns per entry and row of x, the per-row pass ~5-10 ns per row of
+// the layer + ~0.24 ns per entry and row of x (AVX-512 host, SSQR-w4/HPTQ-4.3 layers at M = 1 … 16): a chunk
+// of mc rows takes the entry-by-entry way while mc · nnz ≤ kSparseRatio · N (measured: HPTQ-4.3 gate_up
+// 3072x576 with 2,287 entries gains at M = 8 (199 → 184 µs) and loses at M = 16 (340 → 348 µs)).
+constexpr int64_t kSparseRatio = 10;
 
 // The message is built only on failure (a per-call check must not allocate strings).
 #define BABAI_CHECK(ok, ...) TORCH_CHECK(ok, "babai_cpu::lut_linear: ", __VA_ARGS__)
@@ -205,15 +212,22 @@ void decode_unit(const Unit& u, void* dec) {
 }
 
 // U independent partial sums per (block, row of x) (column pairs taken round-robin) hide VDPBF16PS
-// latency when NB·MB is small; G is a multiple of 8 ≥ 2U.
+// latency when NB·MB is small; G is a multiple of 8 ≥ 2U. Up to 12 (block, row) pairs keep their scaled
+// totals in registers across groups; more (16) add each group's sums into the tile (a load, an FMA and a
+// store per pair and group: ~12 % of the passes' instructions with groups of 64, hence kMaxMBGroups).
 template <int BITS, int NB, int MB, bool DEC>
 void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
   constexpr int U = NB * MB >= 4 ? 1 : 4 / (NB * MB);
+  constexpr bool kInRegisters = NB * MB <= 12;
   const __m512i table = lut(BITS == 8 ? 4 : BITS);
   const uint16_t* d = static_cast<const uint16_t*>(dec);
   const uint16_t* x = static_cast<const uint16_t*>(xv);
+  __m512 total[NB][MB];
   for (int m = 0; m < MB; ++m)
-    for (int j = 0; j < NB; ++j) _mm512_storeu_ps(tile + m * kTile + j * kRows, _mm512_setzero_ps());
+    for (int j = 0; j < NB; ++j) {
+      total[j][m] = _mm512_setzero_ps();
+      if (!kInRegisters) _mm512_storeu_ps(tile + m * kTile + j * kRows, total[j][m]);
+    }
   for (int64_t g0 = 0, gi = 0; g0 < u.K; g0 += u.G, ++gi) {
     __m512 part[U][NB][MB];
     for (int v = 0; v < U; ++v)
@@ -237,10 +251,17 @@ void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
         __m512 sum = part[0][j][m];
         for (int v = 1; v < U; ++v) sum = _mm512_add_ps(sum, part[v][j][m]);
         float* t = tile + m * kTile + j * kRows;
-        _mm512_storeu_ps(t, _mm512_fmadd_ps(sum, s, _mm512_loadu_ps(t)));
+        if (kInRegisters) {
+          total[j][m] = _mm512_fmadd_ps(sum, s, total[j][m]);
+        } else {
+          _mm512_storeu_ps(t, _mm512_fmadd_ps(sum, s, _mm512_loadu_ps(t)));
+        }
       }
     }
   }
+  if (kInRegisters)
+    for (int m = 0; m < MB; ++m)
+      for (int j = 0; j < NB; ++j) _mm512_storeu_ps(tile + m * kTile + j * kRows, total[j][m]);
 }
 
 void store(const float* tile, int mb, int rows, const float* s, const float* c, uint16_t* y, int64_t ldy) {
@@ -495,6 +516,24 @@ void residual_rows(const int32_t* off, const uint16_t* col, const at::Half* val,
   }
 }
 
+// tile[m][r] += Σ_e val[e] · x[m][col[e]] over the CSR entries of rows row0 .. row0 + rows − 1, for mb rows
+// of x (bfloat16, stored order, row stride K): entry by entry, nothing for a row without entries (the
+// per-row pass below, xᵀ and an 8 × 8 transpose per 8 rows, costs ~10 ns per row of the layer whether or
+// not the row has entries: ~20 % of HPTQ-4.3's op at M = 1). Taken for few entries × rows (kSparseRatio).
+void add_residual_sparse(const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0, int rows,
+                         const uint16_t* x, int64_t K, int mb, float* tile) {
+  for (int r = 0; r < rows; ++r)
+    for (int32_t e = off[row0 + r], e1 = off[row0 + r + 1]; e < e1; ++e) {
+      const float v = static_cast<float>(val[e]);
+      for (int m = 0; m < mb; ++m) {
+        const uint32_t bits = static_cast<uint32_t>(x[m * K + col[e]]) << 16;
+        float xv;
+        std::memcpy(&xv, &bits, sizeof xv);
+        tile[m * kTile + r] += v * xv;
+      }
+    }
+}
+
 // v[i] (row i of an 8 × 8 block) → v[i] = column i.
 inline void transpose8(__m256 v[8]) {
   __m256 t[8], u[8];
@@ -620,9 +659,48 @@ inline void split_pairs(__m512i v, __m512& a, __m512& b) {
   b = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
 }
 
-// Per 8 pairs of columns: 16 rows × 2 columns scaled, rounded to bf16 pairs (VCVTNEPS2BF16: round to
-// nearest even; it flushes denormals, which (S ⊙ Z + R) · rs never is for scales of normal size), two
-// 8 × 8 transposes of 32-bit pairs, 32-byte stores per row. Blocks without residual never touch f.
+// float32 a (lane i: row i, column 2p) and b (column 2p + 1) → lane i = bf16(a) | bf16(b) << 16, each
+// rounded to nearest even by integer adds (finite inputs; as torch's float → bfloat16): no shuffle-port
+// instruction, where VCVTNEPS2BF16 + VPMOVZXWD cost two.
+inline __m512i round_pairs(__m512 a, __m512 b) {
+  const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF);
+  const __m512i ia = _mm512_castps_si512(a), ib = _mm512_castps_si512(b);
+  const __m512i ra = _mm512_add_epi32(ia, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ia, 16), one)));
+  const __m512i rb = _mm512_add_epi32(ib, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ib, 16), one)));
+  return _mm512_or_si512(_mm512_srli_epi32(ra, 16), _mm512_and_si512(rb, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+// t[q] (lane i = element (q, i) of a 16 × 16 block of 32-bit elements) → t[i] (lane q).
+__attribute__((always_inline)) inline void transpose16(__m512i t[16]) {
+  __m512i u[16];
+  for (int i = 0; i < 16; i += 2) {
+    u[i] = _mm512_unpacklo_epi32(t[i], t[i + 1]);
+    u[i + 1] = _mm512_unpackhi_epi32(t[i], t[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    t[i] = _mm512_unpacklo_epi64(u[i], u[i + 2]);
+    t[i + 1] = _mm512_unpackhi_epi64(u[i], u[i + 2]);
+    t[i + 2] = _mm512_unpacklo_epi64(u[i + 1], u[i + 3]);
+    t[i + 3] = _mm512_unpackhi_epi64(u[i + 1], u[i + 3]);
+  }
+  // t[4a + b] now holds, in 128-bit lane l, rows 4a .. 4a + 3 of column 4l + b; column 4l + b gathers
+  // lane l of t[b], t[4 + b], t[8 + b], t[12 + b]
+  for (int b = 0; b < 4; ++b) {
+    u[4 * b] = _mm512_shuffle_i32x4(t[b], t[4 + b], 0x44);       // lanes 0, 1 of t[b]; 0, 1 of t[4 + b]
+    u[4 * b + 1] = _mm512_shuffle_i32x4(t[b], t[4 + b], 0xEE);   // lanes 2, 3 of both
+    u[4 * b + 2] = _mm512_shuffle_i32x4(t[8 + b], t[12 + b], 0x44);
+    u[4 * b + 3] = _mm512_shuffle_i32x4(t[8 + b], t[12 + b], 0xEE);
+  }
+  for (int b = 0; b < 4; ++b) {
+    t[b] = _mm512_shuffle_i32x4(u[4 * b], u[4 * b + 2], 0x88);        // lane 0 of each
+    t[4 + b] = _mm512_shuffle_i32x4(u[4 * b], u[4 * b + 2], 0xDD);    // lane 1
+    t[8 + b] = _mm512_shuffle_i32x4(u[4 * b + 1], u[4 * b + 3], 0x88);
+    t[12 + b] = _mm512_shuffle_i32x4(u[4 * b + 1], u[4 * b + 3], 0xDD);
+  }
+}
+
+// Per 16 pairs of columns: 16 rows × 2 columns scaled, rounded to bf16 pairs (round_pairs), one 16 × 16
+// transpose of 32-bit pairs, one 64-byte store per row. Blocks without residual never touch f.
 template <int BITS>
 void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0,
                       const float* rs, float* f, uint16_t* w, int64_t ldw) {
@@ -630,10 +708,15 @@ void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, co
   const __m512i table = lut(BITS == 8 ? 4 : BITS);
   const __m512 r = _mm512_loadu_ps(rs);
   const int64_t pairs = u.K / 2;
-  auto scaled = [&](int64_t p, __m512& a, __m512& b) {   // S ⊙ Z of columns 2p, 2p + 1
+  int64_t g = 0, next = u.G / 2;   // the group of pair p, the first pair of the next group (no division per pair)
+  auto scaled = [&](int64_t p, __m512& a, __m512& b) {   // S ⊙ Z of columns 2p, 2p + 1; p = 0, 1, … in turn
     split_pairs(decode<BITS>(u.blk + p * BITS * 4, table), a, b);
+    if (p == next) {
+      ++g;
+      next += u.G / 2;
+    }
     if (u.sc) {
-      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.sc + 2 * p / u.G * kRows)));
+      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.sc + g * kRows)));
       a = _mm512_mul_ps(a, s);
       b = _mm512_mul_ps(b, s);
     }
@@ -647,12 +730,12 @@ void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, co
     }
     add_block_residual(off, col, val, row0, f);
   }
-  for (int64_t p0 = 0; p0 < pairs; p0 += 8) {
-    const int n = static_cast<int>(std::min<int64_t>(8, pairs - p0));
-    __m256 lo[8], hi[8];
-    for (int q = 0; q < 8; ++q) {
+  for (int64_t p0 = 0; p0 < pairs; p0 += 16) {
+    const int n = static_cast<int>(std::min<int64_t>(16, pairs - p0));
+    __m512i t[16];
+    for (int q = 0; q < 16; ++q) {
       if (q >= n) {
-        lo[q] = hi[q] = _mm256_setzero_ps();
+        t[q] = _mm512_setzero_si512();
         continue;
       }
       __m512 a, b;
@@ -662,19 +745,11 @@ void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, co
       } else {
         scaled(p0 + q, a, b);
       }
-      const __m512i ra = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(a, r)));
-      const __m512i rb = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(b, r)));
-      const __m512i pair = _mm512_or_si512(ra, _mm512_slli_epi32(rb, 16));
-      lo[q] = _mm256_castsi256_ps(_mm512_castsi512_si256(pair));
-      hi[q] = _mm256_castsi256_ps(_mm512_extracti64x4_epi64(pair, 1));
+      t[q] = round_pairs(_mm512_mul_ps(a, r), _mm512_mul_ps(b, r));
     }
-    transpose8(lo);
-    transpose8(hi);
-    const __mmask8 keep = static_cast<__mmask8>((1u << n) - 1);
-    for (int i = 0; i < 8; ++i) {
-      _mm256_mask_storeu_epi32(w + i * ldw + 2 * p0, keep, _mm256_castps_si256(lo[i]));
-      _mm256_mask_storeu_epi32(w + (8 + i) * ldw + 2 * p0, keep, _mm256_castps_si256(hi[i]));
-    }
+    transpose16(t);
+    const __mmask16 keep = static_cast<__mmask16>((1u << n) - 1);
+    for (int i = 0; i < kRows; ++i) _mm512_mask_storeu_epi32(w + i * ldw + 2 * p0, keep, t[i]);
   }
 }
 
@@ -709,48 +784,82 @@ void check_csr(const at::Tensor& offsets, const at::Tensor& cols, const at::Tens
   BABAI_CHECK(nnz == 0 || top < K, "residual column ", top, " is out of range for K = ", K);
 }
 
+// d[j] = s[p[j]] for j < K: scalar 16-bit copies (no-tree-vectorize: GCC would emit 32-bit gathers, ~1.4x
+// slower on Zen 4), for the rows left over by permute_rows8.
+__attribute__((optimize("no-tree-vectorize"))) void permute_row(const uint16_t* s, const int32_t* p, int64_t K,
+                                                                uint16_t* d) {
+  for (int64_t j = 0; j < K; ++j) d[j] = s[p[j]];
+}
+
+// r[i] (row i of an 8 × 8 block of 16-bit elements) → r[i] = column i.
+inline void transpose8x8_epi16(__m128i r[8]) {
+  __m128i a[8], b[8];
+  for (int i = 0; i < 4; ++i) {
+    a[2 * i] = _mm_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h)   // h = 0: rows 0-3, 1: rows 4-7; b[4h + q] holds columns 2q, 2q + 1
+    for (int q = 0; q < 2; ++q) {
+      b[4 * h + 2 * q] = _mm_unpacklo_epi32(a[4 * h + q], a[4 * h + q + 2]);
+      b[4 * h + 2 * q + 1] = _mm_unpackhi_epi32(a[4 * h + q], a[4 * h + q + 2]);
+    }
+  for (int q = 0; q < 4; ++q) {
+    r[2 * q] = _mm_unpacklo_epi64(b[q], b[4 + q]);
+    r[2 * q + 1] = _mm_unpackhi_epi64(b[q], b[4 + q]);
+  }
+}
+
+// d[i][j] = s[i][p[j]] for 8 rows (row stride K, K a multiple of 8): 8 × 8 transposes put column k of
+// the 8 rows in t[k] (t: (K, 8) scratch), then the rows t[p[j]] of 8 stored columns are transposed back:
+// ~3x faster than scalar copies (SSQR down_proj 576x1536, M = 1024: the permutation ~9 % → 3 % of the op).
+void permute_rows8(const uint16_t* s, int64_t K, const int32_t* p, uint16_t* t, uint16_t* d) {
+  __m128i r[8];
+  for (int64_t k = 0; k < K; k += 8) {
+    for (int i = 0; i < 8; ++i) r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i * K + k));
+    transpose8x8_epi16(r);
+    for (int c = 0; c < 8; ++c) _mm_storeu_si128(reinterpret_cast<__m128i*>(t + (k + c) * 8), r[c]);
+  }
+  for (int64_t j = 0; j < K; j += 8) {
+    for (int c = 0; c < 8; ++c) r[c] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + p[j + c] * 8));
+    transpose8x8_epi16(r);
+    for (int i = 0; i < 8; ++i) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i * K + j), r[i]);
+  }
+}
+
 // xs[m][j] = bf16(x[m][p(j)] · α[p(j)]): x (M, K) contiguous in stored order (p = perm, the identity
 // when empty; entries within [0, K), checked by the caller), scaled by col_scale α (K) float32 in
 // original order (1 when empty) and rounded once to bfloat16 as runtime.scale_input does; x itself
-// when both are empty. The permutation gathers 8 columns at a time (32-bit gathers at byte 2·p(j) − 2,
-// the element in the upper half, or at 0 for p(j) = 0: never past the row), ~2x the scalar copy.
+// when both are empty.
 at::Tensor prepare_x(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& col_scale) {
   if (!perm.numel() && !col_scale.numel()) return x;
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor xs = at::empty_like(x);
   const int64_t* pi = perm.numel() ? perm.data_ptr<int64_t>() : nullptr;
   const float* alpha = col_scale.numel() ? col_scale.data_ptr<float>() : nullptr;
-  std::vector<float> a(K, 1.0f);             // α in stored order
-  std::vector<int32_t> at_byte(K), shift(K);   // where column p(j)'s gather reads, and its shift
+  std::vector<float> a(alpha ? K : 0);    // α in stored order
+  std::vector<int32_t> p(pi ? K : 0);
   for (int64_t j = 0; j < K; ++j) {
-    const int64_t c = pi ? pi[j] : j;
-    if (alpha) a[j] = alpha[c];
-    at_byte[j] = static_cast<int32_t>(c > 0 ? 2 * c - 2 : 0);
-    shift[j] = c > 0 ? 16 : 0;
+    if (pi) p[j] = static_cast<int32_t>(pi[j]);
+    if (alpha) a[j] = alpha[pi ? pi[j] : j];
   }
   const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   uint16_t* dst = reinterpret_cast<uint16_t*>(xs.data_ptr<at::BFloat16>());
-  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / K), [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      const uint16_t* s = src + m * K;
-      uint16_t* d = dst + m * K;
-      for (int64_t j = 0; j < K; j += 8) {   // K is a multiple of 8
-        __m256i v;                            // bf16 bits in the low half of each 32-bit lane
-        if (pi) {
-          const __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(s),
-                                                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&at_byte[j])), 1);
-          v = _mm256_and_si256(_mm256_srlv_epi32(g, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&shift[j]))),
-                               _mm256_set1_epi32(0xFFFF));
-        } else {
-          v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j)));
+  at::parallel_for(0, (M + 7) / 8, std::max<int64_t>(1, 2048 / K), [&](int64_t b0, int64_t b1) {
+    std::vector<uint16_t> t(pi ? K * 8 : 0);
+    for (int64_t m0 = b0 * 8; m0 < std::min(M, b1 * 8); m0 += 8) {   // blocks of 8 rows
+      const int64_t rows = std::min<int64_t>(8, M - m0);
+      if (pi && rows == 8) permute_rows8(src + m0 * K, K, p.data(), t.data(), dst + m0 * K);
+      for (int64_t m = m0; m < m0 + rows; ++m) {
+        const uint16_t* s = src + m * K;
+        uint16_t* d = dst + m * K;
+        if (pi && rows < 8) permute_row(s, p.data(), K, d);
+        if (pi) s = d;
+        if (!alpha) continue;
+        for (int64_t j = 0; j < K; j += 8) {   // K is a multiple of 8
+          const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j)));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + j),
+                           y::to_bf16(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(&a[j]))));
         }
-        __m128i out;
-        if (alpha) {
-          out = y::to_bf16(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(&a[j])));
-        } else {
-          out = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0x08));
-        }
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + j), out);
       }
     }
   });
@@ -864,12 +973,14 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     std::vector<float> xf(wide ? 0 : mc * K);
     if (!wide) y::widen(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), mc * K, xf.data());
     const int64_t ldt = (mc + 7) / 8 * 8;
+    const bool sparse = mc * nnz <= kSparseRatio * N;   // residual: entry by entry into the tile, or per row over xᵀ
+    const uint16_t* xcb = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
     at::Tensor xt;
-    if (nnz) {
+    if (nnz && !sparse) {
       xt = at::empty({K, ldt}, xc.options().dtype(at::kFloat));
       transpose_x(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), mc, K, ldt, xt.data_ptr<float>());
     }
-    const float* xtp = nnz ? xt.data_ptr<float>() : nullptr;
+    const float* xtp = xt.defined() ? xt.data_ptr<float>() : nullptr;
     const char* xin = wide ? static_cast<const char*>(xc.data_ptr()) : reinterpret_cast<const char*>(xf.data());
     const int64_t xrow = K * (wide ? 2 : 4);
     const bool dec = mc >= predecode_from;
@@ -879,25 +990,27 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
       alignas(64) float tile[kMaxMB * kTile];
       alignas(64) float s[kTile], c[kTile];
       std::vector<uint8_t> buf(dec ? dec_bytes + 64 : 0);
-      std::vector<float> res(nnz ? kTile * ldt + 8 : 0);
+      std::vector<float> res(nnz && !sparse ? kTile * ldt + 8 : 0);
       void* dbuf = dec ? buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64 : nullptr;
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t b = first[u];
         const int nbk = static_cast<int>(first[u + 1] - b), rows = nbk * kRows, w = bits[b];
         const Unit unit{pk + boff[b], boff[b + 1] - boff[b], sc ? sc + b * sc_block : nullptr, sc_block, K, G};
         if (dec) (wide ? (nbk == 2 ? z::pick_decode<2>(w) : z::pick_decode<1>(w)) : y::pick_decode(w))(unit, dbuf);
-        if (nnz) residual_rows(off, col, val, b * kRows, rows, xtp, ldt, res.data());
+        if (nnz && !sparse) residual_rows(off, col, val, b * kRows, rows, xtp, ldt, res.data());
         for (int j = 0; j < rows; ++j) {
           const int64_t row = b * kRows + j;
           s[j] = rs ? (block_scale ? rs[row / kRows] : rs[row]) : 1.0f;
           c[j] = bs ? bs[row] : 0.0f;
         }
-        for (int64_t m0 = 0; m0 < mc; m0 += MBmax) {
-          const int mb = static_cast<int>(std::min<int64_t>(MBmax, mc - m0));
+        const int pass = wide && dec && sc ? kMaxMBGroups : MBmax;
+        for (int64_t m0 = 0; m0 < mc; m0 += pass) {
+          const int mb = static_cast<int>(std::min<int64_t>(pass, mc - m0));
           const DotsFn f = wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
                                 : y::pick_dots(w, mb, dec);
           f(unit, dbuf, xin + m0 * xrow, tile);
-          if (nnz) add_residual(res.data(), rows, ldt, m0, mb, tile);
+          if (nnz && sparse) add_residual_sparse(off, col, val, b * kRows, rows, xcb + m0 * K, K, mb, tile);
+          if (nnz && !sparse) add_residual(res.data(), rows, ldt, m0, mb, tile);
           store(tile, mb, rows, s, c, yo + (c0 + m0) * N + b * kRows, N);
         }
       }

@@ -57,6 +57,14 @@ def _exact(layout, x, bias=None):
     return y if bias is None else y + bias.double()
 
 
+def _assert_within_bound(y, layout, x, bias, extra):
+    """|y − y64| ≤ 2⁻⁸·|y64| + (K·2⁻²⁴ + extra)·Σ|w·x| elementwise (extra: relative roundings before the dots)."""
+    exact = _exact(layout, x, bias)
+    weights = runtime.dequantize(layout).double().abs()
+    bound = 2 ** -8 * exact.abs() + (x.shape[1] * 2 ** -24 + extra) * (x.double().abs() @ weights.T)
+    assert bool(((y.double() - exact).abs() <= bound).all()), float(((y.double() - exact).abs() / bound).max())
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("path", EXACT_PATHS)
 @pytest.mark.parametrize("bits", [4, 5, 8])
@@ -67,6 +75,19 @@ def test_exact_inputs_give_the_fp64_product_rounded_once(isa, path, bits, m):
     x = torch.randint(-3, 4, (m, 128), generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
     y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, **PATHS[path])
     assert y.dtype == torch.bfloat16 and torch.equal(y, _exact(layout, x).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("path", EXACT_PATHS)
+@pytest.mark.parametrize("m", [1, 3, 8, 20, 70])
+def test_residual_entry_by_entry_and_per_row_give_the_exact_product(isa, path, m):
+    """A sparse residual (~70 entries over 64 rows): chunks of few rows of x add it entry by entry
+    (rows of x · entries ≤ 10 · N), larger ones (m = 20, 70) row by row over xᵀ; both exact."""
+    layout = _layout(64, 384, 4, 64, seed=7, exact=True, rate=0.003, row_scale=True)
+    assert 0 < layout.residual.nnz * 3 <= 10 * 64 < layout.residual.nnz * 20
+    x = torch.randint(-3, 4, (m, 384), generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, **PATHS[path])
+    assert torch.equal(y, _exact(layout, x).to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -102,11 +123,21 @@ def test_random_inputs_within_the_derived_bound(isa, path, bits, group, perm, ro
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
-    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, **PATHS[path]).double()
-    exact = _exact(layout, x, bias)
-    scaled = ((2 ** -9 + 2 ** -23) if col_scale else 0.0) + (2 ** -9 if path == "dense" else 0.0)
-    bound = 2 ** -8 * exact.abs() + (k * 2 ** -24 + scaled) * (x.double().abs() @ runtime.dequantize(layout).double().abs().T)
-    assert bool(((y - exact).abs() <= bound).all()), float(((y - exact).abs() / bound).max())
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, **PATHS[path])
+    _assert_within_bound(y, layout, x, bias, ((2 ** -9 + 2 ** -23) if col_scale else 0.0) + (2 ** -9 if path == "dense" else 0.0))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", [1, 8, 70])
+def test_predecoded_group_scales_with_blocks_with_and_without_residual(isa, m):
+    """Group scales and a sparse residual over n = 48 rows (units of two blocks and of one; blocks with and
+    without entries): the chunk-predecoded path within the derived bound."""
+    layout = _layout(48, 384, 4, 64, seed=2, rate=0.0005)
+    entries = (layout.residual.offsets[16::16] - layout.residual.offsets[:-1:16]).tolist()   # per block of 16 rows
+    assert 0 in entries and any(entries)
+    x = torch.randn(m, 384, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, **PATHS["predecoded"])
+    _assert_within_bound(y, layout, x, None, 0.0)
 
 
 @pytest.mark.parametrize("isa", ISAS)
