@@ -60,6 +60,12 @@ constexpr int kRows = 16;        // output rows per block
 constexpr int kTile = 32;        // tile row stride (floats): up to 2 blocks
 constexpr int kMaxMB = 8;        // activation rows per pass (avx512; avx2 takes 4)
 constexpr int kMaxMBGroups = 6;  // the same for predecoded blocks with group scales (totals in registers)
+// Bytes of codes prefetched ahead of the pair being decoded in registers (the blocks ahead in `packed`):
+// the whole model's weights stream from memory at decode, where the hardware prefetcher alone left the step
+// of linears at M = 1 slower. Measured on all 30 layers in turn, M = 1: avx2 SSQR-w4 25 % slower without,
+// 2048 best of 1024 / 2048 / 4096 / 16384; avx512 (which takes the codes ~2x as fast) 2048 / 4096 / 8192 /
+// 16384 / 32768 → HPTQ-4.3 2.70 / 2.78 / 2.96 / 3.11 / 3.05x streamed bf16 F.linear (10.86 ms without).
+constexpr int kPrefetchAvx2 = 2048, kPrefetchAvx512 = 16384;
 constexpr int64_t kChunkM = 64;  // activation rows per outer chunk (xᵀ of a chunk stays in L2 for K ≤ 1536)
 // The residual entry by entry costs ~0.65 ns per entry and row of x, the per-row pass ~5-10 ns per row of
 // the layer + ~0.24 ns per entry and row of x (AVX-512 host, SSQR-w4/HPTQ-4.3 layers at M = 1 … 16): a chunk
@@ -237,8 +243,10 @@ void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
       for (int v = 0; v < U; ++v) {
         const int64_t p = k0 / 2 + v;
         __m512i w[NB];
-        for (int j = 0; j < NB; ++j)
+        for (int j = 0; j < NB; ++j) {
+          if (!DEC) _mm_prefetch(reinterpret_cast<const char*>(u.blk + j * u.blk_bytes + p * BITS * 4) + kPrefetchAvx512, _MM_HINT_T0);
           w[j] = DEC ? _mm512_loadu_si512(d + (p * NB + j) * 32) : decode<BITS>(u.blk + j * u.blk_bytes + p * BITS * 4, table);
+        }
         for (int m = 0; m < MB; ++m)
           for (int j = 0; j < NB; ++j) part[v][j][m] = dot_bcast(part[v][j][m], w[j], x + m * u.K + 2 * p);
       }
@@ -295,10 +303,6 @@ DecodeFn pick_decode(int bits) { return bits == 4 ? decode_unit<4, NB> : bits ==
 namespace y {
 
 constexpr int kMB = 4;
-// Bytes of codes prefetched ahead of the pair being decoded (the next blocks of the unit's run): the whole
-// model's weights stream from memory at decode, where the hardware prefetcher alone left SSQR-w4's step of
-// linears at M = 1 25 % slower (measured 1024 / 2048 / 4096: 2048 best).
-constexpr int kPrefetch = 2048;
 
 // 32 codes of one block as float32: w[2c + h] = column 2p + c, rows 8h .. 8h + 7.
 template <int BITS>
@@ -361,7 +365,7 @@ void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
       if (DEC) {
         for (int q = 0; q < 4; ++q) w[q] = _mm256_loadu_ps(d + (k + q / 2) * kRows + 8 * (q % 2));
       } else {
-        _mm_prefetch(reinterpret_cast<const char*>(code) + kPrefetch, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(code) + kPrefetchAvx2, _MM_HINT_T0);
         decode<BITS>(code, w);
       }
       for (int m = 0; m < MB; ++m)
@@ -402,7 +406,7 @@ void dots8(const Unit& u, const void*, const void* xv, float* tile) {
     for (int64_t k0 = g0; k0 < g0 + u.G; k0 += 2 * P)   // G is a multiple of 8
       for (int c = 0; c < P; ++c, code += 32) {
         const int64_t k = k0 + 2 * c;
-        _mm_prefetch(reinterpret_cast<const char*>(code) + kPrefetch, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(code) + kPrefetchAvx2, _MM_HINT_T0);
         __m256 w[4];
         for (int q = 0; q < 4; ++q)
           w[q] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(code + 8 * q))));
