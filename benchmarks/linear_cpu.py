@@ -68,29 +68,37 @@ def init_vllm_single_process() -> None:
         initialize_model_parallel(1, 1)
 
 
-def layer_specs(row: str, layer: int):
-    """{fused name: LinearSpec} of decoder layer `layer` in serving checkpoint `row`."""
+def folder_layer_specs(folder: Path, layers=None) -> tuple[list[dict], int]:
+    """[{fused name: LinearSpec} per decoder layer in `layers` (default: all)] of the checkpoint in `folder`,
+    built as the vLLM plugin builds them (q/k/v and gate/up fused), and the model's number of layers."""
     from babai_kernels.layer_spec import FORMATS, Sibling, shard_layer
     from babai_kernels.contract import OPTIONAL_FORMAT_TENSORS, BabaiCheckpointConfig
 
-    folder = checkpoint_path(row)
     tensors = load_file(folder / "model.safetensors")
     config = json.loads((folder / "config.json").read_text())
     qc = BabaiCheckpointConfig.from_dict(config["quantization_config"], str(folder / "config.json"))
     fmt = FORMATS[qc.format]
-    specs = {}
-    for fused, (block, modules) in FUSED.items():
-        siblings = []
-        for m in modules:
-            prefix = f"model.layers.{layer}.{block}.{m}"
-            # the format's tensors and those of its optional ones the checkpoint carries (HPTQ's col_steps α)
-            names = (*fmt.tensor_names, *OPTIONAL_FORMAT_TENSORS[fmt.name])
-            t = {n: tensors[f"{prefix}.{n}"] for n in names if f"{prefix}.{n}" in tensors}
-            rows = fmt.rows(t, config["intermediate_size"] if m == "down_proj" else config["hidden_size"], qc)
-            siblings.append(Sibling(prefix, t, None, rows))
-        k = config["intermediate_size"] if fused == "down_proj" else config["hidden_size"]
-        specs[fused] = shard_layer(fmt, siblings, k, None, torch.device("cpu"), qc, torch.bfloat16)
-    return specs, config["num_hidden_layers"]
+    # the format's tensors and those of its optional ones the checkpoint carries (HPTQ's col_steps α)
+    names = (*fmt.tensor_names, *OPTIONAL_FORMAT_TENSORS[fmt.name])
+    out = []
+    for layer in range(config["num_hidden_layers"]) if layers is None else layers:
+        specs = {}
+        for fused, (block, modules) in FUSED.items():
+            k = config["intermediate_size"] if fused == "down_proj" else config["hidden_size"]
+            siblings = []
+            for m in modules:
+                prefix = f"model.layers.{layer}.{block}.{m}"
+                t = {n: tensors[f"{prefix}.{n}"] for n in names if f"{prefix}.{n}" in tensors}
+                siblings.append(Sibling(prefix, t, None, fmt.rows(t, k, qc)))
+            specs[fused] = shard_layer(fmt, siblings, k, None, torch.device("cpu"), qc, torch.bfloat16)
+        out.append(specs)
+    return out, config["num_hidden_layers"]
+
+
+def layer_specs(row: str, layer: int):
+    """{fused name: LinearSpec} of decoder layer `layer` in serving checkpoint `row`, and the number of layers."""
+    specs, layers = folder_layer_specs(checkpoint_path(row), [layer])
+    return specs[0], layers
 
 
 def rounds_us(fns: dict, rounds: int, target_ms: float) -> dict[str, list[float]]:

@@ -993,8 +993,12 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     const int64_t mc = std::min(kChunkM, M - c0);
     const at::Tensor xc = xp.narrow(0, c0, mc);
     // avx512 reads x as bf16 pairs; avx2 as float32. The residual reads xᵀ (K, ldt) float32, zero-padded.
-    std::vector<float> xf(wide ? 0 : mc * K);
-    if (!wide) y::widen(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), mc * K, xf.data());
+    // With ≤ 2 rows of x avx512 hosts run 8-bit blocks through avx2's interleaved 8-bit path (dots8): on all
+    // 30 layers in turn (weights streaming), M = 1, HPTQ-4.3's step of linears took 7.19 ms on avx2's layout
+    // (all 8 bits) against 8.83 ms on avx512's (VDPBF16PS; 8.91 with all 8 bits).
+    const bool narrow8 = wide && mc <= 2 && mc < predecode_from;
+    std::vector<float> xf(!wide || narrow8 ? mc * K : 0);
+    if (!wide || narrow8) y::widen(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), mc * K, xf.data());
     const int64_t ldt = (mc + 7) / 8 * 8;
     const bool sparse = mc * nnz <= kSparseRatio * N;   // residual: entry by entry into the tile, or per row over xᵀ
     const uint16_t* xcb = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
@@ -1031,7 +1035,15 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
           const int mb = static_cast<int>(std::min<int64_t>(pass, mc - m0));
           const DotsFn f = wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
                                 : y::pick_dots(w, mb, dec);
-          f(unit, dbuf, xin + m0 * xrow, tile);
+          if (narrow8 && w == 8) {
+            for (int j = 0; j < nbk; ++j) {   // one block of 16 rows at a time, into its columns of the tile
+              const Unit block{unit.blk + j * unit.blk_bytes, unit.blk_bytes, unit.sc ? unit.sc + j * sc_block : nullptr,
+                               sc_block, K, G};
+              y::pick_dots(8, mb, false)(block, nullptr, xf.data() + m0 * K, tile + j * kRows);
+            }
+          } else {
+            f(unit, dbuf, xin + m0 * xrow, tile);
+          }
           if (nnz && sparse) add_residual_sparse(off, col, val, b * kRows, rows, xcb + m0 * K, K, mb, tile);
           if (nnz && !sparse) add_residual(res.data(), rows, ldt, m0, mb, tile);
           store(tile, mb, rows, s, c, yo + (c0 + m0) * N + b * kRows, N);

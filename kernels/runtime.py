@@ -27,10 +27,12 @@ RESIDUAL_ENTRY_BYTES = 4     # one CSR entry as the CPU kernel keeps it: column 
 WIDTH_ROWS = 32              # HPTQ rows that share one dense width (two 16-row blocks of the CPU kernel)
 # Time of the CPU kernel (babai_cpu::lut_linear, 1 thread, M = 1, AVX-512 BF16, 960x576) per dense
 # weight by width and per residual entry, ns: measured on the AMD EPYC dev box (benchmarks/linear_cpu.py,
-# section "dense width cost"). An entry costs ~28 5-bit weights of time, where its 4 bytes are 6.4
+# section "dense width cost"). An entry costs ~30 5-bit weights of time, where its 4 bytes are 6.4
 # weights of bandwidth: widths chosen by bytes left HPTQ-4.3's fused qkv at 5 bits with 5 % residual.
-CPU_NS_PER_WEIGHT = {4: 0.049, 5: 0.059, 8: 0.065}
-CPU_NS_PER_ENTRY = 1.64
+# Since 8-bit blocks run avx2's interleaved path at 1-2 rows of x, 8 bits cost less than 5: rows that
+# need more than 4 bits take 8 (whole model, M = 1, weights streaming: HPTQ-4.3 8.32 → 7.08 ms a step).
+CPU_NS_PER_WEIGHT = {4: 0.045, 5: 0.055, 8: 0.050}
+CPU_NS_PER_ENTRY = 1.66
 # (ns per weight by width, ns per entry) per variant of the kernel (cpu_lut.isa()); the AVX2 + FMA + F16C
 # variant measured the same way, forced on the same box: it decodes codes to float32, where 5 bits cost
 # 1.7x 4 bits (the high bits take their own shifts) and 8 bits least (sign-extended in place), so its

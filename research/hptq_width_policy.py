@@ -12,42 +12,22 @@ the median per-round speed-up over 'time'.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from babai_kernels import runtime
 from babai_kernels.choices.cpu import BabaiLutCPU
-from babai_kernels.contract import OPTIONAL_FORMAT_TENSORS, BabaiCheckpointConfig
-from babai_kernels.layer_spec import FORMATS, Sibling, shard_layer
+from benchmarks.linear_cpu import folder_layer_specs
 
-FUSED = {"qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj")), "o_proj": ("self_attn", ("o_proj",)),
-         "gate_up_proj": ("mlp", ("gate_proj", "up_proj")), "down_proj": ("mlp", ("down_proj",))}
 POLICIES = {"time": 0.0, "bw0.05": 0.05, "bw0.1": 0.1, "bw0.2": 0.2}   # β: ns per byte of dense code
 
 
 def model_specs(folder: Path) -> list:
     """LinearSpec of every fused linear of the checkpoint (as the vLLM plugin builds them), fresh each call."""
-    tensors = load_file(folder / "model.safetensors")
-    config = json.loads((folder / "config.json").read_text())
-    qc = BabaiCheckpointConfig.from_dict(config["quantization_config"], str(folder / "config.json"))
-    fmt = FORMATS[qc.format]
-    names = (*fmt.tensor_names, *OPTIONAL_FORMAT_TENSORS[qc.format])
-    out = []
-    for layer in range(config["num_hidden_layers"]):
-        for fused, (block, modules) in FUSED.items():
-            k = config["intermediate_size"] if fused == "down_proj" else config["hidden_size"]
-            siblings = []
-            for m in modules:
-                prefix = f"model.layers.{layer}.{block}.{m}"
-                t = {n: tensors[f"{prefix}.{n}"] for n in names if f"{prefix}.{n}" in tensors}
-                siblings.append(Sibling(prefix, t, None, fmt.rows(t, k, qc)))
-            out.append(shard_layer(fmt, siblings, k, None, torch.device("cpu"), qc, torch.bfloat16))
-    return out
+    return [spec for layer in folder_layer_specs(folder)[0] for spec in layer.values()]
 
 
 def main(argv=None) -> int:
