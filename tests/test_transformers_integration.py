@@ -77,14 +77,19 @@ def test_bfloat16_kernel_logprobs_within_the_bf16_tolerance(tiny, name):
 
 @pytest.mark.skipif(LUT is None, reason="the CPU kernel cannot run on this host")
 @pytest.mark.parametrize("name", ["ssqr-w4", "hptq"])   # SSQR 2/3-bit codes are widened to 4 bits on CPU
-def test_resident_bytes_at_most_1_25x_disk_without_a_dense_copy(tiny, name):
+def test_resident_bytes_without_a_dense_copy(tiny, name):
+    """SSQR keeps its codes, scales and outliers (≤ 1.25x the disk bytes); HPTQ's CPU kernel keeps dense
+    codes of 4 or 8 bits per 32 rows (runtime.hptq_dense_widths: rows needing more than 4 bits take 8, the
+    faster width) plus side tensors: at most 9 bits a weight here, never a float copy (16 bits)."""
     folder, _ = tiny[name]
     model, _ = load_model(folder, dtype=torch.bfloat16)
     resident, disk = resident_bytes(model)
     on_disk = sum(t.numel() * t.element_size() for n, t in load_file(folder / "model.safetensors").items()
                   if n.rpartition(".")[2] not in ("weight", "bias"))
     assert disk == on_disk
-    assert 0 < resident <= 1.25 * disk, (resident, disk)
+    weights = sum(m.in_features * m.out_features for m in babai_layers(model).values())
+    limit = 1.25 * disk if name.startswith("ssqr") else weights * 9 / 8
+    assert 0 < resident <= limit, (resident, disk, 8 * resident / weights)
     for layer in babai_layers(model).values():       # nothing but the kernel's form (and the bias)
         assert [n for n, _ in layer.named_buffers()] == [] and not hasattr(layer, "weight")
 
