@@ -629,13 +629,15 @@ template <int BITS>
 void dequantize_block(const Unit& u, const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0,
                       const float* rs, float* f, uint16_t* w, int64_t ldw) {
   __m256 v[4];
-  for (int64_t p = 0; p < u.K / 2; ++p) {
-    decode<BITS>(u.blk + p * BITS * 4, v);
-    const int64_t g = 2 * p / u.G;
-    for (int h = 0; h < 2; ++h) {
-      const __m256 s = u.sc ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u.sc + g * kRows + 8 * h)))
-                            : _mm256_set1_ps(1.0f);
-      for (int c = 0; c < 2; ++c) _mm256_storeu_ps(f + (2 * p + c) * kRows + 8 * h, _mm256_mul_ps(v[2 * c + h], s));
+  for (int64_t g = 0, p = 0; g < u.K / u.G; ++g) {   // by group: no division per pair
+    __m256 s[2];
+    for (int h = 0; h < 2; ++h)
+      s[h] = u.sc ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u.sc + g * kRows + 8 * h)))
+                  : _mm256_set1_ps(1.0f);
+    for (; p < (g + 1) * u.G / 2; ++p) {
+      decode<BITS>(u.blk + p * BITS * 4, v);
+      for (int h = 0; h < 2; ++h)
+        for (int c = 0; c < 2; ++c) _mm256_storeu_ps(f + (2 * p + c) * kRows + 8 * h, _mm256_mul_ps(v[2 * c + h], s[h]));
     }
   }
   add_block_residual(off, col, val, row0, f);
