@@ -28,8 +28,8 @@
 //     (x converted to float32 once per call).
 // Products are exact in both (small integers × bfloat16), sums float32; per group the partial sums are
 // scaled once. Then R is added (CSR: entry by entry into the tile when entries × rows of x are few,
-// kSparseRatio; else row by row over xᵀ), row scale and bias applied, and the result rounded once to bfloat16 (round
-// to nearest even).
+// kSparseRatio; else row by row over xᵀ), row scale and bias applied, and the result rounded once to
+// bfloat16 (round to nearest even).
 //
 // Dispatch by M: rows of x are taken in chunks of kChunkM (bounding the transient buffers: xᵀ in
 // float32 for the residual, and x in float32 for avx2; per thread the residual of its 32 rows over the
@@ -994,20 +994,20 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
   for (int64_t c0 = 0; c0 < M; c0 += kChunkM) {
     const int64_t mc = std::min(kChunkM, M - c0);
     const at::Tensor xc = xp.narrow(0, c0, mc);
+    const uint16_t* xcb = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
     // avx512 reads x as bf16 pairs; avx2 as float32. The residual reads xᵀ (K, ldt) float32, zero-padded.
     // With ≤ 2 rows of x avx512 hosts run 8-bit blocks through avx2's interleaved 8-bit path (dots8): on all
     // 30 layers in turn (weights streaming), M = 1, HPTQ-4.3's step of linears took 7.19 ms on avx2's layout
     // (all 8 bits) against 8.83 ms on avx512's (VDPBF16PS; 8.91 with all 8 bits).
     const bool narrow8 = wide && mc <= 2 && mc < predecode_from;
     std::vector<float> xf(!wide || narrow8 ? mc * K : 0);
-    if (!wide || narrow8) y::widen(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), mc * K, xf.data());
+    if (!wide || narrow8) y::widen(xcb, mc * K, xf.data());
     const int64_t ldt = (mc + 7) / 8 * 8;
     const bool sparse = mc * nnz <= kSparseRatio * N;   // residual: entry by entry into the tile, or per row over xᵀ
-    const uint16_t* xcb = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
     at::Tensor xt;
     if (nnz && !sparse) {
       xt = at::empty({K, ldt}, xc.options().dtype(at::kFloat));
-      transpose_x(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()), mc, K, ldt, xt.data_ptr<float>());
+      transpose_x(xcb, mc, K, ldt, xt.data_ptr<float>());
     }
     const float* xtp = xt.defined() ? xt.data_ptr<float>() : nullptr;
     const char* xin = wide ? static_cast<const char*>(xc.data_ptr()) : reinterpret_cast<const char*>(xf.data());
