@@ -24,18 +24,18 @@
 //   avx512 (F, BW, VL, DQ, BF16): 32 codes → exact bfloat16 in a zmm (4/5 bits: a 16/32-entry table
 //     through VPERMW; 8 bits: int → float → bf16), multiplied with up to 8 rows of x by VDPBF16PS;
 //     two blocks (32 rows) of one width share each broadcast of x.
-//   avx2 (+ FMA, F16C): codes → exact float32, 16 rows × 1 column in two ymm, FMA with up to 4 rows of x
-//     (x converted to float32 once per call).
-// Products are exact in both (small integers × bfloat16), sums float32; per group the partial sums are
-// scaled once. Then R is added (CSR: entry by entry into the tile when entries × rows of x are few,
-// kSparseRatio; else row by row over xᵀ), row scale and bias applied, and the result rounded once to
-// bfloat16 (round to nearest even).
+//   avx2 (+ FMA, F16C): codes → int16 pairs, 16 rows × 2 columns in two ymm, VPMADDWD with up to 4 rows
+//     of x rounded once per call to 16-bit fixed point per row (y::Xq: within 2^-15 · max |x| of the row).
+// Products are exact in both (small integers × bfloat16 / int16), sums float32 (avx2: int32 over ≤ 512
+// columns first); per group the partial sums are scaled once. Then R is added (CSR: entry by entry into
+// the tile when entries × rows of x are few, kSparseRatio; else row by row over xᵀ), row scale and bias
+// applied, and the result rounded once to bfloat16 (round to nearest even).
 //
 // Dispatch by M: rows of x are taken in chunks of kChunkM (bounding the transient buffers: xᵀ in
-// float32 for the residual, and x in float32 for avx2; per thread the residual of its 32 rows over the
-// chunk). When a chunk has at least `predecode_from` rows,
-// each thread decodes its blocks once per chunk into a small buffer (K·64 bytes per block pair) and
-// every 8 (4) rows reuse it with plain loads; below, codes are decoded in registers on every pass.
+// float32 for the residual, and x in fixed point for avx2; per thread the residual of its 32 rows over
+// the chunk). When a chunk has at least `predecode_from` rows, each thread decodes its blocks once per
+// chunk into a small buffer (K·64 bytes per block pair; avx2: K·32 per block) and every 8 (4) rows reuse
+// it with plain loads; below, codes are decoded in registers on every pass.
 //
 // The translation unit is compiled for the avx2 baseline (-mavx2 -mfma -mf16c, kernels/cpu_lut.py);
 // only the functions between the `#pragma GCC target` lines below use AVX-512, and they run only after
@@ -302,6 +302,8 @@ DecodeFn pick_decode(int bits) { return bits == 4 ? decode_unit<4, NB> : bits ==
 // ================================ avx2 (+ FMA, F16C) ==============================================
 namespace y {
 
+// Rows of x per pass: 8 int32 sums in registers (5 or 6 rows, 10 or 12 sums: within 4 % at M = 8 and 16 on
+// SmolLM2-135M's linears).
 constexpr int kMB = 4;
 
 // 32 codes of one block as float32: w[2c + h] = column 2p + c, rows 8h .. 8h + 7.
@@ -335,55 +337,163 @@ inline void decode(const uint8_t* p, __m256 w[4]) {
   }
 }
 
-// Decoded weights of one block: (K, 16) float32.
-template <int BITS>
-void decode_unit(const Unit& u, void* dec) {
-  float* d = static_cast<float*>(dec);
-  __m256 w[4];
-  for (int64_t p = 0; p < u.K / 2; ++p) {
-    decode<BITS>(u.blk + p * BITS * 4, w);
-    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(d + (2 * p + q / 2) * kRows + 8 * (q % 2), w[q]);
+// --- x in 16-bit fixed point, codes as int16 pairs, VPMADDWD ---------------------------------------
+//
+// Lane i of a register holds one row's pair of columns (2p, 2p + 1), the block's own order, so VPMADDWD
+// takes 16 multiply-adds per instruction (a float32 FMA: 8) and Zen 4 runs it on two pipes while the
+// VPADDD that accumulates takes any of four. x is rounded per row to q = round(x / s), s = 2^(e − 14),
+// e = max(⌊log2 max_k |x_k|⌋, −112): |q| ≤ 32,640, every element ≥ 2^−7 · max |x| (all of bf16's 8 bits)
+// exactly, the rest within s / 2 ≤ 2^−15 · max |x|, so |Δy_n| ≤ s / 2 · Σ_k |S ⊙ Z|_nk · |row scale_n|.
+// int32 sums span ≤ kSpan columns (8 bits: 256 pairs · 2 · 128 · 32,640 < 2^31), then float32 per group.
+
+constexpr int64_t kSpan = 512;
+
+// x of one pass: q (mb, K) int16 (row stride K), s (mb) float32 (NaN for a row with an infinity or a NaN,
+// q = 0 there), sum (mb, spans) int32 = Σ q over each span (a group's columns in pieces of ≤ kSpan).
+struct Xq {
+  const int16_t* q;
+  const float* s;
+  const int32_t* sum;
+  int64_t spans;
+};
+
+inline int64_t spans_of(int64_t K, int64_t G) { return K / G * ((G + kSpan - 1) / kSpan); }
+
+// x (mc, K) bfloat16 → q, s, sum of Xq (K a multiple of 8, G of the spans).
+void quantize(const uint16_t* x, int64_t mc, int64_t K, int64_t G, int16_t* q, float* s, int32_t* sum) {
+  const int64_t spans = spans_of(K, G);
+  for (int64_t m = 0; m < mc; ++m) {
+    const uint16_t* xm = x + m * K;
+    int16_t* qm = q + m * K;
+    uint16_t top = 0;   // max |x| as bits: integer order is float order for finite values
+    for (int64_t k = 0; k < K; ++k) top = std::max<uint16_t>(top, xm[k] & 0x7FFF);
+    const bool finite = top < 0x7F80;
+    const int e = std::max(top >> 7, 15);   // biased exponent, ≥ 15: 1 / s stays a float32
+    const uint32_t sb = finite ? static_cast<uint32_t>(e - 14) << 23 : 0x7FC00000u;
+    std::memcpy(s + m, &sb, sizeof sb);
+    const __m256 r = _mm256_castsi256_ps(_mm256_set1_epi32(finite ? (268 - e) << 23 : 0));   // 1 / s (0: q = 0)
+    for (int64_t k = 0; k < K; k += 8) {   // round to nearest even (MXCSR default)
+      const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xm + k))), 16)), r));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qm + k),
+                       _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+    }
+    int32_t* sm = sum + m * spans;
+    for (int64_t g0 = 0; g0 < K; g0 += G)
+      for (int64_t k0 = g0; k0 < g0 + G; k0 += kSpan, ++sm) {
+        int32_t a = 0;
+        for (int64_t k = k0; k < std::min(k0 + kSpan, g0 + G); ++k) a += qm[k];
+        *sm = a;
+      }
   }
 }
 
-// One block, MB rows of x (float32); C independent chains per (half, row) when MB is small.
+// The 32 codes of pair p as int16 pairs. 8 bits: z, w[h] = rows 8h .. 8h + 7. 4/5 bits: u = z + 2^(bits−1)
+// (the offset is taken off the sums: Xq's sum), w[0] = rows 0-3 and 8-11, w[1] = rows 4-7 and 12-15
+// (VPUNPCK*WD stay within 128-bit lanes).
+template <int BITS>
+inline void decode_i16(const uint8_t* p, __m256i w[2]) {
+  if constexpr (BITS == 8) {
+    for (int h = 0; h < 2; ++h) w[h] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * h)));
+  } else {
+    const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));   // word i: row i
+    __m256i lo = _mm256_and_si256(v, _mm256_set1_epi16(15)), hi = _mm256_srli_epi16(v, 4);
+    if constexpr (BITS == 5) {   // word i of lo takes bit 2i of the mask, of hi bit 2i + 1 (rows 8-15: bits 16-31)
+      const __m256i mask = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(load_u32(p + 16))),
+                                               _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                                                2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3));
+      const __m256i even = _mm256_setr_epi16(1, 4, 16, 64, 256, 1024, 4096, 16384, 1, 4, 16, 64, 256, 1024, 4096, 16384);
+      const __m256i odd = _mm256_add_epi16(even, even), bit4 = _mm256_set1_epi16(16);
+      lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(mask, even), even), bit4));
+      hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(mask, odd), odd), bit4));
+    }
+    w[0] = _mm256_unpacklo_epi16(lo, hi);
+    w[1] = _mm256_unpackhi_epi16(lo, hi);
+  }
+}
+
+// Decoded weights of one block: (K/2, 16) int16 pairs z, rows in order.
+template <int BITS>
+void decode_unit(const Unit& u, void* dec) {
+  int32_t* d = static_cast<int32_t*>(dec);
+  const __m256i offset = _mm256_set1_epi16(BITS == 8 ? 0 : 1 << (BITS - 1));
+  __m256i w[2];
+  for (int64_t p = 0; p < u.K / 2; ++p) {
+    decode_i16<BITS>(u.blk + p * BITS * 4, w);
+    if (BITS != 8) {
+      const __m256i a = _mm256_permute2x128_si256(w[0], w[1], 0x20), b = _mm256_permute2x128_si256(w[0], w[1], 0x31);
+      w[0] = _mm256_sub_epi16(a, offset);
+      w[1] = _mm256_sub_epi16(b, offset);
+    }
+    for (int h = 0; h < 2; ++h) _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + p * kRows + 8 * h), w[h]);
+  }
+}
+
+// acc + VPMADDWD(w, x) in place: written with intrinsics GCC 12 kept one of 8 accumulators on the stack
+// and copied the others every pair (40 instructions per pair at 4 rows of x instead of 25).
+inline __m256i madd_acc(__m256i acc, __m256i w, __m256i x) {
+  __m256i t;
+  __asm__("vpmaddwd %2, %3, %1\n\tvpaddd %1, %0, %0" : "+x"(acc), "=&x"(t) : "x"(w), "x"(x));
+  return acc;
+}
+
+// One block, MB rows of x (Xq): per span int32 sums by VPMADDWD + VPADDD (the add's 1-cycle latency needs
+// no second chain), per span converted and scaled by the group's S into the tile; at the end rows put in
+// order and times s.
 template <int BITS, int MB, bool DEC>
 void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
-  constexpr int C = MB <= 2 ? 2 : 1;
-  const float* d = static_cast<const float*>(dec);
-  const float* x = static_cast<const float*>(xv);
+  constexpr bool kNibbles = !DEC && BITS != 8;   // rows as decode_i16 leaves them, sums of u (offset)
+  const Xq& x = *static_cast<const Xq*>(xv);
+  const int32_t* d = static_cast<const int32_t*>(dec);
   for (int m = 0; m < MB; ++m)
     for (int h = 0; h < 2; ++h) _mm256_storeu_ps(tile + m * kTile + 8 * h, _mm256_setzero_ps());
-  for (int64_t g0 = 0, gi = 0; g0 < u.K; g0 += u.G, ++gi) {
-    __m256 part[C][2][MB];
-    for (int c = 0; c < C; ++c)
+  for (int64_t g0 = 0, gi = 0, si = 0; g0 < u.K; g0 += u.G, ++gi) {
+    __m256 s[2] = {_mm256_set1_ps(1.0f), _mm256_set1_ps(1.0f)};   // the group's S, rows as the sums have them
+    for (int h = 0; h < 2 && u.sc; ++h) {
+      const at::Half* sg = u.sc + gi * kRows;
+      s[h] = _mm256_cvtph_ps(kNibbles ? _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sg + 4 * h)),
+                                                           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sg + 8 + 4 * h)))
+                                      : _mm_loadu_si128(reinterpret_cast<const __m128i*>(sg + 8 * h)));
+    }
+    for (int64_t k0 = g0; k0 < g0 + u.G; k0 += kSpan, ++si) {
+      __m256i acc[2][MB];
       for (int h = 0; h < 2; ++h)
-        for (int m = 0; m < MB; ++m) part[c][h][m] = _mm256_setzero_ps();
-    const uint8_t* code = u.blk + g0 / 2 * BITS * 4;
-    for (int64_t k = g0; k < g0 + u.G; k += 2, code += BITS * 4) {
-      __m256 w[4];
-      if (DEC) {
-        for (int q = 0; q < 4; ++q) w[q] = _mm256_loadu_ps(d + (k + q / 2) * kRows + 8 * (q % 2));
-      } else {
-        _mm_prefetch(reinterpret_cast<const char*>(code) + kPrefetchAvx2, _MM_HINT_T0);
-        decode<BITS>(code, w);
-      }
-      for (int m = 0; m < MB; ++m)
-        for (int c = 0; c < 2; ++c) {
-          const __m256 xk = _mm256_broadcast_ss(x + m * u.K + k + c);
-          for (int h = 0; h < 2; ++h) part[c % C][h][m] = _mm256_fmadd_ps(w[2 * c + h], xk, part[c % C][h][m]);
+        for (int m = 0; m < MB; ++m) acc[h][m] = _mm256_setzero_si256();
+      const int64_t p1 = std::min(k0 + kSpan, g0 + u.G) / 2;
+      for (int64_t p = k0 / 2; p < p1; ++p) {
+        __m256i w[2];
+        if (DEC) {
+          for (int h = 0; h < 2; ++h) w[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + p * kRows + 8 * h));
+        } else {
+          const uint8_t* code = u.blk + p * BITS * 4;
+          _mm_prefetch(reinterpret_cast<const char*>(code) + kPrefetchAvx2, _MM_HINT_T0);
+          decode_i16<BITS>(code, w);
         }
-    }
-    for (int h = 0; h < 2; ++h) {
-      const __m256 s = u.sc ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
-                                  u.sc + gi * kRows + 8 * h)))
-                            : _mm256_set1_ps(1.0f);
+        for (int m = 0; m < MB; ++m) {
+          const __m256i xp = _mm256_set1_epi32(static_cast<int>(load_u32(x.q + m * u.K + 2 * p)));
+          for (int h = 0; h < 2; ++h) acc[h][m] = madd_acc(acc[h][m], w[h], xp);
+        }
+      }
       for (int m = 0; m < MB; ++m) {
-        const __m256 sum = C == 2 ? _mm256_add_ps(part[0][h][m], part[C - 1][h][m]) : part[0][h][m];
-        float* t = tile + m * kTile + 8 * h;
-        _mm256_storeu_ps(t, _mm256_fmadd_ps(sum, s, _mm256_loadu_ps(t)));
+        const __m256i off = _mm256_set1_epi32(kNibbles ? x.sum[m * x.spans + si] * (1 << (BITS - 1)) : 0);
+        for (int h = 0; h < 2; ++h) {
+          float* t = tile + m * kTile + 8 * h;
+          _mm256_storeu_ps(t, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[h][m], off)), s[h], _mm256_loadu_ps(t)));
+        }
       }
     }
+  }
+  for (int m = 0; m < MB; ++m) {
+    float* t = tile + m * kTile;
+    const __m256 sm = _mm256_set1_ps(x.s[m]);
+    __m256 a = _mm256_loadu_ps(t), b = _mm256_loadu_ps(t + 8);
+    if (kNibbles) {
+      const __m256 lo = _mm256_permute2f128_ps(a, b, 0x20), hi = _mm256_permute2f128_ps(a, b, 0x31);
+      a = lo;
+      b = hi;
+    }
+    _mm256_storeu_ps(t, _mm256_mul_ps(a, sm));
+    _mm256_storeu_ps(t + 8, _mm256_mul_ps(b, sm));
   }
 }
 
@@ -469,8 +579,7 @@ template <int BITS, bool DEC>
 constexpr DotsFn kDots[kMB + 1] = {nullptr, dots<BITS, 1, DEC>, dots<BITS, 2, DEC>, dots<BITS, 3, DEC>, dots<BITS, 4, DEC>};
 
 DotsFn pick_dots(int bits, int mb, bool dec) {
-  if (dec) return kDots<4, true>[mb];
-  if (bits == 8 && mb <= 2) return mb == 1 ? dots8<1> : dots8<2>;
+  if (dec) return kDots<4, true>[mb];   // decoded weights do not depend on the bit width
   return bits == 4 ? kDots<4, false>[mb] : bits == 5 ? kDots<5, false>[mb] : kDots<8, false>[mb];
 }
 
@@ -953,7 +1062,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
   const bool wide = isa == Isa::kAvx512;
   const int NB = wide ? 2 : 1, MBmax = wide ? kMaxMB : y::kMB;
   const int64_t nnz = vals.numel(), sc_block = (K / G) * kRows;
-  const int64_t dec_bytes = wide ? K * NB * 32 : K * kRows * 4;
+  const int64_t dec_bytes = wide ? K * NB * 32 : K * kRows * 2;
   const int32_t* off = offsets.data_ptr<int32_t>();
   const uint16_t* col = reinterpret_cast<const uint16_t*>(cols.data_ptr<int16_t>());
   const at::Half* val = vals.data_ptr<at::Half>();
@@ -995,13 +1104,20 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     const int64_t mc = std::min(kChunkM, M - c0);
     const at::Tensor xc = xp.narrow(0, c0, mc);
     const uint16_t* xcb = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
-    // avx512 reads x as bf16 pairs; avx2 as float32. The residual reads xᵀ (K, ldt) float32, zero-padded.
+    // avx512 reads x as bf16 pairs; avx2 as 16-bit fixed point. The residual reads x or xᵀ (K, ldt) float32,
+    // zero-padded, as they are.
     // With ≤ 2 rows of x avx512 hosts run 8-bit blocks through avx2's interleaved 8-bit path (dots8): on all
     // 30 layers in turn (weights streaming), M = 1, HPTQ-4.3's step of linears took 7.19 ms on avx2's layout
     // (all 8 bits) against 8.83 ms on avx512's (VDPBF16PS; 8.91 with all 8 bits).
     const bool narrow8 = wide && mc <= 2 && mc < predecode_from;
-    std::vector<float> xf(!wide || narrow8 ? mc * K : 0);
-    if (!wide || narrow8) y::widen(xcb, mc * K, xf.data());
+    std::vector<float> xf(narrow8 ? mc * K : 0);
+    if (narrow8) y::widen(xcb, mc * K, xf.data());
+    // avx2: x in 16-bit fixed point per row (y::Xq)
+    const int64_t spans = wide ? 0 : y::spans_of(K, G);
+    std::vector<int16_t> xq(wide ? 0 : mc * K);
+    std::vector<float> xs(wide ? 0 : mc);
+    std::vector<int32_t> xsum(mc * spans);
+    if (!wide) y::quantize(xcb, mc, K, G, xq.data(), xs.data(), xsum.data());
     const int64_t ldt = (mc + 7) / 8 * 8;
     const bool sparse = mc * nnz <= kSparseRatio * N;   // residual: entry by entry into the tile, or per row over xᵀ
     at::Tensor xt;
@@ -1010,8 +1126,6 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
       transpose_x(xcb, mc, K, ldt, xt.data_ptr<float>());
     }
     const float* xtp = xt.defined() ? xt.data_ptr<float>() : nullptr;
-    const char* xin = wide ? static_cast<const char*>(xc.data_ptr()) : reinterpret_cast<const char*>(xf.data());
-    const int64_t xrow = K * (wide ? 2 : 4);
     const bool dec = mc >= predecode_from;
     const StoreFn store = wide ? z::store : y::store;
 
@@ -1041,10 +1155,11 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
             for (int j = 0; j < nbk; ++j) {   // one block of 16 rows at a time, into its columns of the tile
               const Unit block{unit.blk + j * unit.blk_bytes, unit.blk_bytes, unit.sc ? unit.sc + j * sc_block : nullptr,
                                sc_block, K, G};
-              y::pick_dots(8, mb, false)(block, nullptr, xf.data() + m0 * K, tile + j * kRows);
+              (mb == 1 ? y::dots8<1> : y::dots8<2>)(block, nullptr, xf.data() + m0 * K, tile + j * kRows);
             }
           } else {
-            f(unit, dbuf, xin + m0 * xrow, tile);
+            const y::Xq xm{xq.data() + m0 * K, xs.data() + m0, xsum.data() + m0 * spans, spans};
+            f(unit, dbuf, wide ? static_cast<const void*>(xcb + m0 * K) : &xm, tile);
           }
           if (nnz && sparse) add_residual_sparse(off, col, val, b * kRows, rows, xcb + m0 * K, K, mb, tile);
           if (nnz && !sparse) add_residual(res.data(), rows, ldt, m0, mb, tile);

@@ -2,9 +2,10 @@
 
 One op per linear, bfloat16 activations: activation permutation, dense 4-, 5- or 8-bit codes turned
 into exact bfloat16 (AVX-512 BF16: a 16/32-entry lookup table, VDPBF16PS over up to 8 activation rows)
-or exact float32 (AVX2 + FMA + F16C, up to 4 rows) in registers, group scales, the CSR residual, row
-scale, bias and the output cast. Nothing dense stays resident. Large batches decode each block once
-per 64 rows into a small per-thread buffer and reuse it (`PREDECODE_FROM`).
+or int16 (AVX2 + FMA + F16C: VPMADDWD over up to 4 rows of x, each rounded to 16-bit fixed point) in
+registers, group scales, the CSR residual, row scale, bias and the output cast. Nothing dense stays
+resident. Large batches decode each block once per 64 rows into a small per-thread buffer and reuse it
+(`PREDECODE_FROM`).
 
 Build: on first use (~1 min; `scripts/setup.sh` does it once) with explicit instruction-set flags
 (`CFLAGS`: the AVX2 baseline; the AVX-512 functions are compiled for their extensions inside the source),

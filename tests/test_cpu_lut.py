@@ -4,7 +4,10 @@ references, its argument checks and its instruction-set guard.
 Exact case: small-integer activations, power-of-2 scales and residual values make every product
 and partial sum exact in float32, so the kernel must equal the fp64 result rounded once to bf16.
 General case: the only roundings are float32 accumulation (≤ K·2⁻²⁴·Σ|w·x| for any order) and the
-final bf16 rounding (half an ulp of the result), so |y − y64| ≤ 2⁻⁸·|y64| + K·2⁻²⁴·Σ|w·x|.
+final bf16 rounding (half an ulp of the result), so |y − y64| ≤ 2⁻⁸·|y64| + K·2⁻²⁴·Σ|w·x|. The AVX2
+variant's codes' paths also round each row of x (⊙ α) to multiples of s = 2^(e − 14), e = ⌊log2 max|x|⌋
+(≥ −112), within s/2 per element: |Δy_n| ≤ s/2 · Σ_k |S ⊙ Z · row_scale|_nk more (before the bf16
+rounding, hence · (1 + 2⁻⁸)); inputs whose every element is ≥ 2⁻⁷·max|x| of its row are exact.
 Both variants and both paths by batch size (codes decoded per pass, or once per chunk of rows:
 `predecode_from`) are held to the same references.
 """
@@ -57,11 +60,28 @@ def _exact(layout, x, bias=None):
     return y if bias is None else y + bias.double()
 
 
-def _assert_within_bound(y, layout, x, bias, extra):
-    """|y − y64| ≤ 2⁻⁸·|y64| + (K·2⁻²⁴ + extra)·Σ|w·x| elementwise (extra: relative roundings before the dots)."""
+def _fixed_point_step(layout, x):
+    """(M,) float64: the step s = 2^(e − 14) to which the AVX2 variant rounds each row of x ⊙ α."""
+    xs = runtime.scale_input(x, layout.col_scale).double()
+    return 2.0 ** (torch.floor(torch.log2(xs.abs().amax(1))).clamp(min=-112) - 14)
+
+
+def _fixed_point_bound(layout, x):
+    """(M, N) float64: s/2 · Σ_k |S ⊙ Z · row_scale|_nk, the most x's rounding to fixed point moves y."""
+    dense = (layout.scales.repeat_interleave(layout.group_size, dim=1) * layout.codes.float()).double().abs().sum(1)
+    if layout.row_scale is not None:
+        dense = dense * layout.row_scale.double().abs()
+    return _fixed_point_step(layout, x)[:, None] / 2 * dense[None, :]
+
+
+def _assert_within_bound(y, layout, x, bias, extra, fixed_point=False):
+    """|y − y64| ≤ 2⁻⁸·|y64| + (K·2⁻²⁴ + extra)·Σ|w·x| elementwise (extra: relative roundings before the dots),
+    + (1 + 2⁻⁸)·_fixed_point_bound with `fixed_point` (the AVX2 variant's codes' paths)."""
     exact = _exact(layout, x, bias)
     weights = runtime.dequantize(layout).double().abs()
     bound = 2 ** -8 * exact.abs() + (x.shape[1] * 2 ** -24 + extra) * (x.double().abs() @ weights.T)
+    if fixed_point:
+        bound = bound + (1 + 2 ** -8) * _fixed_point_bound(layout, x)
     assert bool(((y.double() - exact).abs() <= bound).all()), float(((y.double() - exact).abs() / bound).max())
 
 
@@ -124,7 +144,49 @@ def test_random_inputs_within_the_derived_bound(isa, path, bits, group, perm, ro
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
     y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, **PATHS[path])
-    _assert_within_bound(y, layout, x, bias, ((2 ** -9 + 2 ** -23) if col_scale else 0.0) + (2 ** -9 if path == "dense" else 0.0))
+    _assert_within_bound(y, layout, x, bias, ((2 ** -9 + 2 ** -23) if col_scale else 0.0) + (2 ** -9 if path == "dense" else 0.0),
+                         fixed_point=isa == "avx2" and path != "dense")
+
+
+@pytest.mark.parametrize("path", EXACT_PATHS)
+@pytest.mark.parametrize("bits", [4, 5, 8])
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 9])
+def test_avx2_rounds_each_row_of_x_to_16_bit_fixed_point(path, bits, m):
+    """The AVX2 variant's codes' paths compute with x rounded per row to multiples of s = 2^(e − 14)
+    (nearest, ties to even): with exact weights and sums the result is the fp64 product with that x,
+    rounded once to bf16. Rows: one element 255 (s = 2⁻⁷), the others below 1 with up to 16 fractional
+    bits, times 2^r, r in [−60, 60) (s scales alike); the sums stay below 2²⁴·s, exact in float32."""
+    if cpu_lut.choose_isa(HOST, "avx2")[0] != "avx2":
+        pytest.skip("this CPU cannot run the avx2 variant")
+    layout = _layout(32, 128, bits, 32, seed=bits + m, exact=True, rate=0.0, row_scale=True)
+    g = torch.Generator().manual_seed(m)
+    x = torch.randint(-255, 256, (m, 128), generator=g).double() * 2.0 ** -torch.randint(8, 17, (m, 128), generator=g)
+    x[:, 0] = 255
+    x = (x * 2.0 ** torch.randint(-60, 60, (m, 1), generator=g)).to(torch.bfloat16)
+    s = _fixed_point_step(layout, x)
+    xq = torch.round(x.double() / s[:, None]) * s[:, None]   # torch.round: ties to even
+    assert not torch.equal(xq, x.double())
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, "avx2"), x, **PATHS[path])
+    assert torch.equal(y, (xq @ runtime.dequantize(layout).double().T).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("path", EXACT_PATHS)
+@pytest.mark.parametrize("bits", [4, 5, 8])
+@pytest.mark.parametrize("group", [64, None])
+def test_avx2_integer_sums_do_not_overflow(path, bits, group):
+    """The largest codes times the largest fixed-point x (|q| = 32,640) over K = 1536 (no group scales:
+    int32 sums over 512 columns at a time): the exact product."""
+    if cpu_lut.choose_isa(HOST, "avx2")[0] != "avx2":
+        pytest.skip("this CPU cannot run the avx2 variant")
+    n, k = 32, 1536
+    codes = torch.full((n, k), -(1 << (bits - 1)), dtype=torch.int8)
+    codes[16:] = (1 << (bits - 1)) - 1
+    layout = runtime.DenseResidual(codes, bits, torch.ones(n, k // (group or k)), runtime.Residual.from_dense(torch.zeros(n, k)),
+                                   None, None)
+    x = torch.full((2, k), 255 / 128).to(torch.bfloat16)
+    x[1] = -x[1]
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, "avx2"), x, **PATHS[path])
+    assert torch.equal(y, _exact(layout, x).to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -137,7 +199,7 @@ def test_predecoded_group_scales_with_blocks_with_and_without_residual(isa, m):
     assert 0 in entries and any(entries)
     x = torch.randn(m, 384, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
     y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, **PATHS["predecoded"])
-    _assert_within_bound(y, layout, x, None, 0.0)
+    _assert_within_bound(y, layout, x, None, 0.0, fixed_point=isa == "avx2")
 
 
 @pytest.mark.parametrize("isa", ISAS)
