@@ -49,18 +49,20 @@ SANITIZE_CFLAGS = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,u
 ISA_FEATURES = {"avx2": ("avx2", "fma", "f16c"),
                 "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")}
 BUILD_ISA = "avx2"
-# Rows of x from which blocks are decoded once per chunk, per code width: the crossovers measured in
-# benchmarks/results/linear_cpu.md (5 bits: 16-32; 4 bits: 64, or never, by ≤ 3 %; 8 bits, whose
-# in-register decode costs more than 5 bits', as 5).
-PREDECODE_FROM = {4: 64, 5: 32, 8: 32}
+# Rows of x from which blocks are decoded once per chunk, by variant and code width: the crossovers measured
+# in benchmarks/results/linear_cpu.md (avx512: 5 bits 16-32; 4 bits 64, or never, by ≤ 3 %; 8 bits, whose
+# in-register decode costs more than 5 bits', as 5). avx2 (int16 pairs, VPMADDWD; step of SmolLM2-135M's
+# linears, 1 thread, 2026-12-05, per pass / predecoded): SSQR-w4 (4 bits) 16.9 / 17.7 ms at M = 8, 24.0 /
+# 23.3 at 12, 30.4 / 28.7 at 16; HPTQ-4.3 (8 bits) 23.9 / 25.4 at 16, 46.4 / 46.4 at 32, 69.0 / 67.4 at 48;
+# 5 bits (no avx2 layout takes them) as 8.
+PREDECODE_FROM = {"avx512": {4: 64, 5: 32, 8: 32}, "avx2": {4: 16, 5: 32, 8: 32}}
 # Rows of x from which the op dequantizes tiles of rows to bfloat16 (each weight rounded once, as the
 # bf16 model's own) and runs PyTorch's bf16 GEMM on them, by variant and by whether the layout has group
 # scales: the crossovers measured in benchmarks/results/linear_cpu.md (avx512: SSQR-w4 256 on every shape;
-# HPTQ-4.3/3.3 512, gate_up 1024 within 1-3 % at 512). avx2 (float32 FMA, forced on the same box,
-# 2026-12-05): 32 for every shape of the three layouts, the GEMM 1.08-1.28x faster there, 0.68-0.83x at 16;
-# its predecoding (PREDECODE_FROM) thus never runs at the default crossovers.
+# HPTQ-4.3/3.3 512, gate_up 1024 within 1-3 % at 512). avx2 (same step, predecoded / dense): SSQR-w4
+# 75.8 / 79.8 ms at M = 48, 100.2 / 93.8 at 64; HPTQ-4.3 88.5 / 95.3 at 64, 134.3 / 127.1 at 96.
 DENSE_FROM = {"avx512": {"group scales": 256, "no group scales": 512},
-              "avx2": {"group scales": 32, "no group scales": 32}}
+              "avx2": {"group scales": 64, "no group scales": 96}}
 
 
 def host_features() -> frozenset[str]:
@@ -160,7 +162,7 @@ class LutPacked:
     col_scale: torch.Tensor   # (K,) float32 in original column order (HPTQ's α), or empty
     row_scale: torch.Tensor   # (N,) float32, (N/16,) when constant on blocks of 16 rows, or empty
     group_size: int
-    predecode_from: int       # rows of x from which codes are decoded once per chunk: PREDECODE_FROM of
+    predecode_from: int       # rows of x from which codes are decoded once per chunk: PREDECODE_FROM[isa] of
     # the width most blocks have
     dense_from: int           # rows of x from which tiles are dequantized for PyTorch's GEMM (DENSE_FROM[isa])
     isa: str = "auto"         # "avx512" or "avx2"
@@ -291,14 +293,14 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
                      torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
                      row_scale.float().contiguous(), group,
-                     PREDECODE_FROM[max(BITS, key=lambda b: int((block_bits == b).sum()))],
+                     PREDECODE_FROM[isa][max(BITS, key=lambda b: int((block_bits == b).sum()))],
                      DENSE_FROM[isa]["group scales" if scales.numel() else "no group scales"], isa)
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
                predecode_from: int | None = None, dense_from: int | None = None) -> torch.Tensor:
     """x (M, K) bfloat16 in original column order → (M, N) bfloat16. predecode_from: rows of x from which
-    codes are decoded once per chunk (default: PREDECODE_FROM of the layout's most common width);
+    codes are decoded once per chunk (default: PREDECODE_FROM of the variant and the layout's most common width);
     dense_from: rows of x from which tiles of rows are dequantized to bf16 for PyTorch's GEMM (default:
     DENSE_FROM of the variant and layout)."""
     return torch.ops.babai_cpu.lut_linear(x, p.packed, p.block_bits, p.scales, p.group_size, p.perm, p.col_scale,
