@@ -34,11 +34,12 @@ WIDTH_ROWS = 32              # HPTQ rows that share one dense width (two 16-row 
 CPU_NS_PER_WEIGHT = {4: 0.045, 5: 0.055, 8: 0.050}
 CPU_NS_PER_ENTRY = 1.66
 # (ns per weight by width, ns per entry) per variant of the kernel (cpu_lut.isa()); the AVX2 + FMA + F16C
-# variant measured the same way, forced on the same box: it decodes codes to float32, where 5 bits cost
-# 1.7x 4 bits (the high bits take their own shifts) and 8 bits least (sign-extended in place), so its
-# rows take 8 bits: 8.1 resident bits per weight on hptq-3.3 and 4.3, and on the whole model (weights
-# streaming) 1.21x / 1.08x faster steps of linears at M = 1 / 8 than the 4/8-bit mix of 5.1 bits.
-CPU_COSTS = {"avx512": (CPU_NS_PER_WEIGHT, CPU_NS_PER_ENTRY), "avx2": ({4: 0.063, 5: 0.107, 8: 0.052}, 1.69)}
+# variant measured the same way, forced on the same box: it multiplies int16 pairs (VPMADDWD), where 5 bits
+# cost 1.6x 4 bits (the high bits take their own compares) and 8 bits least (one sign extension per 16
+# weights; 4 bits 1.06x), so its rows take 8 bits: 8.1 resident bits per weight on hptq-3.3 and 4.3 (with
+# its float32 decode, 0.063 / 0.107 / 0.052 ns and 1.69, the whole model's steps of linears, weights
+# streaming, ran 1.21x / 1.08x faster at M = 1 / 8 than the 4/8-bit mix of 5.1 bits).
+CPU_COSTS = {"avx512": (CPU_NS_PER_WEIGHT, CPU_NS_PER_ENTRY), "avx2": ({4: 0.040, 5: 0.063, 8: 0.0375}, 1.65)}
 
 
 @dataclass
