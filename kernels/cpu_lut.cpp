@@ -478,7 +478,8 @@ void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
         const __m256i off = _mm256_set1_epi32(kNibbles ? x.sum[m * x.spans + si] * (1 << (BITS - 1)) : 0);
         for (int h = 0; h < 2; ++h) {
           float* t = tile + m * kTile + 8 * h;
-          _mm256_storeu_ps(t, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[h][m], off)), s[h], _mm256_loadu_ps(t)));
+          const __m256 sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[h][m], off));
+          _mm256_storeu_ps(t, _mm256_fmadd_ps(sum, s[h], _mm256_loadu_ps(t)));
         }
       }
     }
@@ -497,7 +498,8 @@ void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
   }
 }
 
-// 8-bit codes and one or two rows of x: a pair's bytes (row i: columns 2p, 2p + 1) sign-extended in place,
+// 8-bit codes and one or two rows of x (float32), for the avx512 variant's 8-bit blocks (its results stay
+// as they were; avx2's own take dots): a pair's bytes (row i: columns 2p, 2p + 1) sign-extended in place,
 // lane 2i + c of register q = row 4q + i, column 2p + c, times (x[2p], x[2p + 1]) broadcast as one 64-bit
 // pair; per group, adjacent lanes are summed (HADDPS). 13 instructions per 32 weights at M = 1 instead of
 // 18; one row of x takes two chains per register (pair parity) for the 4-cycle FMA latency.
@@ -1104,8 +1106,8 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     const int64_t mc = std::min(kChunkM, M - c0);
     const at::Tensor xc = xp.narrow(0, c0, mc);
     const uint16_t* xcb = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
-    // avx512 reads x as bf16 pairs; avx2 as 16-bit fixed point. The residual reads x or xᵀ (K, ldt) float32,
-    // zero-padded, as they are.
+    // avx512 reads x as bf16 pairs; avx2 as 16-bit fixed point. The residual reads x itself (bf16) or xᵀ
+    // (K, ldt) float32, zero-padded.
     // With ≤ 2 rows of x avx512 hosts run 8-bit blocks through avx2's interleaved 8-bit path (dots8): on all
     // 30 layers in turn (weights streaming), M = 1, HPTQ-4.3's step of linears took 7.19 ms on avx2's layout
     // (all 8 bits) against 8.83 ms on avx512's (VDPBF16PS; 8.91 with all 8 bits).
