@@ -487,13 +487,20 @@ template <int V>
 inline void residual_block(const uint16_t* col, const at::Half* val, int32_t e0, int32_t e1, const float* xt,
                            int64_t ldt, int64_t m, float* a) {
   constexpr int P = V == 1 ? 2 : 1;
-  __m256 acc[P][V];
+  __m256 acc[P][V];   // indexed by constants only: a chain picked by (e - e0) % P kept them on the stack
   for (int p = 0; p < P; ++p)
     for (int v = 0; v < V; ++v) acc[p][v] = _mm256_setzero_ps();
-  for (int32_t e = e0; e < e1; ++e) {
+  int32_t e = e0;
+  for (; e + P <= e1; e += P)
+    for (int p = 0; p < P; ++p) {
+      const __m256 w = _mm256_set1_ps(_cvtsh_ss(val[e + p].x));
+      const float* xc = xt + col[e + p] * ldt + m;
+      for (int v = 0; v < V; ++v) acc[p][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xc + 8 * v), acc[p][v]);
+    }
+  if (e < e1) {   // P = 2: the odd entry
     const __m256 w = _mm256_set1_ps(_cvtsh_ss(val[e].x));
     const float* xc = xt + col[e] * ldt + m;
-    for (int v = 0; v < V; ++v) acc[(e - e0) % P][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xc + 8 * v), acc[(e - e0) % P][v]);
+    for (int v = 0; v < V; ++v) acc[0][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xc + 8 * v), acc[0][v]);
   }
   for (int v = 0; v < V; ++v) _mm256_storeu_ps(a + 8 * v, P == 2 ? _mm256_add_ps(acc[0][v], acc[P - 1][v]) : acc[0][v]);
 }
@@ -797,8 +804,10 @@ void check_csr(const at::Tensor& offsets, const at::Tensor& cols, const at::Tens
   const int64_t nnz = cols.numel();
   const int32_t* off = offsets.data_ptr<int32_t>();
   BABAI_CHECK(off[0] == 0, "residual offsets[0] must be 0, got ", off[0]);
+  bool monotone = true;   // branch-free, so that it vectorizes; the first bad offset is looked up after
+  for (int64_t n = 0; n < N; ++n) monotone &= off[n + 1] >= off[n];
   int64_t bad = -1;
-  for (int64_t n = 0; n < N && bad < 0; ++n)
+  for (int64_t n = 0; n < N && !monotone && bad < 0; ++n)
     if (off[n + 1] < off[n]) bad = n;
   BABAI_CHECK(bad < 0, "residual offsets must not decrease: offsets[", bad + 1, "] = ", off[bad < 0 ? 0 : bad + 1],
               " < offsets[", bad, "]");
