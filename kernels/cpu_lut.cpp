@@ -66,7 +66,11 @@ constexpr int kMaxMBGroups = 6;  // the same for predecoded blocks with group sc
 // 2048 best of 1024 / 2048 / 4096 / 16384; avx512 (which takes the codes ~2x as fast) 2048 / 4096 / 8192 /
 // 16384 / 32768 → HPTQ-4.3 2.70 / 2.78 / 2.96 / 3.11 / 3.05x streamed bf16 F.linear (10.86 ms without).
 constexpr int kPrefetchAvx2 = 2048, kPrefetchAvx512 = 16384;
-constexpr int64_t kChunkM = 64;  // activation rows per outer chunk (xᵀ of a chunk stays in L2 for K ≤ 1536)
+// activation rows per outer chunk: blocks are predecoded once per chunk. 256 against 64 (layer 5, 1 thread,
+// 7 rounds, x vLLM's bf16): HPTQ-4.3 M = 128 / 256 gate_up 0.96 → 0.97 / 0.95 → 0.99, down_proj 0.91 → 0.94 /
+// 0.91 → 0.95; SSQR-w4 M = 128 / 192 gate_up 0.85 → 0.85 / 0.84 → 0.87, down_proj 0.80 → 0.82 / 0.79 → 0.81
+// (xᵀ then 1.5 MiB at K = 1,536, past L2, and still no slower)
+constexpr int64_t kChunkM = 256;
 // The residual entry by entry costs ~0.65 ns per entry and row of x, the per-row pass ~5-10 ns per row of
 // the layer + ~0.24 ns per entry and row of x (AVX-512 host, SSQR-w4/HPTQ-4.3 layers at M = 1 … 16): a chunk
 // of mc rows takes the entry-by-entry way while mc · nnz ≤ kSparseRatio · N (measured: HPTQ-4.3 gate_up

@@ -79,10 +79,10 @@ def test_exact_inputs_give_the_fp64_product_rounded_once(isa, path, bits, m):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("path", EXACT_PATHS)
-@pytest.mark.parametrize("m", [1, 3, 8, 20, 70])
+@pytest.mark.parametrize("m", [1, 3, 8, 20, 70, 300])
 def test_residual_entry_by_entry_and_per_row_give_the_exact_product(isa, path, m):
     """A sparse residual (~70 entries over 64 rows): chunks of few rows of x add it entry by entry
-    (rows of x · entries ≤ 10 · N), larger ones (m = 20, 70) row by row over xᵀ; both exact."""
+    (rows of x · entries ≤ 10 · N), larger ones (m = 20, 70; 300: two chunks) row by row over xᵀ; all exact."""
     layout = _layout(64, 384, 4, 64, seed=7, exact=True, rate=0.003, row_scale=True)
     assert 0 < layout.residual.nnz * 3 <= 10 * 64 < layout.residual.nnz * 20
     x = torch.randint(-3, 4, (m, 384), generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
