@@ -46,12 +46,13 @@ import torch
 from safetensors.torch import load_file
 
 from benchmarks.serving_cpu import CKPTS, LOGS, checkpoint_path
+from babai_kernels.cpu_lut import NEVER
 from benchmarks.serving_report import device, versions
 
 RESULTS = Path(__file__).parent / "results"
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PREDECODE_MS = (4, 8, 16, 32, 64, 128)
-DENSE_MS = (32, 64, 128, 256, 512, 1024)
+DENSE_MS = (32, 64, 128, 256, 512, 1024, 2048)
 BASE = "bf16 vLLM (oneDNN, prepacked)"   # what vLLM serves an unquantized linear with here
 F_LINEAR = "bf16 F.linear"
 CROSSOVER_LAYER = 5
@@ -175,7 +176,6 @@ def make_kernel(cls, spec, isa: str | None):
     return kernel
 
 
-NEVER = 1 << 62
 # the op's switches by M: (name, Ms, path below, path from the crossover) as lut_linear keywords
 SWITCHES = {"predecode": (PREDECODE_MS, dict(predecode_from=NEVER, dense_from=NEVER), dict(predecode_from=1, dense_from=NEVER)),
             "dense": (DENSE_MS, dict(dense_from=NEVER), dict(dense_from=1))}
