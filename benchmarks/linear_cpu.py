@@ -1,23 +1,31 @@
 """Where a step's linear time goes on CPU: every fused linear of SmolLM2-135M, per kernel, at the batch
-sizes a server sees (M = 1 … 1,024 tokens: decode at 1 … 64 requests, prefill chunks above), against bf16
-`F.linear` in the same run.
+sizes a server sees (M = 1 … 1,024 tokens: decode at 1 … 64 requests, prefill chunks above), against the
+bf16 GEMM vLLM itself runs for an unquantized linear on this CPU in the same run.
 
-Layers are built exactly as the vLLM plugin builds them (babai_kernels.layer_spec.shard_layer on the
-serving checkpoints: q/k/v and gate/up fused) and served by the chooser's kernel classes:
-BabaiLutCPU (SSQR-w4, HPTQ-4.3 and HPTQ-3.3 layouts; the best instruction set of this CPU, and the
-AVX2 + FMA + F16C variant forced, as hosts without AVX-512 BF16 run it), TorchInt4CPU (SSQR-w4), and
-vLLM's CPUWNA16 through VllmMixedPrecision on the SSQR-w4 codes (the kernel stock vLLM runs for the
-GPTQ-w4 export, here plus the residual). Timing: `--rounds` rounds; in each round every kernel of a
-(shape, M) runs back to back (enough calls for ~`--target-ms`), so the box's drift hits all alike;
-a time is the median over rounds, a ratio to bf16 the median of the per-round ratios. The per-step
-total multiplies by the number of decoder layers. Compare the totals with 1 / (decode tok/s) of
-benchmarks/results/serving_cpu.md for the share of a step spent outside the linears.
+A step is timed as a server runs it: all decoder layers in order, each layer's four fused linears in
+turn, so the weights stream from memory as they do in serving (the whole model's linears outgrow the
+last-level cache) instead of one layer's weights staying cache-hot. Layers are built exactly as the
+vLLM plugin builds them (babai_kernels.layer_spec.shard_layer on the serving checkpoints: q/k/v and
+gate/up fused) and served by the chooser's kernel classes: BabaiLutCPU (SSQR-w4, HPTQ-4.3 and HPTQ-3.3
+layouts; the best instruction set of this CPU, and the AVX2 + FMA + F16C variant forced, as hosts
+without AVX-512 BF16 run it), TorchInt4CPU (SSQR-w4), and vLLM's CPUWNA16 through VllmMixedPrecision
+on the SSQR-w4 codes (the kernel stock vLLM runs for the GPTQ-w4 export, here plus the residual).
+
+The baseline is vLLM's own unquantized CPU linear (`dispatch_cpu_unquantized_gemm`: oneDNN with the
+weight prepacked at load on this host), on random bf16 weights of each layer's shape; PyTorch's
+`F.linear` on the same weights is a row beside it (at small M it is far slower than vLLM's path).
+Timing: `--rounds` rounds; in each round every kernel runs whole steps back to back (enough for
+~`--target-ms`), so the box's drift hits all alike; a time is the median over rounds, a ratio to the
+baseline the median of the per-round ratios. Per shape: the step's calls of that shape, timed one by one.
+Compare the step with 1 / (decode tok/s) of benchmarks/results/serving_cpu.md for the share of a step
+spent outside the linears.
 
 Dispatch by M: BabaiLutCPU decodes each block's codes once per 64 rows into a per-thread buffer when
 a call has at least `cpu_lut.PREDECODE_FROM[bits]` rows, and from `cpu_lut.DENSE_FROM` rows dequantizes
 tiles of rows to bf16 per call and runs PyTorch's bf16 GEMM on them. Both crossovers are measured here
-per shape and layout (both paths of a switch timed in the same rounds) and recorded in the results,
-with the dense width cost model (ns per weight by width and per residual entry) HPTQ's widths follow.
+per shape and layout on one layer (both paths of a switch timed in the same rounds) and recorded in the
+results, with the dense width cost model (ns per weight by width and per residual entry) HPTQ's widths
+follow.
 
 Needs the serving checkpoints (`python -m benchmarks.serving_cpu --checkpoints-only`). Writes
 benchmarks/results/linear_cpu.{json,md}; `--ms`/`--kernels` runs a subset into
@@ -38,13 +46,16 @@ import torch
 from safetensors.torch import load_file
 
 from benchmarks.serving_cpu import CKPTS, LOGS, checkpoint_path
+from babai_kernels.cpu_lut import NEVER
 from benchmarks.serving_report import device, versions
 
 RESULTS = Path(__file__).parent / "results"
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PREDECODE_MS = (4, 8, 16, 32, 64, 128)
-DENSE_MS = (32, 64, 128, 256, 512, 1024)
-BASE = "bf16 F.linear"
+DENSE_MS = (32, 64, 128, 256, 512, 1024, 2048)
+BASE = "bf16 vLLM (oneDNN, prepacked)"   # what vLLM serves an unquantized linear with here
+F_LINEAR = "bf16 F.linear"
+CROSSOVER_LAYER = 5
 # name -> (serving row, kernel class name, BabaiLutCPU instruction set or None)
 CASES = {"BabaiLutCPU ssqr-w4": ("ssqr-w4", "BabaiLutCPU", None),
          "BabaiLutCPU hptq-4.3": ("hptq-4.3", "BabaiLutCPU", None),
@@ -95,10 +106,40 @@ def folder_layer_specs(folder: Path, layers=None) -> tuple[list[dict], int]:
     return out, config["num_hidden_layers"]
 
 
-def layer_specs(row: str, layer: int):
-    """{fused name: LinearSpec} of decoder layer `layer` in serving checkpoint `row`, and the number of layers."""
-    specs, layers = folder_layer_specs(checkpoint_path(row), [layer])
-    return specs[0], layers
+def vllm_bf16_linear(weight: torch.Tensor):
+    """f(x) = x @ weightᵀ as vLLM runs an unquantized linear on this CPU: its `dispatch_cpu_unquantized_gemm`
+    picks the GEMM (oneDNN with the weight prepacked at load, here) exactly as at model load."""
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+    dispatch_cpu_unquantized_gemm(layer, remove_weight=False)
+    return lambda x: layer.cpu_linear(x, layer.weight, None)
+
+
+def step_rounds(steps: dict, xs: dict, rounds: int, target_ms: float) -> dict[str, list[dict[str, float]]]:
+    """{kernel: [{fused: µs of that shape's calls in one step} per round]}. steps[kernel] is the step's calls in
+    serving order [(fused, f)], f(x) for x = xs[fused]; every kernel runs whole steps in every round, back to
+    back, as many as ~target_ms takes (estimated from a warm-up step); each call is timed on its own."""
+    def step(calls):
+        t = dict.fromkeys(xs, 0.0)
+        for fused, f in calls:
+            t0 = time.perf_counter()
+            f(xs[fused])
+            t[fused] += time.perf_counter() - t0
+        return t
+    reps = {}
+    for name, calls in steps.items():
+        step(calls)
+        reps[name] = max(1, round(target_ms * 1e-3 / sum(step(calls).values())))
+    out: dict[str, list[dict[str, float]]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, calls in steps.items():
+            total = dict.fromkeys(xs, 0.0)
+            for _ in range(reps[name]):
+                for fused, t in step(calls).items():
+                    total[fused] += t
+            out[name].append({fused: t / reps[name] * 1e6 for fused, t in total.items()})
+    return out
 
 
 def rounds_us(fns: dict, rounds: int, target_ms: float) -> dict[str, list[float]]:
@@ -135,7 +176,6 @@ def make_kernel(cls, spec, isa: str | None):
     return kernel
 
 
-NEVER = 1 << 62
 # the op's switches by M: (name, Ms, path below, path from the crossover) as lut_linear keywords
 SWITCHES = {"predecode": (PREDECODE_MS, dict(predecode_from=NEVER, dense_from=NEVER), dict(predecode_from=1, dense_from=NEVER)),
             "dense": (DENSE_MS, dict(dense_from=NEVER), dict(dense_from=1))}
@@ -197,6 +237,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ms", type=int, nargs="+", default=list(MS), help=f"batch sizes (default {list(MS)})")
     ap.add_argument("--kernels", nargs="+", choices=list(CASES), default=list(CASES), help="kernels besides bf16")
     ap.add_argument("--no-crossover", action="store_true", help="skip the dispatch-by-M measurement")
+    ap.add_argument("--layers", type=int, default=0, help="time the first N decoder layers (default: all; a partial run)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     init_vllm_single_process()
@@ -211,42 +252,62 @@ def main(argv=None) -> int:
         raise SystemExit(f"linear_cpu: serving checkpoints {missing} not in {CKPTS}; build them with "
                          "`python -m benchmarks.serving_cpu --checkpoints-only`")
     rows_needed = sorted({row for row, _, _ in cases.values()} | {"ssqr-w4"})
-    specs = {row: layer_specs(row, 5) for row in rows_needed}
-    layers = specs["ssqr-w4"][1]
+    specs = {}
+    for row in rows_needed:
+        specs[row], layers = folder_layer_specs(checkpoint_path(row), range(args.layers) if args.layers else None)
+    shapes = {fused: spec.shape for fused, spec in specs["ssqr-w4"][0].items()}
+    g = torch.Generator().manual_seed(0)
+    weights = [{fused: torch.randn(n, k, generator=g).to(torch.bfloat16) for fused, (n, k) in shapes.items()}
+               for _ in specs["ssqr-w4"]]
+    # every kernel's step: [(fused, f)] in serving order, one f per decoder layer and shape
+    steps = {BASE: [(fused, vllm_bf16_linear(w)) for layer in weights for fused, w in layer.items()],
+             F_LINEAR: [(fused, lambda x, w=w: torch.nn.functional.linear(x, w)) for layer in weights
+                        for fused, w in layer.items()]}
+    for name, (row, cls, isa) in cases.items():
+        steps[name] = [(fused, lambda x, kern=make_kernel(classes[cls], spec, isa): kern.apply(x, None))
+                       for layer in specs[row] for fused, spec in layer.items()]
+    print(f"{len(steps)} kernels × {len(specs['ssqr-w4'])} decoder layers built", flush=True)
     times: dict[str, dict[str, dict[int, float]]] = {}
     ratios: dict[str, dict[str, dict[int, float]]] = {}
-    crossovers: dict[str, dict[str, dict]] = {}
-    for fused, spec in specs["ssqr-w4"][0].items():
-        n, k = spec.shape
-        weight = torch.randn(n, k, dtype=torch.bfloat16)
-        x_of = lambda m: torch.randn(m, k, dtype=torch.bfloat16)
-        kernels = {name: make_kernel(classes[cls], specs[row][0][fused], isa) for name, (row, cls, isa) in cases.items()}
-        for m in args.ms:
-            x = x_of(m)
-            fns = {BASE: lambda: torch.nn.functional.linear(x, weight),
-                   **{name: (lambda kern=kern: kern.apply(x, None)) for name, kern in kernels.items()}}
-            t = rounds_us(fns, args.rounds, args.target_ms)
-            for name, us in t.items():
+    step: dict[str, dict[int, float]] = {}
+    step_ratios: dict[str, dict[int, float]] = {}
+    for m in args.ms:
+        xs = {fused: torch.randn(m, k, generator=g).to(torch.bfloat16) for fused, (n, k) in shapes.items()}
+        t = step_rounds(steps, xs, args.rounds, args.target_ms)
+        total = {name: [sum(r.values()) for r in per] for name, per in t.items()}
+        for name, per in t.items():
+            step.setdefault(name, {})[m] = statistics.median(total[name]) / 1000
+            step_ratios.setdefault(name, {})[m] = median_ratio(total[BASE], total[name])
+            for fused in shapes:   # per call: the step's calls of that shape / decoder layers
+                us = [r[fused] / len(weights) for r in per]
                 times.setdefault(name, {}).setdefault(fused, {})[m] = statistics.median(us)
-                ratios.setdefault(name, {}).setdefault(fused, {})[m] = median_ratio(t[BASE], us)
-        if not args.no_crossover:
-            for row in ("ssqr-w4", "hptq-4.3", "hptq-3.3"):
-                if row in specs:
-                    crossovers.setdefault(row, {})[fused] = crossover(specs[row][0][fused], x_of, args.rounds, args.target_ms)
-        print(f"{fused} {n}x{k} done", flush=True)
+                ratios.setdefault(name, {}).setdefault(fused, {})[m] = median_ratio([r[fused] for r in t[BASE]],
+                                                                                    [r[fused] for r in per])
+        print(f"M={m}: " + ", ".join(f"{name} {step_ratios[name][m]:.2f}" for name in steps), flush=True)
+    crossovers: dict[str, dict[str, dict]] = {}
+    if not args.no_crossover:
+        for row in ("ssqr-w4", "hptq-4.3", "hptq-3.3"):
+            if row in specs:
+                layer = specs[row][min(CROSSOVER_LAYER, len(specs[row]) - 1)]
+                for fused, spec in layer.items():
+                    x_of = lambda m, k=spec.shape[1]: torch.randn(m, k, dtype=torch.bfloat16)
+                    crossovers.setdefault(row, {})[fused] = crossover(spec, x_of, args.rounds, args.target_ms)
     variants = [isa for isa in cpu_lut.ISA_FEATURES if cpu_lut.choose_isa(cpu_lut.host_features(), isa)[0] == isa]
     costs = {} if args.no_crossover else {isa: width_costs(args.rounds, args.target_ms, isa) for isa in variants}
-    step = {name: {m: layers * sum(t[m] for t in per.values()) / 1000 for m in args.ms} for name, per in times.items()}
-    complete = list(args.ms) == list(MS) and list(cases) == list(CASES) and not args.no_crossover
+    complete = (list(args.ms) == list(MS) and list(cases) == list(CASES) and not args.no_crossover
+                and len(specs["ssqr-w4"]) == layers)
     command = "python -m benchmarks.linear_cpu" + (f" --threads {args.threads}" if args.threads != 1 else "")
     if not complete:
+        command += f" --layers {len(specs['ssqr-w4'])}" if len(specs["ssqr-w4"]) != layers else ""
         command += f" --ms {' '.join(map(str, args.ms))} --kernels {' '.join(repr(c) for c in cases)}"
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": device(), "versions": versions(), "threads": args.threads, "rounds": args.rounds,
               "target_ms": args.target_ms, "ms": list(args.ms), "complete": complete,
               "predecode_from": cpu_lut.PREDECODE_FROM, "dense_from": cpu_lut.DENSE_FROM, "isa": cpu_lut.isa(),
-              "decoder_layers": layers, "shapes_NxK": {f: list(sp.shape) for f, sp in specs["ssqr-w4"][0].items()},
-              "us_per_call": times, "x_bf16_per_call": ratios, "ms_per_step": step, "crossover": crossovers,
+              "decoder_layers": len(specs["ssqr-w4"]), "model_layers": layers, "baseline": BASE,
+              "shapes_NxK": {f: list(sh) for f, sh in shapes.items()},
+              "us_per_call": times, "x_bf16_per_call": ratios, "ms_per_step": step, "x_bf16_per_step": step_ratios,
+              "crossover": crossovers,
               "width_costs": costs,
               "command": command}
     out_dir, stem = (RESULTS, "linear_cpu") if complete else (LOGS, "linear_cpu_partial")
@@ -256,12 +317,6 @@ def main(argv=None) -> int:
     print(markdown(result))
     print(f"wrote {out_dir / stem}.json and .md")
     return 0
-
-
-def step_ratio(r: dict, name: str, m: int) -> float:
-    """Per-step x bf16 from the per-call median ratios, weighted by bf16's time per shape."""
-    base = r["us_per_call"][BASE]
-    return sum(base[f][m] for f in base) / sum(base[f][m] / r["x_bf16_per_call"][name][f][m] for f in base)
 
 
 def markdown(r: dict) -> str:
@@ -274,19 +329,20 @@ def markdown(r: dict) -> str:
             f"dequantized bf16 tiles + PyTorch's GEMM from M = {r.get('dense_from')}; "
             f"command: `{r['command']}`.",
             f"Versions: {r['versions']}.", "",
-            f"Per step = {r['decoder_layers']} decoder layers × (qkv + o + gate_up + down). Each (shape, M): {r['rounds']} "
-            f"rounds, every kernel back to back in each (~{r['target_ms']:g} ms per kernel per round); time = median "
-            "over rounds; x bf16 = median over rounds of bf16 time / kernel time (> 1: faster than bf16), per step "
-            "weighted by bf16's time per shape.", "",
+            f"A step = {r['decoder_layers']} decoder layers in order, each qkv, o, gate_up, down in turn (the weights "
+            f"stream from memory, as in serving). Baseline (x bf16 = 1): {r['baseline']}, vLLM's own CPU linear for "
+            f"an unquantized layer. Each M: {r['rounds']} rounds, every kernel's steps back to back in each "
+            f"(~{r['target_ms']:g} ms per kernel per round); time = median over rounds; x bf16 = median over rounds "
+            "of baseline time / kernel time (> 1: faster than vLLM's bf16).", "",
             "## x bf16 per step", "",
             "| kernel | " + " | ".join(f"M={m}" for m in ms) + " | min |", "|---" * (len(ms) + 2) + "|"]
     for name in r["ms_per_step"]:
-        vals = [step_ratio(r, name, m) for m in ms]
+        vals = [r["x_bf16_per_step"][name][m] for m in ms]
         out.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {min(vals):.2f} |")
     out += ["", "## ms per step", "", "| kernel | " + " | ".join(f"M={m}" for m in ms) + " |", "|---" * (len(ms) + 1) + "|"]
     for name, per in r["ms_per_step"].items():
         out.append(f"| {name} | " + " | ".join(f"{per[m]:.2f}" for m in ms) + " |")
-    out += ["", "## Per layer shape: µs per call (x bf16)", "",
+    out += ["", "## Per layer shape: µs per call, mean over the step's layers (x bf16)", "",
             "| kernel | shape | " + " | ".join(f"M={m}" for m in ms) + " |", "|---" * (2 + len(ms)) + "|"]
     for name, per in r["us_per_call"].items():
         for fused, t in per.items():

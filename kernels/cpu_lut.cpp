@@ -66,7 +66,11 @@ constexpr int kMaxMBGroups = 6;  // the same for predecoded blocks with group sc
 // 2048 best of 1024 / 2048 / 4096 / 16384; avx512 (which takes the codes ~2x as fast) 2048 / 4096 / 8192 /
 // 16384 / 32768 → HPTQ-4.3 2.70 / 2.78 / 2.96 / 3.11 / 3.05x streamed bf16 F.linear (10.86 ms without).
 constexpr int kPrefetchAvx2 = 2048, kPrefetchAvx512 = 16384;
-constexpr int64_t kChunkM = 64;  // activation rows per outer chunk (xᵀ of a chunk stays in L2 for K ≤ 1536)
+// activation rows per outer chunk: blocks are predecoded once per chunk. 256 against 64 (layer 5, 1 thread,
+// 7 rounds, x vLLM's bf16): HPTQ-4.3 M = 128 / 256 gate_up 0.96 → 0.97 / 0.95 → 0.99, down_proj 0.91 → 0.94 /
+// 0.91 → 0.95; SSQR-w4 M = 128 / 192 gate_up 0.85 → 0.85 / 0.84 → 0.87, down_proj 0.80 → 0.82 / 0.79 → 0.81
+// (xᵀ then 1.5 MiB at K = 1,536, past L2, and still no slower)
+constexpr int64_t kChunkM = 256;
 // The residual entry by entry costs ~0.65 ns per entry and row of x, the per-row pass ~5-10 ns per row of
 // the layer + ~0.24 ns per entry and row of x (AVX-512 host, SSQR-w4/HPTQ-4.3 layers at M = 1 … 16): a chunk
 // of mc rows takes the entry-by-entry way while mc · nnz ≤ kSparseRatio · N (measured: HPTQ-4.3 gate_up
@@ -598,21 +602,55 @@ template <int V>
 inline void residual_block(const uint16_t* col, const at::Half* val, int32_t e0, int32_t e1, const float* xt,
                            int64_t ldt, int64_t m, float* a) {
   constexpr int P = V == 1 ? 2 : 1;
-  __m256 acc[P][V];
+  __m256 acc[P][V];   // indexed by constants only: a chain picked by (e - e0) % P kept them on the stack
   for (int p = 0; p < P; ++p)
     for (int v = 0; v < V; ++v) acc[p][v] = _mm256_setzero_ps();
-  for (int32_t e = e0; e < e1; ++e) {
+  int32_t e = e0;
+  for (; e + P <= e1; e += P)
+    for (int p = 0; p < P; ++p) {
+      const __m256 w = _mm256_set1_ps(_cvtsh_ss(val[e + p].x));
+      const float* xc = xt + col[e + p] * ldt + m;
+      for (int v = 0; v < V; ++v) acc[p][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xc + 8 * v), acc[p][v]);
+    }
+  if (e < e1) {   // P = 2: the odd entry
     const __m256 w = _mm256_set1_ps(_cvtsh_ss(val[e].x));
     const float* xc = xt + col[e] * ldt + m;
-    for (int v = 0; v < V; ++v) acc[(e - e0) % P][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xc + 8 * v), acc[(e - e0) % P][v]);
+    for (int v = 0; v < V; ++v) acc[0][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xc + 8 * v), acc[0][v]);
   }
   for (int v = 0; v < V; ++v) _mm256_storeu_ps(a + 8 * v, P == 2 ? _mm256_add_ps(acc[0][v], acc[P - 1][v]) : acc[0][v]);
 }
 
+// The same for R rows at once and ldt = 8, in one loop to the longest row's length, a shorter row's missing
+// entries taken as entry 0 times 0: one loop exit (a mispredicted branch: rows have 0 to ~20 entries) per
+// R rows instead of per row.
+constexpr int kResidualRows = 2;   // 4 measured no faster
+
+template <int R>
+inline void residual_rows8(const uint16_t* col, const at::Half* val, const int32_t* off, const float* xt, float* res) {
+  __m256 acc[R];
+  int32_t n = 0;
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    n = std::max(n, off[r + 1] - off[r]);
+  }
+  for (int32_t i = 0; i < n; ++i)
+    for (int r = 0; r < R; ++r) {
+      const bool in = i < off[r + 1] - off[r];
+      const int32_t e = in ? off[r] + i : 0;
+      const float w = in ? _cvtsh_ss(val[e].x) : 0.0f;
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(w), _mm256_loadu_ps(xt + col[e] * 8), acc[r]);
+    }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(res + r * 8, acc[r]);
+}
+
 // res[r][m] = Σ_e val[e] · xt[col[e]][m] over the CSR entries of rows row0 .. row0 + rows - 1, for every
-// row m < ldt of the chunk (ldt a multiple of 8; xt (K, ldt) float32).
+// row m < ldt of the chunk (ldt a multiple of 8; xt (K, ldt) float32; rows a multiple of 16).
 void residual_rows(const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0, int rows,
                    const float* xt, int64_t ldt, float* res) {
+  if (ldt == 8) {
+    for (int r = 0; r < rows; r += kResidualRows) residual_rows8<kResidualRows>(col, val, off + row0 + r, xt, res + r * 8);
+    return;
+  }
   for (int r = 0; r < rows; ++r) {
     const int32_t e0 = off[row0 + r], e1 = off[row0 + r + 1];
     int64_t m = 0;
@@ -647,20 +685,23 @@ inline float bf16_value(uint16_t b) {
 
 void add_residual_sparse(const int32_t* off, const uint16_t* col, const at::Half* val, int64_t row0, int rows,
                          const uint16_t* x, int64_t K, int mb, float* tile) {
+  if (mb == 1) {   // two rows at once, as residual_rows8
+    for (int r = 0; r < rows; r += 2) {
+      const int32_t* o = off + row0 + r;
+      const int32_t na = o[1] - o[0], nb = o[2] - o[1], n = std::max(na, nb);
+      float sa = 0.0f, sb = 0.0f;
+      for (int32_t i = 0; i < n; ++i) {
+        const int32_t ea = i < na ? o[0] + i : 0, eb = i < nb ? o[1] + i : 0;
+        sa += (i < na ? static_cast<float>(val[ea]) : 0.0f) * bf16_value(x[col[ea]]);
+        sb += (i < nb ? static_cast<float>(val[eb]) : 0.0f) * bf16_value(x[col[eb]]);
+      }
+      tile[r] += sa;
+      tile[r + 1] += sb;
+    }
+    return;
+  }
   for (int r = 0; r < rows; ++r) {
     const int32_t e0 = off[row0 + r], e1 = off[row0 + r + 1];
-    if (e0 == e1) continue;
-    if (mb == 1) {
-      float a0 = 0.0f, a1 = 0.0f;
-      int32_t e = e0;
-      for (; e + 1 < e1; e += 2) {
-        a0 += static_cast<float>(val[e]) * bf16_value(x[col[e]]);
-        a1 += static_cast<float>(val[e + 1]) * bf16_value(x[col[e + 1]]);
-      }
-      if (e < e1) a0 += static_cast<float>(val[e]) * bf16_value(x[col[e]]);
-      tile[r] += a0 + a1;
-      continue;
-    }
     for (int32_t e = e0; e < e1; ++e) {
       const float v = static_cast<float>(val[e]);
       for (int m = 0; m < mb; ++m) tile[m * kTile + r] += v * bf16_value(x[m * K + col[e]]);
@@ -908,8 +949,10 @@ void check_csr(const at::Tensor& offsets, const at::Tensor& cols, const at::Tens
   const int64_t nnz = cols.numel();
   const int32_t* off = offsets.data_ptr<int32_t>();
   BABAI_CHECK(off[0] == 0, "residual offsets[0] must be 0, got ", off[0]);
+  bool monotone = true;   // branch-free, so that it vectorizes; the first bad offset is looked up after
+  for (int64_t n = 0; n < N; ++n) monotone &= off[n + 1] >= off[n];
   int64_t bad = -1;
-  for (int64_t n = 0; n < N && bad < 0; ++n)
+  for (int64_t n = 0; n < N && !monotone && bad < 0; ++n)
     if (off[n + 1] < off[n]) bad = n;
   BABAI_CHECK(bad < 0, "residual offsets must not decrease: offsets[", bad + 1, "] = ", off[bad < 0 ? 0 : bad + 1],
               " < offsets[", bad, "]");
@@ -962,11 +1005,29 @@ void permute_rows8(const uint16_t* s, int64_t K, const int32_t* p, uint16_t* t, 
   }
 }
 
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+namespace z {
+
+// d[j] = bf16(s[j] · a[j]) for j < K (nearest even), 16 at a time, the last < 16 masked: half the
+// instructions of the 8-wide loop (HPTQ's α: ~2–4 % of down_proj 576x1536 at M = 64–256).
+void scale_row(const uint16_t* s, const float* a, int64_t K, uint16_t* d) {
+  for (int64_t j = 0; j < K; j += 16) {
+    const __mmask16 keep = K - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (K - j)) - 1);
+    const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(keep, s + j)), 16));
+    const __m512 p = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(keep, a + j));
+    _mm256_mask_storeu_epi16(d + j, keep, (__m256i)_mm512_cvtneps_pbh(p));
+  }
+}
+
+}  // namespace z
+#pragma GCC pop_options
+
 // xs[m][j] = bf16(x[m][p(j)] · α[p(j)]): x (M, K) contiguous in stored order (p = perm, the identity
 // when empty; entries within [0, K), checked by the caller), scaled by col_scale α (K) float32 in
 // original order (1 when empty) and rounded once to bfloat16 as runtime.scale_input does; x itself
-// when both are empty.
-at::Tensor prepare_x(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& col_scale) {
+// when both are empty. wide: the avx512 variant (α 16 at a time).
+at::Tensor prepare_x(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& col_scale, bool wide) {
   if (!perm.numel() && !col_scale.numel()) return x;
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor xs = at::empty_like(x);
@@ -991,6 +1052,10 @@ at::Tensor prepare_x(const at::Tensor& x, const at::Tensor& perm, const at::Tens
         if (pi && rows < 8) permute_row(s, p.data(), K, d);
         if (pi) s = d;
         if (!alpha) continue;
+        if (wide) {
+          z::scale_row(s, a.data(), K, d);
+          continue;
+        }
         for (int64_t j = 0; j < K; j += 8) {   // K is a multiple of 8
           const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j)));
           _mm_storeu_si128(reinterpret_cast<__m128i*>(d + j),
@@ -1060,7 +1125,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
   auto out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
 
-  const at::Tensor xp = prepare_x(x, perm_c, col_scale);   // stored order, ⊙ α
+  const at::Tensor xp = prepare_x(x, perm_c, col_scale, isa == Isa::kAvx512);   // stored order, ⊙ α
   const bool wide = isa == Isa::kAvx512;
   const int NB = wide ? 2 : 1, MBmax = wide ? kMaxMB : y::kMB;
   const int64_t nnz = vals.numel(), sc_block = (K / G) * kRows;

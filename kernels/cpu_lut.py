@@ -4,8 +4,8 @@ One op per linear, bfloat16 activations: activation permutation, dense 4-, 5- or
 into exact bfloat16 (AVX-512 BF16: a 16/32-entry lookup table, VDPBF16PS over up to 8 activation rows)
 or int16 (AVX2 + FMA + F16C: VPMADDWD over up to 4 rows of x, each rounded to 16-bit fixed point) in
 registers, group scales, the CSR residual, row scale, bias and the output cast. Nothing dense stays
-resident. Large batches decode each block once per 64 rows into a small per-thread buffer and reuse it
-(`PREDECODE_FROM`).
+resident. Larger batches decode each block once per 256 rows into a small per-thread buffer and reuse it
+(`PREDECODE_FROM`); large ones dequantize tiles of the weight to bfloat16 for PyTorch's GEMM (`DENSE_FROM`).
 
 Build: on first use (~1 min; `scripts/setup.sh` does it once) with explicit instruction-set flags
 (`CFLAGS`: the AVX2 baseline; the AVX-512 functions are compiled for their extensions inside the source),
@@ -49,20 +49,29 @@ SANITIZE_CFLAGS = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,u
 ISA_FEATURES = {"avx2": ("avx2", "fma", "f16c"),
                 "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")}
 BUILD_ISA = "avx2"
-# Rows of x from which blocks are decoded once per chunk, by variant and code width: the crossovers measured
-# in benchmarks/results/linear_cpu.md (avx512: 5 bits 16-32; 4 bits 64, or never, by ≤ 3 %; 8 bits, whose
-# in-register decode costs more than 5 bits', as 5). avx2 (int16 pairs, VPMADDWD; step of SmolLM2-135M's
-# linears, 1 thread, 2026-12-05, per pass / predecoded): SSQR-w4 (4 bits) 16.9 / 17.7 ms at M = 8, 24.0 /
-# 23.3 at 12, 30.4 / 28.7 at 16; HPTQ-4.3 (8 bits) 23.9 / 25.4 at 16, 46.4 / 46.4 at 32, 69.0 / 67.4 at 48;
-# 5 bits (no avx2 layout takes them) as 8.
-PREDECODE_FROM = {"avx512": {4: 64, 5: 32, 8: 32}, "avx2": {4: 16, 5: 32, 8: 32}}
+# Rows of x from which blocks are decoded once per chunk (of 256 rows), by variant and code width: the
+# crossovers measured in benchmarks/results/linear_cpu.md (avx512, 2026-12-05: 4 and 8 bits 128, ties at
+# 64; 5 bits, which no layout takes since 8 bits cost less, 16-32 when chunks were 64 rows). avx2 (int16
+# pairs, VPMADDWD; step of SmolLM2-135M's linears, 1 thread, medians of 5, per pass / predecoded): SSQR-w4
+# (4 bits) 16.5 / 17.3 ms at M = 8, 31.1 / 29.0 at 16; HPTQ-4.3 (8 bits) 24.4 / 25.7 at 16, 47.1 / 46.7 at
+# 32, 102.7 / 97.7 at 64; 5 bits (no avx2 layout takes them) as 8.
+PREDECODE_FROM = {"avx512": {4: 128, 5: 32, 8: 128}, "avx2": {4: 16, 5: 32, 8: 32}}
 # Rows of x from which the op dequantizes tiles of rows to bfloat16 (each weight rounded once, as the
-# bf16 model's own) and runs PyTorch's bf16 GEMM on them, by variant and by whether the layout has group
-# scales: the crossovers measured in benchmarks/results/linear_cpu.md (avx512: SSQR-w4 256 on every shape;
-# HPTQ-4.3/3.3 512, gate_up 1024 within 1-3 % at 512). avx2 (same step, predecoded / dense): SSQR-w4
-# 75.8 / 79.8 ms at M = 48, 100.2 / 93.8 at 64; HPTQ-4.3 88.5 / 95.3 at 64, 134.3 / 127.1 at 96.
-DENSE_FROM = {"avx512": {"group scales": 256, "no group scales": 512},
-              "avx2": {"group scales": 64, "no group scales": 96}}
+# bf16 model's own) and runs PyTorch's bf16 GEMM on them, by variant and by the layout's class
+# (`dense_class`): the crossovers measured in benchmarks/results/linear_cpu.md (avx512, blocks
+# predecoded once per 256 rows: SSQR-w4 256, gate_up 512; HPTQ-3.3 (4-bit blocks) 512-1024, gate_up
+# 2048 within 3 %; HPTQ-4.3 (8-bit blocks) never up to M = 2,048 on qkv, gate_up and down_proj (the codes'
+# path 3-16 % faster), o_proj 2048 by 1.5 %). avx2 (the same step, predecoded / dense): SSQR-w4 53.0 /
+# 66.7 ms at M = 32, 100.9 / 98.4 at 64, 150.2 / 132.7 at 96; HPTQ-4.3 97.7 / 100.2 at 64, 132.0 / 130.9 at
+# 96, 176.3 / 164.1 at 128; 4-bit blocks without group scales (no avx2 layout) as with them.
+NEVER = 1 << 62
+DENSE_FROM = {"avx512": {"group scales": 256, "no group scales": 512, "no group scales, 8 bits": NEVER},
+              "avx2": {"group scales": 64, "no group scales": 64, "no group scales, 8 bits": 96}}
+
+
+def dense_class(group_scales: bool, bits: int) -> str:
+    """DENSE_FROM's key for a layout with or without group scales whose most common width is `bits`."""
+    return "group scales" if group_scales else "no group scales, 8 bits" if bits == 8 else "no group scales"
 
 
 def host_features() -> frozenset[str]:
@@ -164,7 +173,7 @@ class LutPacked:
     group_size: int
     predecode_from: int       # rows of x from which codes are decoded once per chunk: PREDECODE_FROM[isa] of
     # the width most blocks have
-    dense_from: int           # rows of x from which tiles are dequantized for PyTorch's GEMM (DENSE_FROM[isa])
+    dense_from: int           # rows of x from which tiles are dequantized for PyTorch's GEMM (DENSE_FROM)
     isa: str = "auto"         # "avx512" or "avx2"
 
     def tensors(self) -> list[torch.Tensor]:
@@ -288,13 +297,13 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
         row0 += rows
     block_bits = torch.tensor([b for rows, b in layout.runs for _ in range(rows // ROWS)], dtype=torch.uint8)
     scales = scales.half().view(blocks, ROWS, -1).transpose(1, 2).contiguous() if scales.numel() else scales.half()
+    common = max(BITS, key=lambda b: int((block_bits == b).sum()))   # the most common width
     return LutPacked(torch.cat(runs), block_bits, scales,
                      *_csr_fp16(layout),
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
                      torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
                      row_scale.float().contiguous(), group,
-                     PREDECODE_FROM[isa][max(BITS, key=lambda b: int((block_bits == b).sum()))],
-                     DENSE_FROM[isa]["group scales" if scales.numel() else "no group scales"], isa)
+                     PREDECODE_FROM[isa][common], DENSE_FROM[isa][dense_class(bool(scales.numel()), common)], isa)
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,

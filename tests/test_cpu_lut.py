@@ -29,7 +29,7 @@ ISAS = [pytest.param(isa, marks=pytest.mark.skipif(cpu_lut.choose_isa(HOST, isa)
         for isa in cpu_lut.ISA_FEATURES]
 # the op's paths by batch size: codes decoded per pass, once per chunk of rows, or tiles dequantized to
 # bf16 for PyTorch's GEMM (each weight rounded once to bf16: one more term 2⁻⁹·Σ|w·x| of the bound)
-NEVER = 1 << 62
+NEVER = cpu_lut.NEVER
 PATHS = {"per-pass": dict(predecode_from=NEVER, dense_from=NEVER), "predecoded": dict(predecode_from=1, dense_from=NEVER),
          "dense": dict(dense_from=1)}
 EXACT_PATHS = ["per-pass", "predecoded"]   # the paths whose weights are exact
@@ -99,10 +99,10 @@ def test_exact_inputs_give_the_fp64_product_rounded_once(isa, path, bits, m):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("path", EXACT_PATHS)
-@pytest.mark.parametrize("m", [1, 3, 8, 20, 70])
+@pytest.mark.parametrize("m", [1, 3, 8, 20, 70, 300])
 def test_residual_entry_by_entry_and_per_row_give_the_exact_product(isa, path, m):
     """A sparse residual (~70 entries over 64 rows): chunks of few rows of x add it entry by entry
-    (rows of x · entries ≤ 10 · N), larger ones (m = 20, 70) row by row over xᵀ; both exact."""
+    (rows of x · entries ≤ 10 · N), larger ones (m = 20, 70; 300: two chunks) row by row over xᵀ; all exact."""
     layout = _layout(64, 384, 4, 64, seed=7, exact=True, rate=0.003, row_scale=True)
     assert 0 < layout.residual.nnz * 3 <= 10 * 64 < layout.residual.nnz * 20
     x = torch.randint(-3, 4, (m, 384), generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
@@ -241,13 +241,15 @@ def test_dense_path_is_pytorch_bf16_linear_on_the_weights_rounded_once(isa, bits
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("group", [32, None])
-def test_default_dispatch_takes_the_dense_path_from_the_variants_crossover(isa, group):
-    """A packed layout carries its variant's DENSE_FROM (by group scales or none): from that many rows the
-    default call is the dense path bit for bit, one row fewer the codes' path."""
-    layout = _layout(32, 128, 4, group or 128, seed=5, row_scale=group is None)
+@pytest.mark.parametrize("group, bits", [(32, 4), (None, 4), (None, 8)])
+def test_default_dispatch_takes_the_dense_path_from_the_variants_crossover(isa, group, bits):
+    """A packed layout carries its variant's DENSE_FROM (by group scales or none, and 8-bit blocks without):
+    from that many rows the default call is the dense path bit for bit, one row fewer the codes' path."""
+    layout = _layout(32, 128, bits, group or 128, seed=5, row_scale=group is None)
     packed = cpu_lut.pack(layout, isa)
-    assert packed.dense_from == cpu_lut.DENSE_FROM[isa]["group scales" if group else "no group scales"]
+    assert packed.dense_from == cpu_lut.DENSE_FROM[isa][cpu_lut.dense_class(group is not None, bits)]
+    if packed.dense_from == cpu_lut.NEVER:
+        return
     x = torch.randn(packed.dense_from, 128, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     assert torch.equal(cpu_lut.lut_linear(packed, x), cpu_lut.lut_linear(packed, x, dense_from=1))
     assert torch.equal(cpu_lut.lut_linear(packed, x[1:]), cpu_lut.lut_linear(packed, x[1:], dense_from=NEVER))
