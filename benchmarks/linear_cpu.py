@@ -20,8 +20,8 @@ baseline the median of the per-round ratios. Per shape: the step's calls of that
 Compare the step with 1 / (decode tok/s) of benchmarks/results/serving_cpu.md for the share of a step
 spent outside the linears.
 
-Dispatch by M: BabaiLutCPU decodes each block's codes once per 64 rows into a per-thread buffer when
-a call has at least `cpu_lut.PREDECODE_FROM[bits]` rows, and from `cpu_lut.DENSE_FROM` rows dequantizes
+Dispatch by M: BabaiLutCPU decodes each block's codes once per 256 rows into a per-thread buffer when
+a call has at least `cpu_lut.PREDECODE_FROM[isa][bits]` rows, and from `cpu_lut.DENSE_FROM` rows dequantizes
 tiles of rows to bf16 per call and runs PyTorch's bf16 GEMM on them. Both crossovers are measured here
 per shape and layout on one layer (both paths of a switch timed in the same rounds) and recorded in the
 results, with the dense width cost model (ns per weight by width and per residual entry) HPTQ's widths
