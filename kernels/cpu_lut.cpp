@@ -502,62 +502,6 @@ void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
   }
 }
 
-// 8-bit codes and one or two rows of x (float32), for the avx512 variant's 8-bit blocks (its results stay
-// as they were; avx2's own take dots): a pair's bytes (row i: columns 2p, 2p + 1) sign-extended in place,
-// lane 2i + c of register q = row 4q + i, column 2p + c, times (x[2p], x[2p + 1]) broadcast as one 64-bit
-// pair; per group, adjacent lanes are summed (HADDPS). 13 instructions per 32 weights at M = 1 instead of
-// 18; one row of x takes two chains per register (pair parity) for the 4-cycle FMA latency.
-template <int MB>
-void dots8(const Unit& u, const void*, const void* xv, float* tile) {
-  constexpr int P = MB == 1 ? 2 : 1;
-  const float* x = static_cast<const float*>(xv);
-  for (int m = 0; m < MB; ++m)
-    for (int h = 0; h < 2; ++h) _mm256_storeu_ps(tile + m * kTile + 8 * h, _mm256_setzero_ps());
-  for (int64_t g0 = 0, gi = 0; g0 < u.K; g0 += u.G, ++gi) {
-    __m256 part[P][4][MB];
-    for (int c = 0; c < P; ++c)
-      for (int q = 0; q < 4; ++q)
-        for (int m = 0; m < MB; ++m) part[c][q][m] = _mm256_setzero_ps();
-    const uint8_t* code = u.blk + g0 * 16;
-    for (int64_t k0 = g0; k0 < g0 + u.G; k0 += 2 * P)   // G is a multiple of 8
-      for (int c = 0; c < P; ++c, code += 32) {
-        const int64_t k = k0 + 2 * c;
-        _mm_prefetch(reinterpret_cast<const char*>(code) + kPrefetchAvx2, _MM_HINT_T0);
-        __m256 w[4];
-        for (int q = 0; q < 4; ++q)
-          w[q] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(code + 8 * q))));
-        for (int m = 0; m < MB; ++m) {
-          uint64_t pair;
-          std::memcpy(&pair, x + m * u.K + k, sizeof pair);
-          const __m256 xk = _mm256_castsi256_ps(_mm256_set1_epi64x(static_cast<int64_t>(pair)));
-          for (int q = 0; q < 4; ++q) part[c][q][m] = _mm256_fmadd_ps(w[q], xk, part[c][q][m]);
-        }
-      }
-    for (int h = 0; h < 2; ++h) {
-      const __m256 s = u.sc ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u.sc + gi * kRows + 8 * h)))
-                            : _mm256_set1_ps(1.0f);
-      for (int m = 0; m < MB; ++m) {
-        __m256 a = part[0][2 * h][m], b = part[0][2 * h + 1][m];
-        if (P == 2) {
-          a = _mm256_add_ps(a, part[P - 1][2 * h][m]);
-          b = _mm256_add_ps(b, part[P - 1][2 * h + 1][m]);
-        }
-        // [r0 r1 r4 r5 | r2 r3 r6 r7] → rows 8h .. 8h + 7 in order
-        const __m256 sum = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_hadd_ps(a, b)), 0xD8));
-        float* t = tile + m * kTile + 8 * h;
-        _mm256_storeu_ps(t, _mm256_fmadd_ps(sum, s, _mm256_loadu_ps(t)));
-      }
-    }
-  }
-}
-
-// out (n) float32 = x (n) bfloat16, n a multiple of 8 (exact: the bits in the upper half).
-void widen(const uint16_t* x, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; i += 8)
-    _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(
-                                  _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))), 16)));
-}
-
 // v rounded to bfloat16 (nearest even; NaN → 0x7FC0) in the upper 16 bits of each lane, zeros below.
 inline __m256i round_bf16(__m256 v) {
   const __m256i b = _mm256_castps_si256(v);
@@ -1173,18 +1117,17 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     const uint16_t* xcb = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
     // avx512 reads x as bf16 pairs; avx2 as 16-bit fixed point. The residual reads x itself (bf16) or xᵀ
     // (K, ldt) float32, zero-padded.
-    // With ≤ 2 rows of x avx512 hosts run 8-bit blocks through avx2's interleaved 8-bit path (dots8): on all
-    // 30 layers in turn (weights streaming), M = 1, HPTQ-4.3's step of linears took 7.19 ms on avx2's layout
-    // (all 8 bits) against 8.83 ms on avx512's (VDPBF16PS; 8.91 with all 8 bits).
+    // With ≤ 2 rows of x avx512 hosts run 8-bit blocks through avx2's int16 path (y::dots on y::Xq): in
+    // serving (vLLM, 1 request, 2026-12-05) HPTQ-4.3 decoded 69.3 tok/s with the avx2 variant forced against
+    // 61.2 on avx512 (VDPBF16PS, or avx2's earlier float32 8-bit path at 1–2 rows), same widths.
     const bool narrow8 = wide && mc <= 2 && mc < predecode_from;
-    std::vector<float> xf(narrow8 ? mc * K : 0);
-    if (narrow8) y::widen(xcb, mc * K, xf.data());
-    // avx2: x in 16-bit fixed point per row (y::Xq)
-    const int64_t spans = wide ? 0 : y::spans_of(K, G);
-    std::vector<int16_t> xq(wide ? 0 : mc * K);
-    std::vector<float> xs(wide ? 0 : mc);
+    // avx2, and avx512's 8-bit blocks at 1–2 rows: x in 16-bit fixed point per row (y::Xq)
+    const bool fixed = !wide || narrow8;
+    const int64_t spans = fixed ? y::spans_of(K, G) : 0;
+    std::vector<int16_t> xq(fixed ? mc * K : 0);
+    std::vector<float> xs(fixed ? mc : 0);
     std::vector<int32_t> xsum(mc * spans);
-    if (!wide) y::quantize(xcb, mc, K, G, xq.data(), xs.data(), xsum.data());
+    if (fixed) y::quantize(xcb, mc, K, G, xq.data(), xs.data(), xsum.data());
     const int64_t ldt = (mc + 7) / 8 * 8;
     const bool sparse = mc * nnz <= kSparseRatio * N;   // residual: entry by entry into the tile, or per row over xᵀ
     at::Tensor xt;
@@ -1218,14 +1161,14 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
           const int mb = static_cast<int>(std::min<int64_t>(pass, mc - m0));
           const DotsFn f = wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
                                 : y::pick_dots(w, mb, dec);
+          const y::Xq xm{xq.data() + m0 * K, xs.data() + m0, xsum.data() + m0 * spans, spans};
           if (narrow8 && w == 8) {
             for (int j = 0; j < nbk; ++j) {   // one block of 16 rows at a time, into its columns of the tile
               const Unit block{unit.blk + j * unit.blk_bytes, unit.blk_bytes, unit.sc ? unit.sc + j * sc_block : nullptr,
                                sc_block, K, G};
-              (mb == 1 ? y::dots8<1> : y::dots8<2>)(block, nullptr, xf.data() + m0 * K, tile + j * kRows);
+              y::pick_dots(8, mb, false)(block, nullptr, &xm, tile + j * kRows);
             }
           } else {
-            const y::Xq xm{xq.data() + m0 * K, xs.data() + m0, xsum.data() + m0 * spans, spans};
             f(unit, dbuf, wide ? static_cast<const void*>(xcb + m0 * K) : &xm, tile);
           }
           if (nnz && sparse) add_residual_sparse(off, col, val, b * kRows, rows, xcb + m0 * K, K, mb, tile);

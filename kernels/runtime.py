@@ -29,8 +29,9 @@ WIDTH_ROWS = 32              # HPTQ rows that share one dense width (two 16-row 
 # weight by width and per residual entry, ns: measured on the AMD EPYC dev box (benchmarks/linear_cpu.py,
 # section "dense width cost"). An entry costs ~30 5-bit weights of time, where its 4 bytes are 6.4
 # weights of bandwidth: widths chosen by bytes left HPTQ-4.3's fused qkv at 5 bits with 5 % residual.
-# Since 8-bit blocks run avx2's interleaved path at 1-2 rows of x, 8 bits cost less than 5: rows that
-# need more than 4 bits take 8 (whole model, M = 1, weights streaming: HPTQ-4.3 8.32 → 7.12 ms a step).
+# Since 8-bit blocks run an avx2 path at 1-2 rows of x (float32 then, int16 pairs since), 8 bits cost less
+# than 5: rows that need more than 4 bits take 8 (whole model, M = 1, weights streaming: HPTQ-4.3 8.32 →
+# 7.12 ms a step).
 CPU_NS_PER_WEIGHT = {4: 0.045, 5: 0.055, 8: 0.050}
 CPU_NS_PER_ENTRY = 1.66
 # (ns per weight by width, ns per entry) per variant of the kernel (cpu_lut.isa()); the AVX2 + FMA + F16C

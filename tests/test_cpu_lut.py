@@ -74,6 +74,12 @@ def _fixed_point_bound(layout, x):
     return _fixed_point_step(layout, x)[:, None] / 2 * dense[None, :]
 
 
+def _fixed_point_path(isa, path, bits, m):
+    """Whether the call rounds x to 16-bit fixed point: the AVX2 variant's codes' paths, and the AVX-512
+    variant's 8-bit blocks with 1-2 rows of x decoded per pass (they take the AVX2 variant's int16 path)."""
+    return path != "dense" and (isa == "avx2" or (bits == 8 and m <= 2 and path == "per-pass"))
+
+
 def _assert_within_bound(y, layout, x, bias, extra, fixed_point=False):
     """|y − y64| ≤ 2⁻⁸·|y64| + (K·2⁻²⁴ + extra)·Σ|w·x| elementwise (extra: relative roundings before the dots),
     + (1 + 2⁻⁸)·_fixed_point_bound with `fixed_point` (the AVX2 variant's codes' paths)."""
@@ -145,19 +151,21 @@ def test_random_inputs_within_the_derived_bound(isa, path, bits, group, perm, ro
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
     y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, **PATHS[path])
     _assert_within_bound(y, layout, x, bias, ((2 ** -9 + 2 ** -23) if col_scale else 0.0) + (2 ** -9 if path == "dense" else 0.0),
-                         fixed_point=isa == "avx2" and path != "dense")
+                         fixed_point=_fixed_point_path(isa, path, bits, m))
 
 
-@pytest.mark.parametrize("path", EXACT_PATHS)
-@pytest.mark.parametrize("bits", [4, 5, 8])
-@pytest.mark.parametrize("m", [1, 2, 5, 8, 9])
-def test_avx2_rounds_each_row_of_x_to_16_bit_fixed_point(path, bits, m):
-    """The AVX2 variant's codes' paths compute with x rounded per row to multiples of s = 2^(e − 14)
-    (nearest, ties to even): with exact weights and sums the result is the fp64 product with that x,
-    rounded once to bf16. Rows: one element 255 (s = 2⁻⁷), the others below 1 with up to 16 fractional
-    bits, times 2^r, r in [−60, 60) (s scales alike); the sums stay below 2²⁴·s, exact in float32."""
-    if cpu_lut.choose_isa(HOST, "avx2")[0] != "avx2":
-        pytest.skip("this CPU cannot run the avx2 variant")
+@pytest.mark.parametrize("isa, path, bits, m", [
+    *[("avx2", path, bits, m) for path in EXACT_PATHS for bits in (4, 5, 8) for m in (1, 2, 5, 8, 9)],
+    ("avx512", "per-pass", 8, 1), ("avx512", "per-pass", 8, 2)])
+def test_fixed_point_paths_round_each_row_of_x_to_16_bit_fixed_point(isa, path, bits, m):
+    """The AVX2 variant's codes' paths (and the AVX-512 variant's 8-bit blocks at 1-2 rows of x, which take
+    them) compute with x rounded per row to multiples of s = 2^(e − 14) (nearest, ties to even): with exact
+    weights and sums the result is the fp64 product with that x, rounded once to bf16. Rows: one element
+    255 (s = 2⁻⁷), the others below 1 with up to 16 fractional bits, times 2^r, r in [−60, 60) (s scales
+    alike); the sums stay below 2²⁴·s, exact in float32."""
+    assert _fixed_point_path(isa, path, bits, m)
+    if cpu_lut.choose_isa(HOST, isa)[0] != isa:
+        pytest.skip(f"this CPU cannot run the {isa} variant")
     layout = _layout(32, 128, bits, 32, seed=bits + m, exact=True, rate=0.0, row_scale=True)
     g = torch.Generator().manual_seed(m)
     x = torch.randint(-255, 256, (m, 128), generator=g).double() * 2.0 ** -torch.randint(8, 17, (m, 128), generator=g)
@@ -166,7 +174,7 @@ def test_avx2_rounds_each_row_of_x_to_16_bit_fixed_point(path, bits, m):
     s = _fixed_point_step(layout, x)
     xq = torch.round(x.double() / s[:, None]) * s[:, None]   # torch.round: ties to even
     assert not torch.equal(xq, x.double())
-    y = cpu_lut.lut_linear(cpu_lut.pack(layout, "avx2"), x, **PATHS[path])
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, **PATHS[path])
     assert torch.equal(y, (xq @ runtime.dequantize(layout).double().T).to(torch.bfloat16))
 
 
