@@ -50,6 +50,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -86,7 +87,7 @@ inline uint32_t load_u32(const void* p) { uint32_t v; std::memcpy(&v, p, sizeof 
 
 struct Features {
   bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false, avx512vl = false,
-       avx512dq = false, avx512bf16 = false;
+       avx512dq = false, avx512bf16 = false, avx512vnni = false;
 };
 
 Features probe_cpu() {
@@ -108,6 +109,7 @@ Features probe_cpu() {
     f.avx512dq = zmm && (b & (1u << 17));
     f.avx512bw = zmm && (b & (1u << 30));
     f.avx512vl = zmm && (b & (1u << 31));
+    f.avx512vnni = zmm && (c & (1u << 11));
   }
   if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512bf16 = zmm && (a & (1u << 5));
   return f;
@@ -125,7 +127,7 @@ std::vector<std::string> cpu_features() {
   const std::pair<bool, const char*> all[] = {{f.avx2, "avx2"}, {f.fma, "fma"}, {f.f16c, "f16c"},
                                               {f.avx512f, "avx512f"}, {f.avx512bw, "avx512bw"},
                                               {f.avx512vl, "avx512vl"}, {f.avx512dq, "avx512dq"},
-                                              {f.avx512bf16, "avx512_bf16"}};
+                                              {f.avx512bf16, "avx512_bf16"}, {f.avx512vnni, "avx512_vnni"}};
   for (const auto& [has, name] : all)
     if (has) out.emplace_back(name);
   return out;
@@ -301,6 +303,164 @@ template <int NB>
 DecodeFn pick_decode(int bits) { return bits == 4 ? decode_unit<4, NB> : bits == 5 ? decode_unit<5, NB> : decode_unit<8, NB>; }
 
 }  // namespace z
+#pragma GCC pop_options
+
+// ================================ avx512 + VNNI: int8 activations =================================
+//
+// From `act8_from` rows of x (prefill, large batches; AVX-512 VNNI hosts) the avx512 variant rounds x
+// (stored order, ⊙ α, bf16) to int8 per row and block of A columns, q = round(x · 127 / max|x|) with the
+// block's step s = max|x| / 127 (A: the group size G when ≤ 64, else the largest of 64, 32, 16, 8 dividing
+// G), and multiplies the codes u = z + 2^(bits−1) in [0, 2^bits) as uint8 with it by VPDPBUSD: 64
+// multiply-adds an instruction, twice VDPBF16PS's 32 at the same rate (Zen 4: one zmm of either a cycle,
+// measured). Products and their int32 sums are exact; per block the sums less 2^(bits−1) · Σ q are
+// converted to float32, times the group scale and s, and added to the totals. The only new rounding is x's:
+// within s / 2 = max|x| / 254 of each element of the block.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni")
+namespace q8 {
+
+constexpr int kMB = 6;   // rows of x per pass: NB · kMB int32 sums + NB · kMB float32 totals + NB codes ≤ 26 zmm
+
+// Columns per block of x's int8 steps for group size G (a multiple of 8).
+inline int64_t block_of(int64_t G) {
+  if (G <= 64) return G;
+  for (int64_t a : {64, 32, 16}) if (G % a == 0) return a;
+  return 8;
+}
+
+// x of one pass: q (mb, K) int8 (row stride K), s (mb, K/A) float32 steps (NaN: the row has an infinity or
+// a NaN, q = 0 there), sum (mb, K/A) int32 = Σ q over each block.
+struct X8 {
+  const int8_t* q;
+  const float* s;
+  const int32_t* sum;
+  int64_t A, blocks;
+};
+
+// x (mc, K) bfloat16 → q, s, sum of X8 (A a multiple of 8 dividing K).
+void quantize(const uint16_t* x, int64_t mc, int64_t K, int64_t A, int8_t* q, float* s, int32_t* sum) {
+  const int64_t blocks = K / A;
+  for (int64_t m = 0; m < mc; ++m) {
+    const uint16_t* xm = x + m * K;
+    uint16_t top = 0;   // max |x| over the row as bits: a row with an infinity or a NaN is NaN throughout
+    for (int64_t k = 0; k < K; ++k) top = std::max<uint16_t>(top, xm[k] & 0x7FFF);
+    const bool finite = top < 0x7F80;
+    for (int64_t a = 0; a < blocks; ++a) {
+      const uint16_t* xb = xm + a * A;
+      int8_t* qb = q + m * K + a * A;
+      uint16_t bt = 0;
+      for (int64_t k = 0; k < A; ++k) bt = std::max<uint16_t>(bt, xb[k] & 0x7FFF);
+      float amax;
+      const uint32_t ab = static_cast<uint32_t>(bt) << 16;
+      std::memcpy(&amax, &ab, sizeof amax);
+      const float r = finite && bt ? 127.0f / amax : 0.0f;
+      s[m * blocks + a] = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
+      __m256i acc = _mm256_setzero_si256();
+      for (int64_t k = 0; k < A; k += 8) {   // round to nearest even (MXCSR default); |x · r| ≤ 127
+        const __m256 v = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb + k))), 16));
+        const __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(v, _mm256_set1_ps(r)));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(qb + k), _mm256_cvtepi32_epi8(i));
+        acc = _mm256_add_epi32(acc, i);
+      }
+      sum[m * blocks + a] = _mm512_reduce_add_epi32(_mm512_zextsi256_si512(acc));
+    }
+  }
+}
+
+// Bits 2i, 2i + 1 of a → bits 4i, 4i + 1.
+inline uint64_t spread2(uint32_t a) {
+  uint64_t v = a;
+  v = (v | v << 16) & 0x0000FFFF0000FFFFull;
+  v = (v | v << 8) & 0x00FF00FF00FF00FFull;
+  v = (v | v << 4) & 0x0F0F0F0F0F0F0F0Full;
+  return (v | v << 2) & 0x3333333333333333ull;
+}
+
+// The unit's codes as VPDPBUSD operands: (K/4, NB, 64) uint8, lane i of (quad r, block j) = u[i][4r .. 4r + 3]
+// (pairs 2r and 2r + 1 of the block layout).
+template <int BITS, int NB>
+void decode_unit(const Unit& u, void* dec) {
+  uint8_t* d = static_cast<uint8_t*>(dec);
+  for (int64_t r = 0; r < u.K / 4; ++r)
+    for (int j = 0; j < NB; ++j) {
+      const uint8_t* p = u.blk + j * u.blk_bytes + 2 * r * BITS * 4;   // pair 2r; pair 2r + 1 BITS · 4 bytes on
+      __m512i v;
+      if constexpr (BITS == 8) {   // int16 lanes z[i, 2p] | z[i, 2p + 1] << 8 of the two pairs; u = z ^ 0x80
+        const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+        const __m512i b = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
+        v = _mm512_xor_si512(_mm512_or_si512(a, _mm512_slli_epi32(b, 16)), _mm512_set1_epi8(static_cast<char>(0x80)));
+      } else {   // bytes u[i, 2p] | u[i, 2p + 1] << 4 of the two pairs → the four nibbles in four bytes
+        const __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + BITS * 4)));
+        const __m512i t = _mm512_or_si512(a, _mm512_slli_epi32(b, 16));
+        v = _mm512_and_si512(_mm512_or_si512(t, _mm512_slli_epi32(t, 4)), _mm512_set1_epi8(15));
+        if constexpr (BITS == 5) {   // bit 2i + c of each pair's mask → byte 4i + c (pair 2r), 4i + 2 + c (2r + 1)
+          const __mmask64 high = spread2(load_u32(p + 16)) | spread2(load_u32(p + BITS * 4 + 16)) << 2;
+          v = _mm512_mask_add_epi8(v, high, v, _mm512_set1_epi8(16));
+        }
+      }
+      _mm512_storeu_si512(d + (r * NB + j) * 64, v);
+    }
+}
+
+// acc + VPDPBUSD(w, x[0 .. 3] broadcast): embedded broadcast outside sanitizer builds (as z::dot_bcast).
+inline __m512i dot_bcast(__m512i acc, __m512i w, const int8_t* x) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_UNDEFINED__)
+  return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(static_cast<int>(load_u32(x))));
+#else
+  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int8_t(*)[4]>(x)));
+  return acc;
+#endif
+}
+
+// tile[m * kTile + j] = Σ_g S[g][j] Σ_{k in g} W[j][k] · x̂[m][k] (x̂ = q · s) for the unit's 16 · NB rows j and
+// MB rows of x, from the decoded codes.
+template <int BITS, int NB, int MB>
+void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
+  const X8& x = *static_cast<const X8*>(xv);
+  const uint8_t* d = static_cast<const uint8_t*>(dec);
+  const int64_t quads = x.A / 4;
+  __m512 total[NB][MB];
+  for (int j = 0; j < NB; ++j)
+    for (int m = 0; m < MB; ++m) total[j][m] = _mm512_setzero_ps();
+  for (int64_t a = 0; a < x.blocks; ++a) {
+    __m512i acc[NB][MB];
+    for (int j = 0; j < NB; ++j)
+      for (int m = 0; m < MB; ++m) acc[j][m] = _mm512_setzero_si512();
+    for (int64_t r = a * quads; r < (a + 1) * quads; ++r) {
+      __m512i w[NB];
+      for (int j = 0; j < NB; ++j) w[j] = _mm512_loadu_si512(d + (r * NB + j) * 64);
+      for (int m = 0; m < MB; ++m)
+        for (int j = 0; j < NB; ++j) acc[j][m] = dot_bcast(acc[j][m], w[j], x.q + m * u.K + 4 * r);
+    }
+    const int64_t g = a * x.A / u.G;
+    for (int j = 0; j < NB; ++j) {
+      const __m512 sw = u.sc ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                   u.sc + j * u.sc_block + g * kRows)))
+                             : _mm512_set1_ps(1.0f);
+      for (int m = 0; m < MB; ++m) {
+        const int64_t i = m * x.blocks + a;
+        const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[j][m], _mm512_set1_epi32(x.sum[i] << (BITS - 1))));
+        total[j][m] = _mm512_fmadd_ps(_mm512_mul_ps(v, sw), _mm512_set1_ps(x.s[i]), total[j][m]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) _mm512_storeu_ps(tile + m * kTile + j * kRows, total[j][m]);
+}
+
+template <int BITS, int NB>
+constexpr DotsFn kDots[kMB + 1] = {nullptr, dots<BITS, NB, 1>, dots<BITS, NB, 2>, dots<BITS, NB, 3>,
+                                   dots<BITS, NB, 4>, dots<BITS, NB, 5>, dots<BITS, NB, 6>};
+
+template <int NB>
+DotsFn pick_dots(int bits, int mb) { return bits == 4 ? kDots<4, NB>[mb] : bits == 5 ? kDots<5, NB>[mb] : kDots<8, NB>[mb]; }
+
+template <int NB>
+DecodeFn pick_decode(int bits) { return bits == 4 ? decode_unit<4, NB> : bits == 5 ? decode_unit<5, NB> : decode_unit<8, NB>; }
+
+}  // namespace q8
 #pragma GCC pop_options
 
 // ================================ avx2 (+ FMA, F16C) ==============================================
@@ -1026,7 +1186,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
                       int64_t group_size, const at::Tensor& perm, const at::Tensor& col_scale,
                       const at::Tensor& offsets, const at::Tensor& cols,
                       const at::Tensor& vals, const at::Tensor& row_scale, const at::Tensor& bias,
-                      const std::string& isa_name, int64_t predecode_from, int64_t dense_from) {
+                      const std::string& isa_name, int64_t predecode_from, int64_t dense_from, int64_t act8_from) {
   const Isa isa = resolve_isa(isa_name);
   BABAI_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kBFloat16 && x_in.size(1) > 0, "x must be (M, K) bfloat16, K > 0");
   BABAI_CHECK(block_bits.dim() == 1 && block_bits.scalar_type() == at::kByte && block_bits.is_contiguous(),
@@ -1068,6 +1228,10 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
   BABAI_CHECK(bias.numel() == 0 || bias.numel() == N, "bias must be (N) or empty");
   auto out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
+  // int8 activations (avx512 variant only; the avx2 variant ignores act8_from) take precedence over the dense path
+  const bool act8 = isa == Isa::kAvx512 && M >= act8_from;
+  BABAI_CHECK(!act8 || cpu().avx512vnni, "int8 activations (", M, " rows of x ≥ act8_from ", act8_from,
+              ") need AVX-512 VNNI, which this CPU lacks");
 
   const at::Tensor xp = prepare_x(x, perm_c, col_scale, isa == Isa::kAvx512);   // stored order, ⊙ α
   const bool wide = isa == Isa::kAvx512;
@@ -1084,7 +1248,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
   const uint8_t* pk = static_cast<const uint8_t*>(packed.data_ptr());
   const at::Half* sc = scales.numel() ? scales.data_ptr<at::Half>() : nullptr;
   uint16_t* yo = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  if (M >= dense_from) {   // tiles of rows dequantized to bf16 (rows, K), F.linear (PyTorch's bf16 GEMM) on each
+  if (M >= dense_from && !act8) {   // tiles of rows dequantized to bf16 (rows, K), F.linear (PyTorch's bf16 GEMM) on each
     const int64_t tile_blocks = std::max<int64_t>(1, kDenseTileBytes / (2 * K * kRows));
     const at::Tensor bias_b = bias.numel() ? bias.reshape({N}).to(at::kBFloat16) : bias;
     for (int64_t b0 = 0; b0 < nb; b0 += tile_blocks) {
@@ -1120,7 +1284,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     // With ≤ 2 rows of x avx512 hosts run 8-bit blocks through avx2's int16 path (y::dots on y::Xq): in
     // serving (vLLM, 1 request, 2026-12-05) HPTQ-4.3 decoded 69.3 tok/s with the avx2 variant forced against
     // 61.2 on avx512 (VDPBF16PS, or avx2's earlier float32 8-bit path at 1–2 rows), same widths.
-    const bool narrow8 = wide && mc <= 2 && mc < predecode_from;
+    const bool narrow8 = wide && mc <= 2 && mc < predecode_from && !act8;
     // avx2, and avx512's 8-bit blocks at 1–2 rows: x in 16-bit fixed point per row (y::Xq)
     const bool fixed = !wide || narrow8;
     const int64_t spans = fixed ? y::spans_of(K, G) : 0;
@@ -1128,6 +1292,12 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     std::vector<float> xs(fixed ? mc : 0);
     std::vector<int32_t> xsum(mc * spans);
     if (fixed) y::quantize(xcb, mc, K, G, xq.data(), xs.data(), xsum.data());
+    // int8 activations: x in int8 per row and block of A columns (q8::X8)
+    const int64_t a8 = act8 ? q8::block_of(G) : 1, blocks8 = act8 ? K / a8 : 0;
+    std::vector<int8_t> x8(act8 ? mc * K : 0);
+    std::vector<float> s8(mc * blocks8);
+    std::vector<int32_t> sum8(mc * blocks8);
+    if (act8) q8::quantize(xcb, mc, K, a8, x8.data(), s8.data(), sum8.data());
     const int64_t ldt = (mc + 7) / 8 * 8;
     const bool sparse = mc * nnz <= kSparseRatio * N;   // residual: entry by entry into the tile, or per row over xᵀ
     at::Tensor xt;
@@ -1136,7 +1306,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
       transpose_x(xcb, mc, K, ldt, xt.data_ptr<float>());
     }
     const float* xtp = xt.defined() ? xt.data_ptr<float>() : nullptr;
-    const bool dec = mc >= predecode_from;
+    const bool dec = mc >= predecode_from || act8;   // act8: always its own decoded layout
     const StoreFn store = wide ? z::store : y::store;
 
     at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
@@ -1149,20 +1319,25 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
         const int64_t b = first[u];
         const int nbk = static_cast<int>(first[u + 1] - b), rows = nbk * kRows, w = bits[b];
         const Unit unit{pk + boff[b], boff[b + 1] - boff[b], sc ? sc + b * sc_block : nullptr, sc_block, K, G};
-        if (dec) (wide ? (nbk == 2 ? z::pick_decode<2>(w) : z::pick_decode<1>(w)) : y::pick_decode(w))(unit, dbuf);
+        if (act8) (nbk == 2 ? q8::pick_decode<2>(w) : q8::pick_decode<1>(w))(unit, dbuf);
+        else if (dec) (wide ? (nbk == 2 ? z::pick_decode<2>(w) : z::pick_decode<1>(w)) : y::pick_decode(w))(unit, dbuf);
         if (nnz && !sparse) residual_rows(off, col, val, b * kRows, rows, xtp, ldt, res.data());
         for (int j = 0; j < rows; ++j) {
           const int64_t row = b * kRows + j;
           s[j] = rs ? (block_scale ? rs[row / kRows] : rs[row]) : 1.0f;
           c[j] = bs ? bs[row] : 0.0f;
         }
-        const int pass = wide && dec && sc ? kMaxMBGroups : MBmax;
+        const int pass = act8 ? q8::kMB : wide && dec && sc ? kMaxMBGroups : MBmax;
         for (int64_t m0 = 0; m0 < mc; m0 += pass) {
           const int mb = static_cast<int>(std::min<int64_t>(pass, mc - m0));
-          const DotsFn f = wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
-                                : y::pick_dots(w, mb, dec);
+          const DotsFn f = act8 ? (nbk == 2 ? q8::pick_dots<2>(w, mb) : q8::pick_dots<1>(w, mb))
+                           : wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
+                                  : y::pick_dots(w, mb, dec);
           const y::Xq xm{xq.data() + m0 * K, xs.data() + m0, xsum.data() + m0 * spans, spans};
-          if (narrow8 && w == 8) {
+          const q8::X8 xm8{x8.data() + m0 * K, s8.data() + m0 * blocks8, sum8.data() + m0 * blocks8, a8, blocks8};
+          if (act8) {
+            f(unit, dbuf, &xm8, tile);
+          } else if (narrow8 && w == 8) {
             for (int j = 0; j < nbk; ++j) {   // one block of 16 rows at a time, into its columns of the tile
               const Unit block{unit.blk + j * unit.blk_bytes, unit.blk_bytes, unit.sc ? unit.sc + j * sc_block : nullptr,
                                sc_block, K, G};
@@ -1188,7 +1363,7 @@ std::string best_isa() { return has_avx512() ? "avx512" : has_avx2() ? "avx2" : 
 TORCH_LIBRARY(babai_cpu, m) {
   m.def("lut_linear(Tensor x, Tensor packed, Tensor block_bits, Tensor scales, int group_size, Tensor perm, "
         "Tensor col_scale, Tensor offsets, Tensor cols, Tensor vals, Tensor row_scale, Tensor bias, str isa='auto', "
-        "int predecode_from=32, int dense_from=9223372036854775807) -> Tensor");
+        "int predecode_from=32, int dense_from=9223372036854775807, int act8_from=9223372036854775807) -> Tensor");
   m.def("cpu_features() -> str[]", &cpu_features);
   m.def("best_isa() -> str", &best_isa);
 }

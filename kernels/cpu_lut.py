@@ -69,6 +69,21 @@ DENSE_FROM = {"avx512": {"group scales": 256, "no group scales": 512, "no group 
               "avx2": {"group scales": 64, "no group scales": 64, "no group scales, 8 bits": 96}}
 
 
+# Rows of x from which the avx512 variant rounds x to int8 per row and block of columns and multiplies by
+# VPDPBUSD (kernels/cpu_lut.cpp, q8), on hosts with AVX-512 VNNI unless BABAI_CPU_ACT8=0.
+ACT8_ENV = "BABAI_CPU_ACT8"            # "0": never round activations to int8
+ACT8_FEATURE = "avx512_vnni"
+ACT8_FROM = 16
+
+
+def act8_from(isa: str, features: frozenset[str]) -> int:
+    """Rows of x from which `pack`'s layers take int8 activations: ACT8_FROM for the avx512 variant on a
+    host with AVX-512 VNNI (`features`: as /proc/cpuinfo names them; `pack` asks the op's CPUID probe),
+    unless BABAI_CPU_ACT8=0; else NEVER."""
+    on = isa == "avx512" and ACT8_FEATURE in features and os.environ.get(ACT8_ENV, "1") != "0"
+    return ACT8_FROM if on else NEVER
+
+
 def dense_class(group_scales: bool, bits: int) -> str:
     """DENSE_FROM's key for a layout with or without group scales whose most common width is `bits`."""
     return "group scales" if group_scales else "no group scales, 8 bits" if bits == 8 else "no group scales"
@@ -153,7 +168,7 @@ def isa() -> str | None:
 
 
 def _fake(x, packed, block_bits, scales, group_size, perm, col_scale, offsets, cols, vals, row_scale, bias, isa="auto",
-          predecode_from=32, dense_from=(1 << 63) - 1):
+          predecode_from=32, dense_from=(1 << 63) - 1, act8_from=(1 << 63) - 1):
     return x.new_empty(x.shape[0], block_bits.shape[0] * ROWS)
 
 
@@ -174,6 +189,7 @@ class LutPacked:
     predecode_from: int       # rows of x from which codes are decoded once per chunk: PREDECODE_FROM[isa] of
     # the width most blocks have
     dense_from: int           # rows of x from which tiles are dequantized for PyTorch's GEMM (DENSE_FROM)
+    act8_from: int = NEVER    # rows of x from which x is rounded to int8 (avx512 with VNNI: `act8_from`)
     isa: str = "auto"         # "avx512" or "avx2"
 
     def tensors(self) -> list[torch.Tensor]:
@@ -303,11 +319,13 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
                      torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
                      row_scale.float().contiguous(), group,
-                     PREDECODE_FROM[isa][common], DENSE_FROM[isa][dense_class(bool(scales.numel()), common)], isa)
+                     PREDECODE_FROM[isa][common], DENSE_FROM[isa][dense_class(bool(scales.numel()), common)],
+                     act8_from(isa, frozenset(torch.ops.babai_cpu.cpu_features())), isa)
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
-               predecode_from: int | None = None, dense_from: int | None = None) -> torch.Tensor:
+               predecode_from: int | None = None, dense_from: int | None = None,
+               act8_from: int | None = None) -> torch.Tensor:
     """x (M, K) bfloat16 in original column order → (M, N) bfloat16. predecode_from: rows of x from which
     codes are decoded once per chunk (default: PREDECODE_FROM of the variant and the layout's most common width);
     dense_from: rows of x from which tiles of rows are dequantized to bf16 for PyTorch's GEMM (default:
@@ -316,4 +334,5 @@ def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
                                           p.offsets, p.cols, p.vals, p.row_scale,
                                           x.new_empty(0) if bias is None else bias, p.isa,
                                           p.predecode_from if predecode_from is None else predecode_from,
-                                          p.dense_from if dense_from is None else dense_from)
+                                          p.dense_from if dense_from is None else dense_from,
+                                          p.act8_from if act8_from is None else act8_from)

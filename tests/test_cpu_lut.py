@@ -30,8 +30,8 @@ ISAS = [pytest.param(isa, marks=pytest.mark.skipif(cpu_lut.choose_isa(HOST, isa)
 # the op's paths by batch size: codes decoded per pass, once per chunk of rows, or tiles dequantized to
 # bf16 for PyTorch's GEMM (each weight rounded once to bf16: one more term 2⁻⁹·Σ|w·x| of the bound)
 NEVER = cpu_lut.NEVER
-PATHS = {"per-pass": dict(predecode_from=NEVER, dense_from=NEVER), "predecoded": dict(predecode_from=1, dense_from=NEVER),
-         "dense": dict(dense_from=1)}
+PATHS = {"per-pass": dict(predecode_from=NEVER, dense_from=NEVER, act8_from=NEVER),
+         "predecoded": dict(predecode_from=1, dense_from=NEVER, act8_from=NEVER), "dense": dict(dense_from=1, act8_from=NEVER)}
 EXACT_PATHS = ["per-pass", "predecoded"]   # the paths whose weights are exact
 
 
@@ -240,7 +240,7 @@ def test_dense_path_is_pytorch_bf16_linear_on_the_weights_rounded_once(isa, bits
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
-    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, dense_from=m)
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, dense_from=m, act8_from=NEVER)
     unscaled = dataclasses.replace(layout, col_scale=None)
     order = layout.perm if perm else torch.arange(k)
     weight = runtime.dequantize(unscaled)[:, order].to(torch.bfloat16)
@@ -250,9 +250,11 @@ def test_dense_path_is_pytorch_bf16_linear_on_the_weights_rounded_once(isa, bits
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("group, bits", [(32, 4), (None, 4), (None, 8)])
-def test_default_dispatch_takes_the_dense_path_from_the_variants_crossover(isa, group, bits):
+def test_default_dispatch_takes_the_dense_path_from_the_variants_crossover(isa, group, bits, monkeypatch):
     """A packed layout carries its variant's DENSE_FROM (by group scales or none, and 8-bit blocks without):
-    from that many rows the default call is the dense path bit for bit, one row fewer the codes' path."""
+    from that many rows the default call is the dense path bit for bit, one row fewer the codes' path
+    (int8 activations off: they take precedence over the dense path)."""
+    monkeypatch.setenv(cpu_lut.ACT8_ENV, "0")
     layout = _layout(32, 128, bits, group or 128, seed=5, row_scale=group is None)
     packed = cpu_lut.pack(layout, isa)
     assert packed.dense_from == cpu_lut.DENSE_FROM[isa][cpu_lut.dense_class(group is not None, bits)]
@@ -421,7 +423,7 @@ def test_hptq_siblings_keep_one_scale_per_block_and_no_group_scales():
 
 def test_cpuid_probe_agrees_with_the_kernel_of_the_os():
     """The op's own CPUID/XGETBV probe and Linux's /proc/cpuinfo flags name the same features."""
-    used = {f for fs in cpu_lut.ISA_FEATURES.values() for f in fs}
+    used = {f for fs in cpu_lut.ISA_FEATURES.values() for f in fs} | {cpu_lut.ACT8_FEATURE}
     assert set(torch.ops.babai_cpu.cpu_features()) == HOST & used
 
 
@@ -464,3 +466,90 @@ def test_kernel_refuses_a_host_that_does_not_match_the_build(monkeypatch, caplog
         monkeypatch.undo()
         cpu_lut.load.cache_clear()
     assert cpu_lut.load() == (True, None)
+
+
+# ------------------------------------------------------------------ int8 activations (AVX-512 VNNI)
+
+ACT8 = pytest.mark.skipif(cpu_lut.choose_isa(HOST, "avx512")[0] != "avx512" or cpu_lut.ACT8_FEATURE not in HOST,
+                          reason="int8 activations need the avx512 variant and AVX-512 VNNI")
+
+
+def _act8_block(group):
+    """Columns per int8 step of x: the group size when ≤ 64, else the largest of 64, 32, 16, 8 dividing it."""
+    return group if group <= 64 else next(a for a in (64, 32, 16, 8) if group % a == 0)
+
+
+def _act8_x(layout, x):
+    """(x̂, steps) float64 in original column order: x ⊙ α (rounded to bf16), in stored order cut into blocks of
+    _act8_block columns, each rounded to q = round(x · r) with r = float32(127 / max|x|) (nearest even) and
+    x̂ = q · s, s = float32(max|x| / 127); steps: s per element."""
+    k = x.shape[1]
+    order = layout.perm if layout.perm is not None else torch.arange(k)
+    a = _act8_block(k if layout.one_scale_per_row else layout.group_size)
+    xs = runtime.scale_input(x, layout.col_scale)[:, order].float().view(x.shape[0], k // a, a)
+    amax = xs.abs().amax(-1, keepdim=True)
+    r = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros(()))
+    s = amax / torch.tensor(127.0)
+    stored, steps = (torch.round(xs * r).double() * s.double()).view(-1, k), s.double().expand_as(xs).reshape(-1, k)
+    xh, st = torch.empty_like(stored), torch.empty_like(steps)
+    xh[:, order], st[:, order] = stored, steps
+    return xh, st
+
+
+@ACT8
+@pytest.mark.parametrize("bits", [4, 5, 8])
+@pytest.mark.parametrize("group, n, k", [(32, 48, 256), (64, 64, 384), (None, 48, 256), (40, 32, 200), (None, 32, 200)])
+@pytest.mark.parametrize("m", [1, 7, 20, 300])
+def test_int8_activations_give_the_product_of_x_rounded_per_block(bits, group, n, k, m):
+    """From `act8_from` rows the avx512 variant rounds x ⊙ α per row and block of columns to int8 (_act8_x)
+    and multiplies it with S ⊙ Z exactly (VPDPBUSD), the residual with x ⊙ α itself: equal to the fp64 product
+    within float32 accumulation and the bf16 rounding; and within Σ_k |W_nk| · s_k / 2 more of the product with
+    x ⊙ α itself."""
+    layout = _layout(n, k, bits, group or k, seed=bits * 7 + m + k, row_scale=group is None, col_scale=group is None,
+                     rate=0.01)
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    x[0, : k // 8] *= 30                                    # an outlier block
+    bias = torch.randn(n, generator=g).to(torch.bfloat16)
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, "avx512"), x, bias, act8_from=1).double()
+    unscaled = dataclasses.replace(layout, col_scale=None)
+    dense = runtime.dequantize(dataclasses.replace(unscaled, residual=runtime.Residual.from_dense(torch.zeros(n, k))))
+    resid = runtime.dequantize(dataclasses.replace(unscaled, codes=torch.zeros_like(layout.codes)))
+    xh, steps = _act8_x(layout, x)
+    xa = runtime.scale_input(x, layout.col_scale).double()
+    ref = xh @ dense.double().T + xa @ resid.double().T + bias.double()
+    mag = xh.abs() @ dense.double().abs().T + xa.abs() @ resid.double().abs().T
+    assert bool(((y - ref).abs() <= 2 ** -8 * ref.abs() + k * 2 ** -24 * mag).all())
+    exact = xa @ (dense + resid).double().T + bias.double()   # the product with x ⊙ α as the kernel reads it
+    half = steps * (0.5 + 2 ** -16)             # |x̂ − x ⊙ α| ≤ s / 2 per element, + float32's rounding of x · r
+    rounding = half @ dense.double().abs().T
+    assert bool(((y - exact).abs() <= 2 ** -8 * exact.abs() + k * 2 ** -24 * mag + (1 + 2 ** -8) * rounding).all())
+    assert bool(((xh - xa).abs() <= half).all())
+
+
+@ACT8
+def test_int8_activations_keep_a_row_with_nan_or_infinity_to_itself():
+    layout = _layout(32, 128, 4, 64, seed=3)
+    x = torch.randn(4, 128, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    x[1, 5], x[2, 70] = float("nan"), float("inf")
+    packed = cpu_lut.pack(layout, "avx512")
+    y = cpu_lut.lut_linear(packed, x, act8_from=1)
+    assert bool(y[[1, 2]].isnan().all()) and not bool(y[[0, 3]].isnan().any())
+    assert torch.equal(y[[0, 3]], cpu_lut.lut_linear(packed, x[[0, 3]], act8_from=1))
+
+
+@ACT8
+@pytest.mark.parametrize("bits", [4, 8])
+def test_default_dispatch_takes_int8_activations_from_act8_from_unless_switched_off(bits, monkeypatch):
+    """On an AVX-512 VNNI host a packed layout carries ACT8_FROM: from that many rows the default call is the
+    int8 path bit for bit (whatever DENSE_FROM), one row fewer the bf16 path; BABAI_CPU_ACT8=0 and the avx2
+    variant carry NEVER."""
+    layout = _layout(32, 128, bits, 32, seed=9)
+    packed = cpu_lut.pack(layout, "avx512")
+    assert packed.act8_from == cpu_lut.ACT8_FROM
+    x = torch.randn(cpu_lut.ACT8_FROM, 128, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    assert torch.equal(cpu_lut.lut_linear(packed, x), cpu_lut.lut_linear(packed, x, act8_from=1, dense_from=1))
+    assert torch.equal(cpu_lut.lut_linear(packed, x[1:]), cpu_lut.lut_linear(packed, x[1:], act8_from=NEVER))
+    assert cpu_lut.pack(layout, "avx2").act8_from == NEVER
+    monkeypatch.setenv(cpu_lut.ACT8_ENV, "0")
+    assert cpu_lut.pack(layout, "avx512").act8_from == NEVER
