@@ -168,6 +168,61 @@ using DecodeFn = void (*)(const Unit&, void* dec);
 // y[m][j] = bf16(tile[m][j] · s[j] + c[j]) for j < rows (a multiple of 16).
 using StoreFn = void (*)(const float* tile, int mb, int rows, const float* s, const float* c, uint16_t* y, int64_t ldy);
 
+// --- x in int8 per row and block of columns (both variants' int8-activation paths) ----------------
+namespace a8 {
+
+// Columns per block of x's int8 steps for group size G (a multiple of 8).
+inline int64_t block_of(int64_t G) {
+  if (G <= 64) return G;
+  for (int64_t a : {64, 32, 16}) if (G % a == 0) return a;
+  return 8;
+}
+
+// x of one pass: q (mb, K) int8 (row stride K), s (mb, K/A) float32 steps (NaN: the row has an infinity or
+// a NaN, q = 0 there), sum (mb, K/A) int32 = Σ q over each block.
+struct X8 {
+  const int8_t* q;
+  const float* s;
+  const int32_t* sum;
+  int64_t A, blocks;
+};
+
+// x (mc, K) bfloat16 → q, s, sum of X8 (A a multiple of 8 dividing K).
+void quantize(const uint16_t* x, int64_t mc, int64_t K, int64_t A, int8_t* q, float* s, int32_t* sum) {
+  const int64_t blocks = K / A;
+  for (int64_t m = 0; m < mc; ++m) {
+    const uint16_t* xm = x + m * K;
+    uint16_t top = 0;   // max |x| over the row as bits: a row with an infinity or a NaN is NaN throughout
+    for (int64_t k = 0; k < K; ++k) top = std::max<uint16_t>(top, xm[k] & 0x7FFF);
+    const bool finite = top < 0x7F80;
+    for (int64_t a = 0; a < blocks; ++a) {
+      const uint16_t* xb = xm + a * A;
+      int8_t* qb = q + m * K + a * A;
+      uint16_t bt = 0;
+      for (int64_t k = 0; k < A; ++k) bt = std::max<uint16_t>(bt, xb[k] & 0x7FFF);
+      float amax;
+      const uint32_t ab = static_cast<uint32_t>(bt) << 16;
+      std::memcpy(&amax, &ab, sizeof amax);
+      const float r = finite && bt ? 127.0f / amax : 0.0f;
+      s[m * blocks + a] = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
+      __m256i acc = _mm256_setzero_si256();
+      for (int64_t k = 0; k < A; k += 8) {   // round to nearest even (MXCSR default); |x · r| ≤ 127
+        const __m256 v = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb + k))), 16));
+        const __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(v, _mm256_set1_ps(r)));
+        const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(qb + k), _mm_packs_epi16(w, w));
+        acc = _mm256_add_epi32(acc, i);
+      }
+      const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+      const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
+      sum[m * blocks + a] = _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0xB1)));
+    }
+  }
+}
+
+}  // namespace a8
+
 // ================================ avx512 ==========================================================
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
@@ -321,53 +376,6 @@ namespace q8 {
 
 constexpr int kMB = 6;   // rows of x per pass: NB · kMB int32 sums + NB · kMB float32 totals + NB codes ≤ 26 zmm
 
-// Columns per block of x's int8 steps for group size G (a multiple of 8).
-inline int64_t block_of(int64_t G) {
-  if (G <= 64) return G;
-  for (int64_t a : {64, 32, 16}) if (G % a == 0) return a;
-  return 8;
-}
-
-// x of one pass: q (mb, K) int8 (row stride K), s (mb, K/A) float32 steps (NaN: the row has an infinity or
-// a NaN, q = 0 there), sum (mb, K/A) int32 = Σ q over each block.
-struct X8 {
-  const int8_t* q;
-  const float* s;
-  const int32_t* sum;
-  int64_t A, blocks;
-};
-
-// x (mc, K) bfloat16 → q, s, sum of X8 (A a multiple of 8 dividing K).
-void quantize(const uint16_t* x, int64_t mc, int64_t K, int64_t A, int8_t* q, float* s, int32_t* sum) {
-  const int64_t blocks = K / A;
-  for (int64_t m = 0; m < mc; ++m) {
-    const uint16_t* xm = x + m * K;
-    uint16_t top = 0;   // max |x| over the row as bits: a row with an infinity or a NaN is NaN throughout
-    for (int64_t k = 0; k < K; ++k) top = std::max<uint16_t>(top, xm[k] & 0x7FFF);
-    const bool finite = top < 0x7F80;
-    for (int64_t a = 0; a < blocks; ++a) {
-      const uint16_t* xb = xm + a * A;
-      int8_t* qb = q + m * K + a * A;
-      uint16_t bt = 0;
-      for (int64_t k = 0; k < A; ++k) bt = std::max<uint16_t>(bt, xb[k] & 0x7FFF);
-      float amax;
-      const uint32_t ab = static_cast<uint32_t>(bt) << 16;
-      std::memcpy(&amax, &ab, sizeof amax);
-      const float r = finite && bt ? 127.0f / amax : 0.0f;
-      s[m * blocks + a] = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
-      __m256i acc = _mm256_setzero_si256();
-      for (int64_t k = 0; k < A; k += 8) {   // round to nearest even (MXCSR default); |x · r| ≤ 127
-        const __m256 v = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb + k))), 16));
-        const __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(v, _mm256_set1_ps(r)));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(qb + k), _mm256_cvtepi32_epi8(i));
-        acc = _mm256_add_epi32(acc, i);
-      }
-      sum[m * blocks + a] = _mm512_reduce_add_epi32(_mm512_zextsi256_si512(acc));
-    }
-  }
-}
-
 // Bits 2i, 2i + 1 of a → bits 4i, 4i + 1.
 inline uint64_t spread2(uint32_t a) {
   uint64_t v = a;
@@ -418,7 +426,7 @@ inline __m512i dot_bcast(__m512i acc, __m512i w, const int8_t* x) {
 // MB rows of x, from the decoded codes.
 template <int BITS, int NB, int MB>
 void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
-  const X8& x = *static_cast<const X8*>(xv);
+  const a8::X8& x = *static_cast<const a8::X8*>(xv);
   const uint8_t* d = static_cast<const uint8_t*>(dec);
   const int64_t quads = x.A / 4;
   __m512 total[NB][MB];
@@ -1292,12 +1300,12 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     std::vector<float> xs(fixed ? mc : 0);
     std::vector<int32_t> xsum(mc * spans);
     if (fixed) y::quantize(xcb, mc, K, G, xq.data(), xs.data(), xsum.data());
-    // int8 activations: x in int8 per row and block of A columns (q8::X8)
-    const int64_t a8 = act8 ? q8::block_of(G) : 1, blocks8 = act8 ? K / a8 : 0;
+    // int8 activations: x in int8 per row and block of A columns (a8::X8)
+    const int64_t ablk = act8 ? a8::block_of(G) : 1, blocks8 = act8 ? K / ablk : 0;
     std::vector<int8_t> x8(act8 ? mc * K : 0);
     std::vector<float> s8(mc * blocks8);
     std::vector<int32_t> sum8(mc * blocks8);
-    if (act8) q8::quantize(xcb, mc, K, a8, x8.data(), s8.data(), sum8.data());
+    if (act8) a8::quantize(xcb, mc, K, ablk, x8.data(), s8.data(), sum8.data());
     const int64_t ldt = (mc + 7) / 8 * 8;
     const bool sparse = mc * nnz <= kSparseRatio * N;   // residual: entry by entry into the tile, or per row over xᵀ
     at::Tensor xt;
@@ -1334,7 +1342,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
                            : wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
                                   : y::pick_dots(w, mb, dec);
           const y::Xq xm{xq.data() + m0 * K, xs.data() + m0, xsum.data() + m0 * spans, spans};
-          const q8::X8 xm8{x8.data() + m0 * K, s8.data() + m0 * blocks8, sum8.data() + m0 * blocks8, a8, blocks8};
+          const a8::X8 xm8{x8.data() + m0 * K, s8.data() + m0 * blocks8, sum8.data() + m0 * blocks8, ablk, blocks8};
           if (act8) {
             f(unit, dbuf, &xm8, tile);
           } else if (narrow8 && w == 8) {
