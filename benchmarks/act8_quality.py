@@ -4,7 +4,7 @@ x rounded to int8 from `cpu_lut.ACT8_FROM` rows on (the default on AVX-512 VNNI 
     python -m benchmarks.act8_quality [--windows 8] [--threads N]
 
 The kernel (BabaiLutCPU, bfloat16 activations, loaded with transformers_babai) rounds x to int8 per row and
-block of ≤ 64 columns (kernels/cpu_lut.cpp, q8) at prefill and large batches; decode (< ACT8_FROM rows)
+block of ≤ 32 columns, ≤ 64 for x ⊙ α (HPTQ) (kernels/cpu_lut.cpp, a8::block_of) at prefill and large batches; decode (< ACT8_FROM rows)
 keeps bfloat16 x. Each row's model is evaluated twice on the same 1,024-token windows of the Austen eval
 split (Pride and Prejudice): every layer's `act8_from` at its default, then NEVER — same weights, same
 kernel otherwise. The unquantized bf16 model and the checkpoints' float32 perplexity (dequantized weights,
@@ -92,7 +92,8 @@ def markdown(r: dict) -> str:
            f"Perplexity on the first {r['windows']} windows of {r['window']} tokens of the Austen eval split, each "
            f"window one forward (every linear sees {r['window']} rows of x ≥ ACT8_FROM = {r['act8_from']}). "
            "bf16 x: the CPU kernel with bfloat16 activations (act8 off); int8 x: the same model and kernel with x "
-           "rounded to int8 per row and block of ≤ 64 columns (the default on AVX-512 VNNI hosts); fp32: the "
+           "rounded to int8 per row and block of ≤ 32 columns, ≤ 64 for HPTQ's x ⊙ α (the default on AVX-512 VNNI "
+           "hosts); fp32: the "
            "checkpoint's dequantized weights in float32 (transformers_babai's reference).", "",
            "| model | fp32 | bf16 x | int8 x | int8 x vs bf16 x |", "|---|---|---|---|---|"]
     for row in r["rows"]:

@@ -171,10 +171,15 @@ using StoreFn = void (*)(const float* tile, int mb, int rows, const float* s, co
 // --- x in int8 per row and block of columns (both variants' int8-activation paths) ----------------
 namespace a8 {
 
-// Columns per block of x's int8 steps for group size G (a multiple of 8).
-inline int64_t block_of(int64_t G) {
-  if (G <= 64) return G;
-  for (int64_t a : {64, 32, 16}) if (G % a == 0) return a;
+// Columns per block of x's int8 steps for group size G (a multiple of 8): at most 64 for x ⊙ α (HPTQ's
+// per-column steps even out x's columns), else at most 32 — the largest of 64 (with α), 32, 16, 8 dividing G,
+// or G itself when smaller. Perplexity, 8 windows of 1,024 tokens (benchmarks/act8_quality), int8 x vs bf16 x
+// with 64-column blocks: SSQR-w4 +0.20 %, SSQR-w3 +0.34 %, HPTQ-4.3 / 3.3 +0.05 %; with 32: SSQR-w4 −0.10 %,
+// SSQR-w3 +0.08 %, HPTQ-4.3 −0.004 %; 32 costs 10-15 % of the int8 path's time at M = 16 … 1,024.
+inline int64_t block_of(int64_t G, bool alpha) {
+  const int64_t cap = alpha ? 64 : 32;
+  if (G <= cap) return G;
+  for (int64_t a : {64, 32, 16}) if (a <= cap && G % a == 0) return a;
   return 8;
 }
 
@@ -1301,7 +1306,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     std::vector<int32_t> xsum(mc * spans);
     if (fixed) y::quantize(xcb, mc, K, G, xq.data(), xs.data(), xsum.data());
     // int8 activations: x in int8 per row and block of A columns (a8::X8)
-    const int64_t ablk = act8 ? a8::block_of(G) : 1, blocks8 = act8 ? K / ablk : 0;
+    const int64_t ablk = act8 ? a8::block_of(G, col_scale.numel() > 0) : 1, blocks8 = act8 ? K / ablk : 0;
     std::vector<int8_t> x8(act8 ? mc * K : 0);
     std::vector<float> s8(mc * blocks8);
     std::vector<int32_t> sum8(mc * blocks8);

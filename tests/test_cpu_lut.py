@@ -474,9 +474,11 @@ ACT8 = pytest.mark.skipif(cpu_lut.choose_isa(HOST, "avx512")[0] != "avx512" or c
                           reason="int8 activations need the avx512 variant and AVX-512 VNNI")
 
 
-def _act8_block(group):
-    """Columns per int8 step of x: the group size when ≤ 64, else the largest of 64, 32, 16, 8 dividing it."""
-    return group if group <= 64 else next(a for a in (64, 32, 16, 8) if group % a == 0)
+def _act8_block(group, alpha):
+    """Columns per int8 step of x: the group size when ≤ 64 (with α; else 32), else the largest of 64 (with α),
+    32, 16, 8 dividing it."""
+    cap = 64 if alpha else 32
+    return group if group <= cap else next(a for a in (64, 32, 16, 8) if a <= cap and group % a == 0)
 
 
 def _act8_x(layout, x):
@@ -485,7 +487,7 @@ def _act8_x(layout, x):
     x̂ = q · s, s = float32(max|x| / 127); steps: s per element."""
     k = x.shape[1]
     order = layout.perm if layout.perm is not None else torch.arange(k)
-    a = _act8_block(k if layout.one_scale_per_row else layout.group_size)
+    a = _act8_block(k if layout.one_scale_per_row else layout.group_size, layout.col_scale is not None)
     xs = runtime.scale_input(x, layout.col_scale)[:, order].float().view(x.shape[0], k // a, a)
     amax = xs.abs().amax(-1, keepdim=True)
     r = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros(()))
@@ -498,15 +500,15 @@ def _act8_x(layout, x):
 
 @ACT8
 @pytest.mark.parametrize("bits", [4, 5, 8])
-@pytest.mark.parametrize("group, n, k", [(32, 48, 256), (64, 64, 384), (None, 48, 256), (40, 32, 200), (None, 32, 200)])
+@pytest.mark.parametrize("group, n, k, alpha", [(32, 48, 256, False), (64, 64, 384, False), (128, 32, 256, True),
+                                                (None, 48, 256, True), (40, 32, 200, False), (None, 32, 200, True)])
 @pytest.mark.parametrize("m", [1, 7, 20, 300])
-def test_int8_activations_give_the_product_of_x_rounded_per_block(bits, group, n, k, m):
+def test_int8_activations_give_the_product_of_x_rounded_per_block(bits, group, n, k, alpha, m):
     """From `act8_from` rows the avx512 variant rounds x ⊙ α per row and block of columns to int8 (_act8_x)
     and multiplies it with S ⊙ Z exactly (VPDPBUSD), the residual with x ⊙ α itself: equal to the fp64 product
     within float32 accumulation and the bf16 rounding; and within Σ_k |W_nk| · s_k / 2 more of the product with
     x ⊙ α itself."""
-    layout = _layout(n, k, bits, group or k, seed=bits * 7 + m + k, row_scale=group is None, col_scale=group is None,
-                     rate=0.01)
+    layout = _layout(n, k, bits, group or k, seed=bits * 7 + m + k, row_scale=group is None, col_scale=alpha, rate=0.01)
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     x[0, : k // 8] *= 30                                    # an outlier block
