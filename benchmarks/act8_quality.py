@@ -24,14 +24,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = ("ssqr-w4", "ssqr-w3", "hptq-4.3", "hptq-3.3")
 
 
+default: dict = {}
+
+
 def set_act8(model, act8_from: int | None) -> int:
     """Every BabaiLutCPU layer's act8_from (None: pack's default); the number of layers changed."""
-    from babai_kernels import cpu_lut
     from babai_kernels.choices.cpu import BabaiLutCPU
 
     layers = [m.kernel for m in model.modules() if isinstance(getattr(m, "kernel", None), BabaiLutCPU)]
     for k in layers:
-        k.packed.act8_from = cpu_lut.act8_from(k.packed.isa, cpu_lut.host_features()) if act8_from is None else act8_from
+        default.setdefault(k, k.packed.act8_from)   # pack's choice, kept on the first call
+    for k in layers:
+        k.packed.act8_from = default[k] if act8_from is None else act8_from
     return len(layers)
 
 
@@ -51,7 +55,7 @@ def main(argv=None) -> int:
     from transformers_babai import load_model
 
     features = cpu_lut.host_features()
-    if cpu_lut.act8_from("avx512", features) == cpu_lut.NEVER or cpu_lut.isa() != "avx512":
+    if cpu_lut.act8_from("avx512", features, "group scales") == cpu_lut.NEVER or cpu_lut.isa() != "avx512":
         print(f"act8_quality: this host does not take int8 activations ({cpu_lut.ACT8_FEATURE} and the avx512 "
               f"variant needed, or {cpu_lut.ACT8_ENV}=0): nothing to compare", flush=True)
         return 2
@@ -90,7 +94,7 @@ def markdown(r: dict) -> str:
            f"{r['versions']['transformers']}; commit {r['versions']['git_commit'][:12]}"
            f"{' (dirty tree)' if r['versions']['git_dirty'] else ''}.", "",
            f"Perplexity on the first {r['windows']} windows of {r['window']} tokens of the Austen eval split, each "
-           f"window one forward (every linear sees {r['window']} rows of x ≥ ACT8_FROM = {r['act8_from']}). "
+           f"window one forward (every linear sees {r['window']} rows of x, past ACT8_FROM = {r['act8_from']}). "
            "bf16 x: the CPU kernel with bfloat16 activations (act8 off); int8 x: the same model and kernel with x "
            "rounded to int8 per row and block of ≤ 32 columns, ≤ 64 for HPTQ's x ⊙ α (the default on AVX-512 VNNI "
            "hosts); fp32: the "

@@ -70,18 +70,21 @@ DENSE_FROM = {"avx512": {"group scales": 256, "no group scales": 512, "no group 
 
 
 # Rows of x from which the avx512 variant rounds x to int8 per row and block of columns and multiplies by
-# VPDPBUSD (kernels/cpu_lut.cpp, q8), on hosts with AVX-512 VNNI unless BABAI_CPU_ACT8=0.
+# VPDPBUSD (kernels/cpu_lut.cpp, q8), on hosts with AVX-512 VNNI unless BABAI_CPU_ACT8=0; by the layout's
+# class (`dense_class`). Measured (linears of 4 layers' step, 1 thread, x vLLM's bf16, int8 / bf16 x, two
+# rounds): SSQR-w4 M = 8 1.24-1.31 / 1.22-1.27, 10 1.18-1.25 / 0.98-1.03, 12 1.15-1.26 / 1.04-1.06; HPTQ-4.3
+# ms per step M = 8 1.50-1.69 / 1.35-1.37, 12 2.00 / 2.24, 16 2.31-2.43 / 2.46-2.49 (HPTQ-3.3 alike).
 ACT8_ENV = "BABAI_CPU_ACT8"            # "0": never round activations to int8
 ACT8_FEATURE = "avx512_vnni"
-ACT8_FROM = 16
+ACT8_FROM = {"group scales": 10, "no group scales": 12, "no group scales, 8 bits": 12}
 
 
-def act8_from(isa: str, features: frozenset[str]) -> int:
-    """Rows of x from which `pack`'s layers take int8 activations: ACT8_FROM for the avx512 variant on a
-    host with AVX-512 VNNI (`features`: as /proc/cpuinfo names them; `pack` asks the op's CPUID probe),
-    unless BABAI_CPU_ACT8=0; else NEVER."""
+def act8_from(isa: str, features: frozenset[str], layout_class: str) -> int:
+    """Rows of x from which `pack`'s layers of `layout_class` (`dense_class`) take int8 activations:
+    ACT8_FROM for the avx512 variant on a host with AVX-512 VNNI (`features`: as /proc/cpuinfo names them;
+    `pack` asks the op's CPUID probe), unless BABAI_CPU_ACT8=0; else NEVER."""
     on = isa == "avx512" and ACT8_FEATURE in features and os.environ.get(ACT8_ENV, "1") != "0"
-    return ACT8_FROM if on else NEVER
+    return ACT8_FROM[layout_class] if on else NEVER
 
 
 def dense_class(group_scales: bool, bits: int) -> str:
@@ -314,13 +317,13 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
     block_bits = torch.tensor([b for rows, b in layout.runs for _ in range(rows // ROWS)], dtype=torch.uint8)
     scales = scales.half().view(blocks, ROWS, -1).transpose(1, 2).contiguous() if scales.numel() else scales.half()
     common = max(BITS, key=lambda b: int((block_bits == b).sum()))   # the most common width
+    cls = dense_class(bool(scales.numel()), common)
     return LutPacked(torch.cat(runs), block_bits, scales,
                      *_csr_fp16(layout),
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
                      torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
-                     row_scale.float().contiguous(), group,
-                     PREDECODE_FROM[isa][common], DENSE_FROM[isa][dense_class(bool(scales.numel()), common)],
-                     act8_from(isa, frozenset(torch.ops.babai_cpu.cpu_features())), isa)
+                     row_scale.float().contiguous(), group, PREDECODE_FROM[isa][common], DENSE_FROM[isa][cls],
+                     act8_from(isa, frozenset(torch.ops.babai_cpu.cpu_features()), cls), isa)
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,

@@ -548,8 +548,8 @@ def test_default_dispatch_takes_int8_activations_from_act8_from_unless_switched_
     variant carry NEVER."""
     layout = _layout(32, 128, bits, 32, seed=9)
     packed = cpu_lut.pack(layout, "avx512")
-    assert packed.act8_from == cpu_lut.ACT8_FROM
-    x = torch.randn(cpu_lut.ACT8_FROM, 128, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    assert packed.act8_from == cpu_lut.ACT8_FROM[cpu_lut.dense_class(True, bits)]
+    x = torch.randn(packed.act8_from, 128, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     assert torch.equal(cpu_lut.lut_linear(packed, x), cpu_lut.lut_linear(packed, x, act8_from=1, dense_from=1))
     assert torch.equal(cpu_lut.lut_linear(packed, x[1:]), cpu_lut.lut_linear(packed, x[1:], act8_from=NEVER))
     assert cpu_lut.pack(layout, "avx2").act8_from == NEVER
