@@ -23,11 +23,15 @@
 // checked against CPUID/XGETBV on every call, so a wrong choice raises instead of SIGILL):
 //   avx512 (F, BW, VL, DQ, BF16): 32 codes → exact bfloat16 in a zmm (4/5 bits: a 16/32-entry table
 //     through VPERMW; 8 bits: int → float → bf16), multiplied with up to 8 rows of x by VDPBF16PS;
-//     two blocks (32 rows) of one width share each broadcast of x.
+//     two blocks (32 rows) of one width share each broadcast of x. 8-bit blocks at 1–2 rows of x take
+//     avx2's int16 path below.
 //   avx2 (+ FMA, F16C): codes → int16 pairs, 16 rows × 2 columns in two ymm, VPMADDWD with up to 4 rows
 //     of x rounded once per call to 16-bit fixed point per row (y::Xq: within 2^-15 · max |x| of the row).
-// Products are exact in both (small integers × bfloat16 / int16), sums float32 (avx2: int32 over ≤ 512
-// columns first); per group the partial sums are scaled once. Then R is added (CSR: entry by entry into
+//   avx512 from `act8_from` rows (prefill, larger batches; AVX-512 VNNI): x rounded to int8 per row and block
+//     of ≤ 32 columns (≤ 64 with α), codes as uint8, VPDPBUSD (64 multiply-adds an instruction, twice
+//     VDPBF16PS's at the same rate): q8 below.
+// Products are exact in all (small integers × bfloat16 / int16 / int8), sums float32 (int16 / int8: int32
+// over ≤ 512 / ≤ 64 columns first); per group the partial sums are scaled once. Then R is added (CSR: entry by entry into
 // the tile when entries × rows of x are few, kSparseRatio; else row by row over xᵀ), row scale and bias
 // applied, and the result rounded once to bfloat16 (round to nearest even).
 //
