@@ -76,7 +76,7 @@ DENSE_FROM = {"avx512": {"group scales": 256, "no group scales": 512, "no group 
 # class (`dense_class`). Measured (linears of 4 layers' step, 1 thread, x vLLM's bf16, int8 / bf16 x, two
 # rounds): SSQR-w4 M = 8 1.24-1.31 / 1.22-1.27, 10 1.18-1.25 / 0.98-1.03, 12 1.15-1.26 / 1.04-1.06; HPTQ-4.3
 # ms per step M = 8 1.50-1.69 / 1.35-1.37, 12 2.00 / 2.24, 16 2.31-2.43 / 2.46-2.49 (HPTQ-3.3 alike).
-ACT8_ENV = "BABAI_CPU_ACT8"            # "0": never round activations to int8
+ACT8_ENV = "BABAI_CPU_ACT8"            # "0": never round activations to int8; N > 0: from N rows of x
 ACT8_FEATURE = "avx512_vnni"
 ACT8_FROM = {"group scales": 10, "no group scales": 12, "no group scales, 8 bits": 12}
 
@@ -84,9 +84,14 @@ ACT8_FROM = {"group scales": 10, "no group scales": 12, "no group scales, 8 bits
 def act8_from(isa: str, features: frozenset[str], layout_class: str) -> int:
     """Rows of x from which `pack`'s layers of `layout_class` (`dense_class`) take int8 activations:
     ACT8_FROM for the avx512 variant on a host with AVX-512 VNNI (`features`: as /proc/cpuinfo names them;
-    `pack` asks the op's CPUID probe), unless BABAI_CPU_ACT8=0; else NEVER."""
-    on = isa == "avx512" and ACT8_FEATURE in features and os.environ.get(ACT8_ENV, "1") != "0"
-    return ACT8_FROM[layout_class] if on else NEVER
+    `pack` asks the op's CPUID probe), else NEVER; BABAI_CPU_ACT8=0 → NEVER, =N (a positive integer) → N
+    (tests and benchmarks). ValueError for another value."""
+    value = os.environ.get(ACT8_ENV, "").strip()
+    if value and not value.isdigit():
+        raise ValueError(f"{ACT8_ENV}={value!r}: expected 0 (bf16 x at every M) or a positive number of rows")
+    if isa != "avx512" or ACT8_FEATURE not in features or (value and int(value) == 0):
+        return NEVER
+    return int(value) if value else ACT8_FROM[layout_class]
 
 
 def dense_class(group_scales: bool, bits: int) -> str:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 import transformers_babai
 from babai_kernels import cpu_lut
 from transformers_babai import BabaiLinear, load_model, resident_bytes
-from tests.fixtures.act8 import act8_block, round_blocks
+from tests.fixtures.act8 import int8_x_like
 from tests.fixtures.dequantized import load_dequantized
 from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint, max_deviation, transformers_greedy
 from tests.fixtures.tiny_checkpoint import teacher_forced_logprobs as teacher_forced
@@ -78,49 +78,15 @@ def test_bfloat16_kernel_logprobs_within_the_bf16_tolerance(tiny, name, monkeypa
     assert max_deviation(teacher_forced(model, SEQUENCES), fp32) <= 4 * d
 
 
-def _residual_weight(packed, k: int) -> torch.Tensor:
-    """The kernel's CSR residual R (N, K) float64 as the oracle's weight holds it: · row scale, original column
-    order, · α."""
-    n = packed.block_bits.numel() * cpu_lut.ROWS
-    rows = torch.repeat_interleave(torch.arange(n), (packed.offsets[1:] - packed.offsets[:-1]).long())
-    r = torch.zeros(n, k, dtype=torch.float64)
-    r.index_put_((rows, packed.cols.long() & 0xFFFF), packed.vals.double(), accumulate=True)
-    if packed.row_scale.numel():
-        r *= packed.row_scale.double().repeat_interleave(n // packed.row_scale.numel())[:, None]
-    if packed.perm.numel():
-        r[:, packed.perm] = r.clone()
-    return r * packed.col_scale.double() if packed.col_scale.numel() else r
-
-
-def _int8_x_like(packed):
-    """A forward hook for the oracle's linear: from act8_from rows its output recomputed as the kernel's int8
-    path computes it: x ⊙ α rounded per row and block (tests/fixtures/act8.py) times the codes' part of the
-    weight, x itself times the residual part (the kernel adds R with x as it is)."""
-    def hook(module, args, output):
-        x = args[0]
-        x2 = x.reshape(-1, x.shape[-1]).double()
-        if x2.shape[0] < packed.act8_from:
-            return None
-        k = x2.shape[1]
-        alpha = packed.col_scale.double() if packed.col_scale.numel() else torch.ones(k, dtype=torch.float64)
-        order = packed.perm if packed.perm.numel() else torch.arange(k)
-        stored, _ = round_blocks((x2 * alpha)[:, order].float(), act8_block(packed.group_size, packed.col_scale.numel() > 0))
-        xh = torch.empty_like(stored)
-        xh[:, order] = stored
-        resid = _residual_weight(packed, k)
-        y = (xh / alpha) @ (module.weight.double() - resid).T + x2 @ resid.T
-        y = y + module.bias.double() if module.bias is not None else y
-        return y.to(output.dtype).view_as(output)
-    return hook
-
-
 @pytest.mark.skipif(LUT is None or cpu_lut.isa() != "avx512" or cpu_lut.ACT8_FEATURE not in cpu_lut.host_features(),
                     reason="int8 activations need the kernel's avx512 variant and AVX-512 VNNI")
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_int8_activations_logprobs_within_the_bf16_tolerance_of_the_same_rounding_in_float32(tiny, name):
-    """From act8_from rows the kernel rounds x to int8 per row and block: its bf16 run is within 4·d (module
-    docstring) of the float32 oracle whose linears round x the same way (forward hooks), and that rounding
-    does move the oracle."""
+    """From act8_from rows the kernel rounds x to int8 per row and block. The float32 oracle whose linears round
+    x the same way (forward hooks) moves by r from the plain oracle; the kernel's bf16 run stays within
+    4·d + 2·r of it (4·d: module docstring; rounding is discontinuous, so bf16's own deviations move elements
+    of x across rounding boundaries, each by at most one step: the two rounded runs can differ by the
+    rounding's effect on either side)."""
     folder, _ = tiny[name]
     oracle, _ = load_dequantized(folder, dtype=torch.float32)
     fp32 = teacher_forced(oracle, SEQUENCES)
@@ -130,10 +96,11 @@ def test_int8_activations_logprobs_within_the_bf16_tolerance_of_the_same_roundin
     assert {type(m.kernel).__name__ for m in layers.values()} == {LUT}
     assert min(m.kernel.packed.act8_from for m in layers.values()) <= max(map(len, SEQUENCES))
     for name_, m in layers.items():
-        oracle.get_submodule(name_).register_forward_hook(_int8_x_like(m.kernel.packed))
+        oracle.get_submodule(name_).register_forward_hook(int8_x_like(m.kernel.packed))
     rounded = teacher_forced(oracle, SEQUENCES)
-    assert max_deviation(rounded, fp32) > 0
-    assert max_deviation(teacher_forced(model, SEQUENCES), rounded) <= 4 * d
+    r = max_deviation(rounded, fp32)
+    assert r > 0
+    assert max_deviation(teacher_forced(model, SEQUENCES), rounded) <= 4 * d + 2 * r
 
 
 @pytest.mark.skipif(LUT is None, reason="the CPU kernel cannot run on this host")
