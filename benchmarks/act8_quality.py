@@ -31,7 +31,8 @@ def set_act8(model, act8_from: int | None) -> int:
 
     layers = [m.kernel for m in model.modules() if isinstance(getattr(m, "kernel", None), BabaiLutCPU)]
     for k in layers:
-        k.packed.act8_from = cpu_lut.act8_from(k.packed.isa, cpu_lut.host_features()) if act8_from is None else act8_from
+        k.packed.act8_from = (cpu_lut.act8_from(k.packed.isa, cpu_lut.host_features(), cpu_lut.common_bits(k.packed.block_bits))
+                              if act8_from is None else act8_from)
     return len(layers)
 
 
@@ -40,6 +41,10 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=8, help="1,024-token windows of the eval split (default 8)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    p.add_argument("--isa", choices=("avx512", "avx2"), default="avx512",
+                   help="the variant whose int8 path to compare (avx2: run with BABAI_CPU_ISA=avx2)")
+    p.add_argument("--act8-from", type=int, default=None,
+                   help="every layer's act8_from for int8 x (default: the variant's ACT8_FROM by width)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -51,9 +56,10 @@ def main(argv=None) -> int:
     from transformers_babai import load_model
 
     features = cpu_lut.host_features()
-    if cpu_lut.act8_from("avx512", features) == cpu_lut.NEVER or cpu_lut.isa() != "avx512":
-        print(f"act8_quality: this host does not take int8 activations ({cpu_lut.ACT8_FEATURE} and the avx512 "
-              f"variant needed, or {cpu_lut.ACT8_ENV}=0): nothing to compare", flush=True)
+    if cpu_lut.act8_from(args.isa, features, 4) == cpu_lut.NEVER or cpu_lut.isa() != args.isa:
+        print(f"act8_quality: this host does not take int8 activations on the {args.isa} variant (avx512: "
+              f"{cpu_lut.ACT8_FEATURE} needed; avx2: BABAI_CPU_ISA=avx2 on an AVX-512 host; or {cpu_lut.ACT8_ENV}=0)",
+              flush=True)
         return 2
     text = assets.text_path("eval").read_text(encoding="utf-8")
     ppl = lambda model, tok, **kw: evaluate_text(model, tok, text, 1024, "cpu", args.windows, progress=True, **kw).ppl
@@ -66,7 +72,7 @@ def main(argv=None) -> int:
         model, tok = load_model(folder, "cpu", torch.bfloat16)
         assert set_act8(model, cpu_lut.NEVER) > 0, f"{name}: no layer runs on BabaiLutCPU"
         off = ppl(model, tok)
-        set_act8(model, None)
+        set_act8(model, args.act8_from)
         on = ppl(model, tok)
         del model
         ref, tok = load_model(folder, "cpu", torch.float32)
@@ -74,8 +80,9 @@ def main(argv=None) -> int:
         del ref
         print(rows[-1], flush=True)
     r = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), device=device(),
-             versions=versions(), windows=args.windows, window=1024, act8_from=cpu_lut.ACT8_FROM, rows=rows,
-             command="python -m benchmarks.act8_quality" + (f" --windows {args.windows}" if args.windows != 8 else ""))
+             versions=versions(), windows=args.windows, window=1024, act8_from=args.act8_from or cpu_lut.ACT8_FROM[args.isa],
+             rows=rows, command="python -m benchmarks.act8_quality" + (f" --windows {args.windows}" if args.windows != 8 else "")
+             + (f" --isa {args.isa}" if args.isa != "avx512" else "") + (f" --act8-from {args.act8_from}" if args.act8_from else ""))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "act8_quality.json").write_text(json.dumps(r, indent=1) + "\n")
     (RESULTS / "act8_quality.md").write_text(markdown(r))

@@ -69,19 +69,29 @@ DENSE_FROM = {"avx512": {"group scales": 256, "no group scales": 512, "no group 
               "avx2": {"group scales": 64, "no group scales": 64, "no group scales, 8 bits": 96}}
 
 
-# Rows of x from which the avx512 variant rounds x to int8 per row and block of columns and multiplies by
-# VPDPBUSD (kernels/cpu_lut.cpp, q8), on hosts with AVX-512 VNNI unless BABAI_CPU_ACT8=0.
+# Rows of x from which a variant rounds x to int8 per row and block of columns (kernels/cpu_lut.cpp), by the
+# layout's most common code width, unless BABAI_CPU_ACT8=0: avx512 multiplies by VPDPBUSD (q8) on hosts with
+# AVX-512 VNNI; avx2 by VPMADDUBSW (y8). avx2, linears of a step (benchmarks.linear_cpu, 4 layers, 1 thread),
+# x vLLM's bf16, int8 / int16 x at M = 4 / 8 / 16 / 64 / 1024: SSQR-w4 (4 bits) 0.98 / 0.94 / 0.89 / 0.90 / 0.88
+# against 1.13 / 0.89 / 0.65 / 0.64 / 0.90 (≥ 64: the dense path); HPTQ-4.3 (8 bits, two 4-bit planes per
+# code: as many multiply-adds per instruction as VPMADDWD) 0.66 / 0.57 / 0.54 / 0.55 / 0.56 against 1.51 /
+# 1.17 / 0.84 / 0.70 / 0.90: never. 5 bits (no layout takes them) as 4.
 ACT8_ENV = "BABAI_CPU_ACT8"            # "0": never round activations to int8
-ACT8_FEATURE = "avx512_vnni"
-ACT8_FROM = 16
+ACT8_FEATURE = "avx512_vnni"           # the avx512 variant's int8 path needs it; avx2's runs on AVX2
+ACT8_FROM = {"avx512": {4: 16, 5: 16, 8: 16}, "avx2": {4: 8, 5: 8, 8: NEVER}}
 
 
-def act8_from(isa: str, features: frozenset[str]) -> int:
-    """Rows of x from which `pack`'s layers take int8 activations: ACT8_FROM for the avx512 variant on a
-    host with AVX-512 VNNI (`features`: as /proc/cpuinfo names them; `pack` asks the op's CPUID probe),
-    unless BABAI_CPU_ACT8=0; else NEVER."""
-    on = isa == "avx512" and ACT8_FEATURE in features and os.environ.get(ACT8_ENV, "1") != "0"
-    return ACT8_FROM if on else NEVER
+def act8_from(isa: str, features: frozenset[str], bits: int) -> int:
+    """Rows of x from which `pack`'s layers take int8 activations: ACT8_FROM[isa][bits] for a layout whose most
+    common width is `bits` (the avx512 variant on a host with AVX-512 VNNI only; `features`: as /proc/cpuinfo
+    names them; `pack` asks the op's CPUID probe), unless BABAI_CPU_ACT8=0; else NEVER."""
+    on = (isa == "avx2" or ACT8_FEATURE in features) and os.environ.get(ACT8_ENV, "1") != "0"
+    return ACT8_FROM[isa][bits] if on else NEVER
+
+
+def common_bits(block_bits: torch.Tensor) -> int:
+    """The most common code width of a packed layout's blocks."""
+    return max(BITS, key=lambda b: int((block_bits == b).sum()))
 
 
 def dense_class(group_scales: bool, bits: int) -> str:
@@ -313,14 +323,14 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
         row0 += rows
     block_bits = torch.tensor([b for rows, b in layout.runs for _ in range(rows // ROWS)], dtype=torch.uint8)
     scales = scales.half().view(blocks, ROWS, -1).transpose(1, 2).contiguous() if scales.numel() else scales.half()
-    common = max(BITS, key=lambda b: int((block_bits == b).sum()))   # the most common width
+    common = common_bits(block_bits)
     return LutPacked(torch.cat(runs), block_bits, scales,
                      *_csr_fp16(layout),
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
                      torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
                      row_scale.float().contiguous(), group,
                      PREDECODE_FROM[isa][common], DENSE_FROM[isa][dense_class(bool(scales.numel()), common)],
-                     act8_from(isa, frozenset(torch.ops.babai_cpu.cpu_features())), isa)
+                     act8_from(isa, frozenset(torch.ops.babai_cpu.cpu_features()), common), isa)
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
