@@ -22,7 +22,9 @@ spent outside the linears.
 
 Dispatch by M: BabaiLutCPU decodes each block's codes once per 256 rows into a per-thread buffer when
 a call has at least `cpu_lut.PREDECODE_FROM[isa][bits]` rows, and from `cpu_lut.DENSE_FROM` rows dequantizes
-tiles of rows to bf16 per call and runs PyTorch's bf16 GEMM on them. Both crossovers are measured here
+tiles of rows to bf16 per call and runs PyTorch's bf16 GEMM on them; on AVX-512 VNNI hosts, from
+`cpu_lut.ACT8_FROM` rows it rounds x to int8 per row and block of columns instead (VPDPBUSD; before the
+dense path), and so do the avx2 rows from `cpu_lut.ACT8_FROM_AVX2[bits]` (VPMADDUBSW). The three crossovers are measured here
 per shape and layout on one layer (both paths of a switch timed in the same rounds) and recorded in the
 results, with the dense width cost model (ns per weight by width and per residual entry) HPTQ's widths
 follow.
@@ -53,6 +55,7 @@ RESULTS = Path(__file__).parent / "results"
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PREDECODE_MS = (4, 8, 16, 32, 64, 128)
 DENSE_MS = (32, 64, 128, 256, 512, 1024, 2048)
+ACT8_MS = (4, 8, 10, 12, 16, 32, 128, 1024)
 BASE = "bf16 vLLM (oneDNN, prepacked)"   # what vLLM serves an unquantized linear with here
 F_LINEAR = "bf16 F.linear"
 CROSSOVER_LAYER = 5
@@ -177,13 +180,16 @@ def make_kernel(cls, spec, isa: str | None):
 
 
 # the op's switches by M: (name, Ms, path below, path from the crossover) as lut_linear keywords
-SWITCHES = {"predecode": (PREDECODE_MS, dict(predecode_from=NEVER, dense_from=NEVER), dict(predecode_from=1, dense_from=NEVER)),
-            "dense": (DENSE_MS, dict(dense_from=NEVER), dict(dense_from=1))}
+SWITCHES = {"predecode": (PREDECODE_MS, dict(predecode_from=NEVER, dense_from=NEVER, act8_from=NEVER),
+                          dict(predecode_from=1, dense_from=NEVER, act8_from=NEVER)),
+            "dense": (DENSE_MS, dict(dense_from=NEVER, act8_from=NEVER), dict(dense_from=1, act8_from=NEVER)),
+            "act8": (ACT8_MS, dict(act8_from=NEVER), dict(act8_from=1))}
 
 
 def crossover(spec, x_of, rounds: int, target_ms: float) -> dict:
-    """BabaiLutCPU's two switches by M on one layer: per-pass vs predecoded codes (dense path off), and
-    the codes' own path (predecoding by PREDECODE_FROM) vs dequantized bf16 tiles + PyTorch's GEMM. For
+    """BabaiLutCPU's three switches by M on one layer: per-pass vs predecoded codes (dense path and int8
+    activations off), the codes' own path (predecoding by PREDECODE_FROM) vs dequantized bf16 tiles + PyTorch's
+    GEMM (int8 activations off), and bf16 x (by PREDECODE_FROM and DENSE_FROM) vs int8 x (ACT8_FROM). For
     each: µs of both paths per M, and the smallest M from which the second is faster at every larger M
     measured (None: never)."""
     from babai_kernels import cpu_lut
@@ -304,6 +310,8 @@ def main(argv=None) -> int:
               "device": device(), "versions": versions(), "threads": args.threads, "rounds": args.rounds,
               "target_ms": args.target_ms, "ms": list(args.ms), "complete": complete,
               "predecode_from": cpu_lut.PREDECODE_FROM, "dense_from": cpu_lut.DENSE_FROM, "isa": cpu_lut.isa(),
+              "act8_from": {isa: table if cpu_lut.act8_from(isa, cpu_lut.host_features(), "group scales", 4) != NEVER
+                            else None for isa, table in (("avx512", cpu_lut.ACT8_FROM), ("avx2", cpu_lut.ACT8_FROM_AVX2))},
               "decoder_layers": len(specs["ssqr-w4"]), "model_layers": layers, "baseline": BASE,
               "shapes_NxK": {f: list(sh) for f, sh in shapes.items()},
               "us_per_call": times, "x_bf16_per_call": ratios, "ms_per_step": step, "x_bf16_per_step": step_ratios,
@@ -327,6 +335,8 @@ def markdown(r: dict) -> str:
     out += [f"Date: {r['date']}; device: {r['device']}; torch threads: {r['threads']}; BabaiLutCPU instruction set "
             f"{r['isa']} (avx2 rows: forced); predecode from M = {r['predecode_from']} (by code bits); "
             f"dequantized bf16 tiles + PyTorch's GEMM from M = {r.get('dense_from')}; "
+            f"x in int8 (avx512: AVX-512 VNNI, by layout class; avx2: by code bits) from M = {r.get('act8_from')}, "
+            "before the dense path; "
             f"command: `{r['command']}`.",
             f"Versions: {r['versions']}.", "",
             f"A step = {r['decoder_layers']} decoder layers in order, each qkv, o, gate_up, down in turn (the weights "
@@ -349,9 +359,10 @@ def markdown(r: dict) -> str:
             out.append(f"| {name} | {fused} {'x'.join(map(str, r['shapes_NxK'][fused]))} | "
                        + " | ".join(f"{t[m]:.1f} ({r['x_bf16_per_call'][name][fused][m]:.2f})" for m in ms) + " |")
     for switch, title in (("predecode", "codes decoded per pass vs once per chunk of rows (dense path off)"),
-                          ("dense", "the codes' path vs bf16 tiles dequantized per call + PyTorch's GEMM")):
-        if not r["crossover"]:
-            break
+                          ("dense", "the codes' path vs bf16 tiles dequantized per call + PyTorch's GEMM"),
+                          ("act8", "bf16 x (the paths above by their crossovers) vs x in int8 (VPDPBUSD)")):
+        if not r["crossover"] or switch not in next(iter(next(iter(r["crossover"].values())).values())):
+            continue
         cms = list(next(iter(next(iter(r["crossover"].values())).values()))[switch]["by_m"])
         out += ["", f"## Dispatch by M: {title} (BabaiLutCPU, default instruction set)", "",
                 "Speed-up of the second path over the first (median over rounds; > 1: the second wins) and the "

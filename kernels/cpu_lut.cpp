@@ -23,11 +23,18 @@
 // checked against CPUID/XGETBV on every call, so a wrong choice raises instead of SIGILL):
 //   avx512 (F, BW, VL, DQ, BF16): 32 codes → exact bfloat16 in a zmm (4/5 bits: a 16/32-entry table
 //     through VPERMW; 8 bits: int → float → bf16), multiplied with up to 8 rows of x by VDPBF16PS;
-//     two blocks (32 rows) of one width share each broadcast of x.
+//     two blocks (32 rows) of one width share each broadcast of x. 8-bit blocks at 1–2 rows of x take
+//     avx2's int16 path below.
 //   avx2 (+ FMA, F16C): codes → int16 pairs, 16 rows × 2 columns in two ymm, VPMADDWD with up to 4 rows
 //     of x rounded once per call to 16-bit fixed point per row (y::Xq: within 2^-15 · max |x| of the row).
-// Products are exact in both (small integers × bfloat16 / int16), sums float32 (avx2: int32 over ≤ 512
-// columns first); per group the partial sums are scaled once. Then R is added (CSR: entry by entry into
+//   avx512 from `act8_from` rows (prefill, larger batches; AVX-512 VNNI): x rounded to int8 per row and block
+//     of ≤ 32 columns (≤ 64 with α), codes as uint8, VPDPBUSD (64 multiply-adds an instruction, twice
+//     VDPBF16PS's at the same rate): q8 below.
+//   avx2 from `act8_from` rows below dense_from (the dense path takes precedence there, not on avx512): x
+//     rounded as for q8, codes as uint8, VPMADDUBSW (32 multiply-adds a ymm, twice VPMADDWD's) into int16
+//     sums exact by their bound, then int32: y8 below.
+// Products are exact in all (small integers × bfloat16 / int16 / int8), sums float32 (int16 / int8: int32
+// over ≤ 512 / ≤ 64 columns first); per group the partial sums are scaled once. Then R is added (CSR: entry by entry into
 // the tile when entries × rows of x are few, kSparseRatio; else row by row over xᵀ), row scale and bias
 // applied, and the result rounded once to bfloat16 (round to nearest even).
 //
@@ -171,24 +178,31 @@ using StoreFn = void (*)(const float* tile, int mb, int rows, const float* s, co
 // --- x in int8 per row and block of columns (both variants' int8-activation paths) ----------------
 namespace a8 {
 
-// Columns per block of x's int8 steps for group size G (a multiple of 8).
-inline int64_t block_of(int64_t G) {
-  if (G <= 64) return G;
-  for (int64_t a : {64, 32, 16}) if (G % a == 0) return a;
+// Columns per block of x's int8 steps for group size G (a multiple of 8): at most 64 for x ⊙ α (HPTQ's
+// per-column steps even out x's columns), else at most 32 — the largest of 64 (with α), 32, 16, 8 dividing G,
+// or G itself when smaller. Perplexity, 8 windows of 1,024 tokens (benchmarks/act8_quality), int8 x vs bf16 x
+// with 64-column blocks: SSQR-w4 +0.20 %, SSQR-w3 +0.34 %, HPTQ-4.3 / 3.3 +0.05 %; with 32: SSQR-w4 −0.10 %,
+// SSQR-w3 +0.08 %, HPTQ-4.3 −0.004 %; 32 costs 10-15 % of the int8 path's time at M = 16 … 1,024.
+inline int64_t block_of(int64_t G, bool alpha) {
+  const int64_t cap = alpha ? 64 : 32;
+  if (G <= cap) return G;
+  for (int64_t a : {64, 32, 16}) if (a <= cap && G % a == 0) return a;
   return 8;
 }
 
 // x of one pass: q (mb, K) int8 (row stride K), s (mb, K/A) float32 steps (NaN: the row has an infinity or
-// a NaN, q = 0 there), sum (mb, K/A) int32 = Σ q over each block.
+// a NaN, q = 0 there), sum (mb, K/A) int32 = Σ q over each block; pairs (mb, K/A): −Σ_r (q[4r] + q[4r + 1]) and
+// −Σ_r (q[4r + 2] + q[4r + 3]) over each block's quads r as two int16 (|·| ≤ 32 · 127; avx2's y8).
 struct X8 {
   const int8_t* q;
   const float* s;
   const int32_t* sum;
+  const uint32_t* pairs;
   int64_t A, blocks;
 };
 
-// x (mc, K) bfloat16 → q, s, sum of X8 (A a multiple of 8 dividing K).
-void quantize(const uint16_t* x, int64_t mc, int64_t K, int64_t A, int8_t* q, float* s, int32_t* sum) {
+// x (mc, K) bfloat16 → q, s, sum, pairs of X8 (A a multiple of 8 dividing K, at most 64).
+void quantize(const uint16_t* x, int64_t mc, int64_t K, int64_t A, int8_t* q, float* s, int32_t* sum, uint32_t* pairs) {
   const int64_t blocks = K / A;
   for (int64_t m = 0; m < mc; ++m) {
     const uint16_t* xm = x + m * K;
@@ -215,8 +229,12 @@ void quantize(const uint16_t* x, int64_t mc, int64_t K, int64_t A, int8_t* q, fl
         acc = _mm256_add_epi32(acc, i);
       }
       const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-      const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
-      sum[m * blocks + a] = _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0xB1)));
+      const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xB1));   // lanes 0, 2: columns 4r + 0..1, 4r + 2..3
+      sum[m * blocks + a] = _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0x4E)));
+      // in vector registers, wrapping: a row with an infinity or a NaN has q = −128 where x · 0 is NaN
+      const __m128i neg = _mm_sub_epi32(_mm_setzero_si128(), h2);
+      pairs[m * blocks + a] = (static_cast<uint32_t>(_mm_cvtsi128_si32(neg)) & 0xFFFF) |
+                              static_cast<uint32_t>(_mm_extract_epi32(neg, 2)) << 16;
     }
   }
 }
@@ -707,16 +725,21 @@ DecodeFn pick_decode(int bits) { return bits == 4 ? decode_unit<4> : bits == 5 ?
 
 // ================================ avx2: int8 activations (VPMADDUBSW) ==============================
 //
-// From `act8_from` rows of x the avx2 variant rounds x to int8 as the avx512 one does (a8::quantize: per row
-// and block of A columns) and multiplies the codes u = z + 2^(bits−1) as uint8 with it by VPMADDUBSW: 32
-// multiply-adds an instruction (VPMADDWD: 16) into int16 pairs, which VPADDW sums over a few quads of columns
-// before one VPMADDWD by 1 widens them to int32 (VPDPBUSD's work in three instructions per quad, the widening
-// shared). 8-bit codes would saturate VPMADDUBSW (2 · 255 · 127 > 32,767): they are split into two 4-bit
-// planes, u = 16 · (u >> 4) + (u & 15), widened by 16 and 1 (as many multiply-adds as the int16 path).
-// Products and the int32 sums are exact, the rest as q8 (the same float operations in the same order).
+// From `act8_from` rows of x (below dense_from) the avx2 variant rounds x to int8 as the avx512 one does
+// (a8::quantize: per row and block of A columns) and multiplies the codes u = z + 2^(bits−1) as uint8 with it
+// by VPMADDUBSW: 32 multiply-adds a ymm instruction into int16 pairs (VPMADDWD: 16), summed by VPADDW in int16
+// and widened to int32 by one VPMADDWD by 1 per block of x (VPDPBUSD's work in two instructions, the widening
+// shared; Zen 4, measured: 0.78 ns per 4 VPMADDUBSW + VPADDW, 1.09 per 4 VPMADDWD + VPADDD). 8-bit codes
+// would saturate VPMADDUBSW (2 · 255 · 127 > 32,767): they are split into two 4-bit planes, u = 16 · (u >> 4)
+// + (u & 15), widened by 16 and 1 (as many instructions as the int16 path, and slower: kernels/cpu_lut.py
+// keeps bf16 x for 8-bit layouts). Products and the int32 sums are exact, the rest as q8 (the same float
+// operations on the same int32 sums).
 namespace y8 {
 
-constexpr int kMB = 5;   // rows of x per pass: 2 halves × kMB int16 + int32 sums, 2 codes, x, the widening factor
+// Rows of x per pass: 2 halves × kMB int16 sums, 2 codes, x and a temporary in registers (the float totals
+// spill). gate_up 3072x576 of SSQR-w4's layout (4 bits, 64-column blocks, sums in int32 every 8 quads), M = 64:
+// kMB = 2 / 3 / 4 / 5 1,394 / 1,181 / 1,121 / 1,089 µs (the int16 path 1,610-1,646).
+constexpr int kMB = 5;
 
 // Quads summed in int16 before widening, with |q| ≤ 127 and u < 2^bits per VPMADDUBSW lane |u·q + u'·q'| ≤
 // 2 · (2^bits − 1) · 127: 4 bits (and 8 bits' planes) 8 · 2 · 15 · 127 = 30,480, 5 bits 4 · 2 · 31 · 127 =
@@ -770,14 +793,39 @@ inline __m256i maddubs_acc(__m256i acc, __m256i w, __m256i x) {
   return acc;
 }
 
+// s16[h][m] += Σ_{r0 ≤ r < r1} VPMADDUBSW(codes of quad r, plane pl; x[m]'s quad r) in int16, wrapping.
+template <int P, int MB>
+__attribute__((always_inline)) inline void madd_quads(__m256i (&s16)[2][MB], const uint8_t* d, const a8::X8& x, int64_t K,
+                                                      int pl, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* dr = d + (r * P + pl) * 64;
+    const __m256i w[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dr)),
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dr + 32))};
+    for (int m = 0; m < MB; ++m) {
+      const __m256i xb = _mm256_set1_epi32(static_cast<int>(load_u32(x.q + m * K + 4 * r)));
+      for (int h = 0; h < 2; ++h) s16[h][m] = maddubs_acc(s16[h][m], w[h], xb);
+    }
+  }
+}
+
 // tile[m * kTile + j] = Σ_g S[g][j] Σ_{k in g} W[j][k] · x̂[m][k] (x̂ = q · s) for the block's 16 rows j and MB
-// rows of x, from the decoded codes.
+// rows of x, from the decoded codes. Per block of x each int16 lane (row i, columns 4r + 2c, 4r + 2c + 1 of
+// every quad r) ends as Σ z·q over A/2 columns:
+//  - 4 bits, and 5 bits with A ≤ 32: one int16 sum per lane, started at −2^(bits−1) · Σ q (X8::pairs) and
+//    wrapping: |Σ z·q| ≤ 2^(bits−1) · 127 · A/2 ≤ 32,512, so the sum mod 2^16 is the value. One VPMADDWD by 1
+//    then adds the lane pairs in int32. 32-column blocks (SSQR, no α) take the block's sums to float in 5 ops
+//    per 8 rows of codes and of x instead of 8 (SSQR-w4, linears of a step x vLLM's bf16, M = 16 / 64:
+//    0.79 / 0.84 → …).
+//  - else (5 bits at A = 64, 8 bits' planes): int16 sums of kFlush quads, int32 across them, less
+//    2^(bits−1) · Σ q at the end.
 template <int BITS, int MB>
 void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
   constexpr int P = kPlanes<BITS>;
   const a8::X8& x = *static_cast<const a8::X8*>(xv);
   const uint8_t* d = static_cast<const uint8_t*>(dec);
   const int64_t quads = x.A / 4, per_group = u.G / x.A;   // A divides G; quads even (A a multiple of 8)
+  const bool wrap = BITS == 4 || (BITS == 5 && x.A <= 32);
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256 total[2][MB];
   for (int h = 0; h < 2; ++h)
     for (int m = 0; m < MB; ++m) total[h][m] = _mm256_setzero_ps();
@@ -786,35 +834,35 @@ void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
     if (u.sc && ga == 0)
       for (int h = 0; h < 2; ++h) sw[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u.sc + g * kRows + 8 * h)));
     if (++ga == per_group) ga = 0, ++g;
-    __m256i acc[2][MB];
-    for (int h = 0; h < 2; ++h)
-      for (int m = 0; m < MB; ++m) acc[h][m] = _mm256_setzero_si256();
-    for (int pl = 0; pl < P; ++pl) {
-      const __m256i widen = _mm256_set1_epi16(pl ? 16 : 1);
-      for (int64_t r0 = a * quads, r1; r0 < (a + 1) * quads; r0 = r1) {
-        r1 = std::min(r0 + kFlush<BITS>, (a + 1) * quads);
-        __m256i s16[2][MB];
-        for (int h = 0; h < 2; ++h)
-          for (int m = 0; m < MB; ++m) s16[h][m] = _mm256_setzero_si256();
-        for (int64_t r = r0; r < r1; ++r) {
-          const uint8_t* dr = d + (r * P + pl) * 64;
-          const __m256i w[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dr)),
-                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dr + 32))};
-          for (int m = 0; m < MB; ++m) {
-            const __m256i xb = _mm256_set1_epi32(static_cast<int>(load_u32(x.q + m * u.K + 4 * r)));
-            for (int h = 0; h < 2; ++h) s16[h][m] = maddubs_acc(s16[h][m], w[h], xb);
-          }
+    __m256i acc[2][MB];   // Σ z·q of the block, int32
+    if (wrap) {
+      __m256i s16[2][MB];
+      for (int m = 0; m < MB; ++m)
+        s16[0][m] = s16[1][m] = _mm256_slli_epi16(_mm256_set1_epi32(static_cast<int>(x.pairs[m * x.blocks + a])), BITS - 1);
+      madd_quads<P, MB>(s16, d, x, u.K, 0, a * quads, (a + 1) * quads);
+      for (int h = 0; h < 2; ++h)
+        for (int m = 0; m < MB; ++m) acc[h][m] = _mm256_madd_epi16(s16[h][m], ones);
+    } else {
+      for (int h = 0; h < 2; ++h)
+        for (int m = 0; m < MB; ++m)
+          acc[h][m] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_set1_epi32(x.sum[m * x.blocks + a]), BITS - 1));
+      for (int pl = 0; pl < P; ++pl) {
+        const __m256i widen = _mm256_set1_epi16(pl ? 16 : 1);
+        for (int64_t r0 = a * quads, r1; r0 < (a + 1) * quads; r0 = r1) {
+          r1 = std::min(r0 + kFlush<BITS>, (a + 1) * quads);
+          __m256i s16[2][MB];
+          for (int h = 0; h < 2; ++h)
+            for (int m = 0; m < MB; ++m) s16[h][m] = _mm256_setzero_si256();
+          madd_quads<P, MB>(s16, d, x, u.K, pl, r0, r1);
+          for (int h = 0; h < 2; ++h)
+            for (int m = 0; m < MB; ++m) acc[h][m] = _mm256_add_epi32(acc[h][m], _mm256_madd_epi16(s16[h][m], widen));
         }
-        for (int h = 0; h < 2; ++h)
-          for (int m = 0; m < MB; ++m) acc[h][m] = _mm256_add_epi32(acc[h][m], _mm256_madd_epi16(s16[h][m], widen));
       }
     }
     for (int m = 0; m < MB; ++m) {
-      const int64_t i = m * x.blocks + a;
-      const __m256i off = _mm256_set1_epi32(x.sum[i] << (BITS - 1));
-      const __m256 xs = _mm256_set1_ps(x.s[i]);
+      const __m256 xs = _mm256_set1_ps(x.s[m * x.blocks + a]);
       for (int h = 0; h < 2; ++h)
-        total[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[h][m], off)), sw[h]), xs, total[h][m]);
+        total[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[h][m]), sw[h]), xs, total[h][m]);
     }
   }
   for (int m = 0; m < MB; ++m)
@@ -1361,8 +1409,10 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
   BABAI_CHECK(bias.numel() == 0 || bias.numel() == N, "bias must be (N) or empty");
   auto out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
-  // int8 activations (avx512: q8, VNNI; avx2: y8) take precedence over the dense path
-  const bool act8 = M >= act8_from;
+  // int8 activations from act8_from rows (avx512: q8, VNNI; avx2: y8). avx512's take precedence over the dense
+  // path (q8 beats PyTorch's bf16 GEMM at every M); avx2's give way to it from dense_from rows (the GEMM beats
+  // y8 at large M: SSQR-w4 M = 1,024 0.90 against 0.76 x vLLM's bf16, kernels/cpu_lut.py ACT8_DENSE_FROM_AVX2).
+  const bool act8 = M >= act8_from && (isa == Isa::kAvx512 || M < dense_from);
   BABAI_CHECK(!act8 || isa == Isa::kAvx2 || cpu().avx512vnni, "int8 activations (", M, " rows of x ≥ act8_from ",
               act8_from, ") on the avx512 variant need AVX-512 VNNI, which this CPU lacks");
 
@@ -1426,11 +1476,12 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     std::vector<int32_t> xsum(mc * spans);
     if (fixed) y::quantize(xcb, mc, K, G, xq.data(), xs.data(), xsum.data());
     // int8 activations: x in int8 per row and block of A columns (a8::X8)
-    const int64_t ablk = act8 ? a8::block_of(G) : 1, blocks8 = act8 ? K / ablk : 0;
+    const int64_t ablk = act8 ? a8::block_of(G, col_scale.numel() > 0) : 1, blocks8 = act8 ? K / ablk : 0;
     std::vector<int8_t> x8(act8 ? mc * K : 0);
     std::vector<float> s8(mc * blocks8);
     std::vector<int32_t> sum8(mc * blocks8);
-    if (act8) a8::quantize(xcb, mc, K, ablk, x8.data(), s8.data(), sum8.data());
+    std::vector<uint32_t> pairs8(mc * blocks8);
+    if (act8) a8::quantize(xcb, mc, K, ablk, x8.data(), s8.data(), sum8.data(), pairs8.data());
     const int64_t ldt = (mc + 7) / 8 * 8;
     const bool sparse = mc * nnz <= kSparseRatio * N;   // residual: entry by entry into the tile, or per row over xᵀ
     at::Tensor xt;
@@ -1469,7 +1520,8 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
                            : wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
                                   : y::pick_dots(w, mb, dec);
           const y::Xq xm{xq.data() + m0 * K, xs.data() + m0, xsum.data() + m0 * spans, spans};
-          const a8::X8 xm8{x8.data() + m0 * K, s8.data() + m0 * blocks8, sum8.data() + m0 * blocks8, ablk, blocks8};
+          const a8::X8 xm8{x8.data() + m0 * K, s8.data() + m0 * blocks8, sum8.data() + m0 * blocks8,
+                           pairs8.data() + m0 * blocks8, ablk, blocks8};
           if (act8) {
             f(unit, dbuf, &xm8, tile);
           } else if (narrow8 && w == 8) {

@@ -5,7 +5,9 @@ into exact bfloat16 (AVX-512 BF16: a 16/32-entry lookup table, VDPBF16PS over up
 or int16 (AVX2 + FMA + F16C: VPMADDWD over up to 4 rows of x, each rounded to 16-bit fixed point) in
 registers, group scales, the CSR residual, row scale, bias and the output cast. Nothing dense stays
 resident. Larger batches decode each block once per 256 rows into a small per-thread buffer and reuse it
-(`PREDECODE_FROM`); large ones dequantize tiles of the weight to bfloat16 for PyTorch's GEMM (`DENSE_FROM`).
+(`PREDECODE_FROM`); large ones dequantize tiles of the weight to bfloat16 for PyTorch's GEMM (`DENSE_FROM`),
+or, on AVX-512 VNNI hosts, round x to int8 per row and block of columns and multiply the codes as uint8 by
+VPDPBUSD (`ACT8_FROM`, before the dense path; `BABAI_CPU_ACT8=0` switches it off; docs/cpu_kernel.md).
 
 Build: on first use (~1 min; `scripts/setup.sh` does it once) with explicit instruction-set flags
 (`CFLAGS`: the AVX2 baseline; the AVX-512 functions are compiled for their extensions inside the source),
@@ -69,24 +71,35 @@ DENSE_FROM = {"avx512": {"group scales": 256, "no group scales": 512, "no group 
               "avx2": {"group scales": 64, "no group scales": 64, "no group scales, 8 bits": 96}}
 
 
-# Rows of x from which a variant rounds x to int8 per row and block of columns (kernels/cpu_lut.cpp), by the
-# layout's most common code width, unless BABAI_CPU_ACT8=0: avx512 multiplies by VPDPBUSD (q8) on hosts with
-# AVX-512 VNNI; avx2 by VPMADDUBSW (y8). avx2, linears of a step (benchmarks.linear_cpu, 4 layers, 1 thread),
-# x vLLM's bf16, int8 / int16 x at M = 4 / 8 / 16 / 64 / 1024: SSQR-w4 (4 bits) 0.98 / 0.94 / 0.89 / 0.90 / 0.88
-# against 1.13 / 0.89 / 0.65 / 0.64 / 0.90 (≥ 64: the dense path); HPTQ-4.3 (8 bits, two 4-bit planes per
-# code: as many multiply-adds per instruction as VPMADDWD) 0.66 / 0.57 / 0.54 / 0.55 / 0.56 against 1.51 /
-# 1.17 / 0.84 / 0.70 / 0.90: never. 5 bits (no layout takes them) as 4.
+# Rows of x from which the avx512 variant rounds x to int8 per row and block of columns and multiplies by
+# VPDPBUSD (kernels/cpu_lut.cpp, q8), on hosts with AVX-512 VNNI unless BABAI_CPU_ACT8=0; by the layout's
+# class (`dense_class`). Measured (linears of 4 layers' step, 1 thread, x vLLM's bf16, int8 / bf16 x, two
+# rounds): SSQR-w4 M = 8 1.24-1.31 / 1.22-1.27, 10 1.18-1.25 / 0.98-1.03, 12 1.15-1.26 / 1.04-1.06; HPTQ-4.3
+# ms per step M = 8 1.50-1.69 / 1.35-1.37, 12 2.00 / 2.24, 16 2.31-2.43 / 2.46-2.49 (HPTQ-3.3 alike).
 ACT8_ENV = "BABAI_CPU_ACT8"            # "0": never round activations to int8
 ACT8_FEATURE = "avx512_vnni"           # the avx512 variant's int8 path needs it; avx2's runs on AVX2
-ACT8_FROM = {"avx512": {4: 16, 5: 16, 8: 16}, "avx2": {4: 8, 5: 8, 8: NEVER}}
+ACT8_FROM = {"group scales": 10, "no group scales": 12, "no group scales, 8 bits": 12}
+# The same for the avx2 variant (VPMADDUBSW, y8), by the layout's most common code width. Linears of a step
+# (benchmarks.linear_cpu, 4 layers, 1 thread), x vLLM's bf16, int8 x / bf16 x (int16 path below DENSE_FROM,
+# dense from it), M = 8 / 10 / 16 / 64: SSQR-w4 (4 bits) 0.91 / 0.90 / 0.81 / 0.87 against 0.85 / 0.73 / 0.64
+# / 0.61. HPTQ-4.3 (8 bits: two 4-bit planes per code, as many multiply-adds an instruction as VPMADDWD), M =
+# 4 / 8 / 16 / 64: 0.66 / 0.57 / 0.54 / 0.55 against 1.51 / 1.17 / 0.84 / 0.70: never. 5 bits (no layout
+# takes them) as 4.
+ACT8_FROM_AVX2 = {4: 8, 5: 8, 8: NEVER}
+# Rows of x from which those avx2 layers give way to the dense path (their DENSE_FROM when larger): PyTorch's
+# bf16 GEMM passes y8 between M = 256 (SSQR-w4 0.84 int8 x against 0.82 dense) and 512 (0.83 / 0.86; 1,024:
+# 0.76 / 0.90).
+ACT8_DENSE_FROM_AVX2 = 384
 
 
-def act8_from(isa: str, features: frozenset[str], bits: int) -> int:
-    """Rows of x from which `pack`'s layers take int8 activations: ACT8_FROM[isa][bits] for a layout whose most
-    common width is `bits` (the avx512 variant on a host with AVX-512 VNNI only; `features`: as /proc/cpuinfo
-    names them; `pack` asks the op's CPUID probe), unless BABAI_CPU_ACT8=0; else NEVER."""
-    on = (isa == "avx2" or ACT8_FEATURE in features) and os.environ.get(ACT8_ENV, "1") != "0"
-    return ACT8_FROM[isa][bits] if on else NEVER
+def act8_from(isa: str, features: frozenset[str], layout_class: str, bits: int) -> int:
+    """Rows of x from which `pack`'s layers of `layout_class` (`dense_class`) whose most common code width is
+    `bits` take int8 activations: ACT8_FROM[layout_class] for the avx512 variant on a host with AVX-512 VNNI
+    (`features`: as /proc/cpuinfo names them; `pack` asks the op's CPUID probe), ACT8_FROM_AVX2[bits] for the
+    avx2 variant, unless BABAI_CPU_ACT8=0; else NEVER."""
+    if os.environ.get(ACT8_ENV, "1") == "0" or (isa == "avx512" and ACT8_FEATURE not in features):
+        return NEVER
+    return ACT8_FROM[layout_class] if isa == "avx512" else ACT8_FROM_AVX2[bits]
 
 
 def common_bits(block_bits: torch.Tensor) -> int:
@@ -324,13 +337,14 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
     block_bits = torch.tensor([b for rows, b in layout.runs for _ in range(rows // ROWS)], dtype=torch.uint8)
     scales = scales.half().view(blocks, ROWS, -1).transpose(1, 2).contiguous() if scales.numel() else scales.half()
     common = common_bits(block_bits)
+    cls = dense_class(bool(scales.numel()), common)
+    a8 = act8_from(isa, frozenset(torch.ops.babai_cpu.cpu_features()), cls, common)
+    dense = DENSE_FROM[isa][cls] if isa == "avx512" or a8 == NEVER else max(DENSE_FROM[isa][cls], ACT8_DENSE_FROM_AVX2)
     return LutPacked(torch.cat(runs), block_bits, scales,
                      *_csr_fp16(layout),
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
                      torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
-                     row_scale.float().contiguous(), group,
-                     PREDECODE_FROM[isa][common], DENSE_FROM[isa][dense_class(bool(scales.numel()), common)],
-                     act8_from(isa, frozenset(torch.ops.babai_cpu.cpu_features()), common), isa)
+                     row_scale.float().contiguous(), group, PREDECODE_FROM[isa][common], dense, a8, isa)
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
