@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from babai_kernels import cpu_lut, runtime
+from tests.fixtures.act8 import act8_block, round_blocks
 
 ok, why = cpu_lut.load()
 pytestmark = pytest.mark.skipif(not ok, reason=f"babai CPU kernel unavailable: {why}")
@@ -478,25 +479,13 @@ ACT8_ISAS = [pytest.param("avx512", marks=ACT8),
                                                            reason="the avx2 variant needs AVX2, FMA and F16C"))]
 
 
-def _act8_block(group, alpha):
-    """Columns per int8 step of x: the group size when ≤ 64 (with α; else 32), else the largest of 64 (with α),
-    32, 16, 8 dividing it."""
-    cap = 64 if alpha else 32
-    return group if group <= cap else next(a for a in (64, 32, 16, 8) if a <= cap and group % a == 0)
-
-
 def _act8_x(layout, x):
-    """(x̂, steps) float64 in original column order: x ⊙ α (rounded to bf16), in stored order cut into blocks of
-    _act8_block columns, each rounded to q = round(x · r) with r = float32(127 / max|x|) (nearest even) and
-    x̂ = q · s, s = float32(max|x| / 127); steps: s per element."""
+    """(x̂, steps) float64 in original column order: x ⊙ α (rounded to bf16) rounded per row and block to int8
+    as the kernel does (tests/fixtures/act8.py), and the step s of each element."""
     k = x.shape[1]
     order = layout.perm if layout.perm is not None else torch.arange(k)
-    a = _act8_block(k if layout.one_scale_per_row else layout.group_size, layout.col_scale is not None)
-    xs = runtime.scale_input(x, layout.col_scale)[:, order].float().view(x.shape[0], k // a, a)
-    amax = xs.abs().amax(-1, keepdim=True)
-    r = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros(()))
-    s = amax / torch.tensor(127.0)
-    stored, steps = (torch.round(xs * r).double() * s.double()).view(-1, k), s.double().expand_as(xs).reshape(-1, k)
+    a = act8_block(k if layout.one_scale_per_row else layout.group_size, layout.col_scale is not None)
+    stored, steps = round_blocks(runtime.scale_input(x, layout.col_scale)[:, order].float(), a)
     xh, st = torch.empty_like(stored), torch.empty_like(steps)
     xh[:, order], st[:, order] = stored, steps
     return xh, st

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 import transformers_babai
 from babai_kernels import cpu_lut
 from transformers_babai import BabaiLinear, load_model, resident_bytes
+from tests.fixtures.act8 import act8_block, round_blocks
 from tests.fixtures.dequantized import load_dequantized
 from tests.fixtures.tiny_checkpoint import build_tiny_checkpoint, max_deviation, transformers_greedy
 from tests.fixtures.tiny_checkpoint import teacher_forced_logprobs as teacher_forced
@@ -65,7 +66,9 @@ def test_float32_greedy_tokens_equal_transformers_on_the_dequantized_weights(tin
 
 @pytest.mark.skipif(LUT is None, reason="the CPU kernel cannot run on this host")
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_bfloat16_kernel_logprobs_within_the_bf16_tolerance(tiny, name):
+def test_bfloat16_kernel_logprobs_within_the_bf16_tolerance(tiny, name, monkeypatch):
+    """bf16 x throughout (BABAI_CPU_ACT8=0; int8 activations: the test below)."""
+    monkeypatch.setenv(cpu_lut.ACT8_ENV, "0")
     folder, _ = tiny[name]
     fp32 = teacher_forced(load_dequantized(folder, dtype=torch.float32)[0], SEQUENCES)
     d = max_deviation(teacher_forced(load_dequantized(folder, dtype=torch.bfloat16)[0], SEQUENCES), fp32)
@@ -73,6 +76,64 @@ def test_bfloat16_kernel_logprobs_within_the_bf16_tolerance(tiny, name):
     model, _ = load_model(folder, dtype=torch.bfloat16)
     assert {type(m.kernel).__name__ for m in babai_layers(model).values()} == {LUT}
     assert max_deviation(teacher_forced(model, SEQUENCES), fp32) <= 4 * d
+
+
+def _residual_weight(packed, k: int) -> torch.Tensor:
+    """The kernel's CSR residual R (N, K) float64 as the oracle's weight holds it: · row scale, original column
+    order, · α."""
+    n = packed.block_bits.numel() * cpu_lut.ROWS
+    rows = torch.repeat_interleave(torch.arange(n), (packed.offsets[1:] - packed.offsets[:-1]).long())
+    r = torch.zeros(n, k, dtype=torch.float64)
+    r.index_put_((rows, packed.cols.long() & 0xFFFF), packed.vals.double(), accumulate=True)
+    if packed.row_scale.numel():
+        r *= packed.row_scale.double().repeat_interleave(n // packed.row_scale.numel())[:, None]
+    if packed.perm.numel():
+        r[:, packed.perm] = r.clone()
+    return r * packed.col_scale.double() if packed.col_scale.numel() else r
+
+
+def _int8_x_like(packed):
+    """A forward hook for the oracle's linear: from act8_from rows its output recomputed as the kernel's int8
+    path computes it: x ⊙ α rounded per row and block (tests/fixtures/act8.py) times the codes' part of the
+    weight, x itself times the residual part (the kernel adds R with x as it is)."""
+    def hook(module, args, output):
+        x = args[0]
+        x2 = x.reshape(-1, x.shape[-1]).double()
+        if x2.shape[0] < packed.act8_from:
+            return None
+        k = x2.shape[1]
+        alpha = packed.col_scale.double() if packed.col_scale.numel() else torch.ones(k, dtype=torch.float64)
+        order = packed.perm if packed.perm.numel() else torch.arange(k)
+        stored, _ = round_blocks((x2 * alpha)[:, order].float(), act8_block(packed.group_size, packed.col_scale.numel() > 0))
+        xh = torch.empty_like(stored)
+        xh[:, order] = stored
+        resid = _residual_weight(packed, k)
+        y = (xh / alpha) @ (module.weight.double() - resid).T + x2 @ resid.T
+        y = y + module.bias.double() if module.bias is not None else y
+        return y.to(output.dtype).view_as(output)
+    return hook
+
+
+@pytest.mark.skipif(LUT is None or cpu_lut.isa() != "avx512" or cpu_lut.ACT8_FEATURE not in cpu_lut.host_features(),
+                    reason="int8 activations need the kernel's avx512 variant and AVX-512 VNNI")
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_int8_activations_logprobs_within_the_bf16_tolerance_of_the_same_rounding_in_float32(tiny, name):
+    """From act8_from rows the kernel rounds x to int8 per row and block: its bf16 run is within 4·d (module
+    docstring) of the float32 oracle whose linears round x the same way (forward hooks), and that rounding
+    does move the oracle."""
+    folder, _ = tiny[name]
+    oracle, _ = load_dequantized(folder, dtype=torch.float32)
+    fp32 = teacher_forced(oracle, SEQUENCES)
+    d = max_deviation(teacher_forced(load_dequantized(folder, dtype=torch.bfloat16)[0], SEQUENCES), fp32)
+    model, _ = load_model(folder, dtype=torch.bfloat16)
+    layers = babai_layers(model)
+    assert {type(m.kernel).__name__ for m in layers.values()} == {LUT}
+    assert min(m.kernel.packed.act8_from for m in layers.values()) <= max(map(len, SEQUENCES))
+    for name_, m in layers.items():
+        oracle.get_submodule(name_).register_forward_hook(_int8_x_like(m.kernel.packed))
+    rounded = teacher_forced(oracle, SEQUENCES)
+    assert max_deviation(rounded, fp32) > 0
+    assert max_deviation(teacher_forced(model, SEQUENCES), rounded) <= 4 * d
 
 
 @pytest.mark.skipif(LUT is None, reason="the CPU kernel cannot run on this host")
