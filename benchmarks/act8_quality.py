@@ -27,15 +27,19 @@ ROWS = ("ssqr-w4", "ssqr-w3", "hptq-4.3", "hptq-3.3")
 default: dict = {}
 
 
-def set_act8(model, act8_from: int | None) -> int:
-    """Every BabaiLutCPU layer's act8_from (None: pack's default); the number of layers changed."""
+def set_act8(model, act8_from: int | None, forced: bool = False) -> int:
+    """Every BabaiLutCPU layer's act8_from (None: pack's default); `forced`: the int8 path at every M from
+    act8_from (dense_from NEVER: the avx2 variant's dense path takes over from its DENSE_FROM), else pack's
+    dense_from; the number of layers changed."""
+    from babai_kernels import cpu_lut
     from babai_kernels.choices.cpu import BabaiLutCPU
 
     layers = [m.kernel for m in model.modules() if isinstance(getattr(m, "kernel", None), BabaiLutCPU)]
     for k in layers:
-        default.setdefault(k, k.packed.act8_from)   # pack's choice, kept on the first call
+        default.setdefault(k, (k.packed.act8_from, k.packed.dense_from))   # pack's choice, kept on the first call
     for k in layers:
-        k.packed.act8_from = default[k] if act8_from is None else act8_from
+        k.packed.act8_from = default[k][0] if act8_from is None else act8_from
+        k.packed.dense_from = cpu_lut.NEVER if forced else default[k][1]
     return len(layers)
 
 
@@ -44,6 +48,10 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=8, help="1,024-token windows of the eval split (default 8)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    p.add_argument("--isa", choices=("avx512", "avx2"), default="avx512",
+                   help="the variant whose int8 path to compare (avx2: run with BABAI_CPU_ISA=avx2)")
+    p.add_argument("--act8-from", type=int, default=None,
+                   help="int8 x: every layer's act8_from, before any dense path (default: pack's thresholds)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -55,9 +63,10 @@ def main(argv=None) -> int:
     from transformers_babai import load_model
 
     features = cpu_lut.host_features()
-    if cpu_lut.act8_from("avx512", features, "group scales") == cpu_lut.NEVER or cpu_lut.isa() != "avx512":
-        print(f"act8_quality: this host does not take int8 activations ({cpu_lut.ACT8_FEATURE} and the avx512 "
-              f"variant needed, or {cpu_lut.ACT8_ENV}=0): nothing to compare", flush=True)
+    if cpu_lut.act8_from(args.isa, features, "group scales", 4) == cpu_lut.NEVER or cpu_lut.isa() != args.isa:
+        print(f"act8_quality: this host does not take int8 activations on the {args.isa} variant (avx512: "
+              f"{cpu_lut.ACT8_FEATURE} needed; avx2: BABAI_CPU_ISA=avx2 on an AVX-512 host; or {cpu_lut.ACT8_ENV}=0)",
+              flush=True)
         return 2
     text = assets.text_path("eval").read_text(encoding="utf-8")
     ppl = lambda model, tok, **kw: evaluate_text(model, tok, text, 1024, "cpu", args.windows, progress=True, **kw).ppl
@@ -70,7 +79,7 @@ def main(argv=None) -> int:
         model, tok = load_model(folder, "cpu", torch.bfloat16)
         assert set_act8(model, cpu_lut.NEVER) > 0, f"{name}: no layer runs on BabaiLutCPU"
         off = ppl(model, tok)
-        set_act8(model, None)
+        set_act8(model, args.act8_from, forced=args.act8_from is not None)
         on = ppl(model, tok)
         del model
         ref, tok = load_model(folder, "cpu", torch.float32)
@@ -78,8 +87,10 @@ def main(argv=None) -> int:
         del ref
         print(rows[-1], flush=True)
     r = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), device=device(),
-             versions=versions(), windows=args.windows, window=1024, act8_from=cpu_lut.ACT8_FROM, rows=rows,
-             command="python -m benchmarks.act8_quality" + (f" --windows {args.windows}" if args.windows != 8 else ""))
+             versions=versions(), windows=args.windows, window=1024, act8_from=args.act8_from or (cpu_lut.ACT8_FROM if args.isa == "avx512"
+                                                                                 else cpu_lut.ACT8_FROM_AVX2),
+             rows=rows, command="python -m benchmarks.act8_quality" + (f" --windows {args.windows}" if args.windows != 8 else "")
+             + (f" --isa {args.isa}" if args.isa != "avx512" else "") + (f" --act8-from {args.act8_from}" if args.act8_from else ""))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "act8_quality.json").write_text(json.dumps(r, indent=1) + "\n")
     (RESULTS / "act8_quality.md").write_text(markdown(r))

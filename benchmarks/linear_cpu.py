@@ -24,7 +24,7 @@ Dispatch by M: BabaiLutCPU decodes each block's codes once per 256 rows into a p
 a call has at least `cpu_lut.PREDECODE_FROM[isa][bits]` rows, and from `cpu_lut.DENSE_FROM` rows dequantizes
 tiles of rows to bf16 per call and runs PyTorch's bf16 GEMM on them; on AVX-512 VNNI hosts, from
 `cpu_lut.ACT8_FROM` rows it rounds x to int8 per row and block of columns instead (VPDPBUSD; before the
-dense path; the avx2 rows keep bf16 x). The three crossovers are measured here
+dense path), and so do the avx2 rows from `cpu_lut.ACT8_FROM_AVX2[bits]` (VPMADDUBSW). The three crossovers are measured here
 per shape and layout on one layer (both paths of a switch timed in the same rounds) and recorded in the
 results, with the dense width cost model (ns per weight by width and per residual entry) HPTQ's widths
 follow.
@@ -310,8 +310,8 @@ def main(argv=None) -> int:
               "device": device(), "versions": versions(), "threads": args.threads, "rounds": args.rounds,
               "target_ms": args.target_ms, "ms": list(args.ms), "complete": complete,
               "predecode_from": cpu_lut.PREDECODE_FROM, "dense_from": cpu_lut.DENSE_FROM, "isa": cpu_lut.isa(),
-              "act8_from": cpu_lut.ACT8_FROM if cpu_lut.act8_from("avx512", cpu_lut.host_features(), "group scales")
-              != NEVER else None,
+              "act8_from": {isa: table if cpu_lut.act8_from(isa, cpu_lut.host_features(), "group scales", 4) != NEVER
+                            else None for isa, table in (("avx512", cpu_lut.ACT8_FROM), ("avx2", cpu_lut.ACT8_FROM_AVX2))},
               "decoder_layers": len(specs["ssqr-w4"]), "model_layers": layers, "baseline": BASE,
               "shapes_NxK": {f: list(sh) for f, sh in shapes.items()},
               "us_per_call": times, "x_bf16_per_call": ratios, "ms_per_step": step, "x_bf16_per_step": step_ratios,
@@ -335,7 +335,8 @@ def markdown(r: dict) -> str:
     out += [f"Date: {r['date']}; device: {r['device']}; torch threads: {r['threads']}; BabaiLutCPU instruction set "
             f"{r['isa']} (avx2 rows: forced); predecode from M = {r['predecode_from']} (by code bits); "
             f"dequantized bf16 tiles + PyTorch's GEMM from M = {r.get('dense_from')}; "
-            f"x in int8 (AVX-512 VNNI) from M = {r.get('act8_from')}, before the dense path; "
+            f"x in int8 (avx512: AVX-512 VNNI, by layout class; avx2: by code bits) from M = {r.get('act8_from')}, "
+            "before the dense path; "
             f"command: `{r['command']}`.",
             f"Versions: {r['versions']}.", "",
             f"A step = {r['decoder_layers']} decoder layers in order, each qkv, o, gate_up, down in turn (the weights "

@@ -30,6 +30,9 @@
 //   avx512 from `act8_from` rows (prefill, larger batches; AVX-512 VNNI): x rounded to int8 per row and block
 //     of ≤ 32 columns (≤ 64 with α), codes as uint8, VPDPBUSD (64 multiply-adds an instruction, twice
 //     VDPBF16PS's at the same rate): q8 below.
+//   avx2 from `act8_from` rows below dense_from (the dense path takes precedence there, not on avx512): x
+//     rounded as for q8, codes as uint8, VPMADDUBSW (32 multiply-adds a ymm, twice VPMADDWD's) into int16
+//     sums exact by their bound, then int32: y8 below.
 // Products are exact in all (small integers × bfloat16 / int16 / int8), sums float32 (int16 / int8: int32
 // over ≤ 512 / ≤ 64 columns first); per group the partial sums are scaled once. Then R is added (CSR: entry by entry into
 // the tile when entries × rows of x are few, kSparseRatio; else row by row over xᵀ), row scale and bias
@@ -188,16 +191,18 @@ inline int64_t block_of(int64_t G, bool alpha) {
 }
 
 // x of one pass: q (mb, K) int8 (row stride K), s (mb, K/A) float32 steps (NaN: the row has an infinity or
-// a NaN, q = 0 there), sum (mb, K/A) int32 = Σ q over each block.
+// a NaN, q = 0 there), sum (mb, K/A) int32 = Σ q over each block; pairs (mb, K/A): −Σ_r (q[4r] + q[4r + 1]) and
+// −Σ_r (q[4r + 2] + q[4r + 3]) over each block's quads r as two int16 (|·| ≤ 32 · 127; avx2's y8).
 struct X8 {
   const int8_t* q;
   const float* s;
   const int32_t* sum;
+  const uint32_t* pairs;
   int64_t A, blocks;
 };
 
-// x (mc, K) bfloat16 → q, s, sum of X8 (A a multiple of 8 dividing K).
-void quantize(const uint16_t* x, int64_t mc, int64_t K, int64_t A, int8_t* q, float* s, int32_t* sum) {
+// x (mc, K) bfloat16 → q, s, sum, pairs of X8 (A a multiple of 8 dividing K, at most 64).
+void quantize(const uint16_t* x, int64_t mc, int64_t K, int64_t A, int8_t* q, float* s, int32_t* sum, uint32_t* pairs) {
   const int64_t blocks = K / A;
   for (int64_t m = 0; m < mc; ++m) {
     const uint16_t* xm = x + m * K;
@@ -224,8 +229,12 @@ void quantize(const uint16_t* x, int64_t mc, int64_t K, int64_t A, int8_t* q, fl
         acc = _mm256_add_epi32(acc, i);
       }
       const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-      const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
-      sum[m * blocks + a] = _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0xB1)));
+      const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xB1));   // lanes 0, 2: columns 4r + 0..1, 4r + 2..3
+      sum[m * blocks + a] = _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0x4E)));
+      // in vector registers, wrapping: a row with an infinity or a NaN has q = −128 where x · 0 is NaN
+      const __m128i neg = _mm_sub_epi32(_mm_setzero_si128(), h2);
+      pairs[m * blocks + a] = (static_cast<uint32_t>(_mm_cvtsi128_si32(neg)) & 0xFFFF) |
+                              static_cast<uint32_t>(_mm_extract_epi32(neg, 2)) << 16;
     }
   }
 }
@@ -713,6 +722,161 @@ DotsFn pick_dots(int bits, int mb, bool dec) {
 DecodeFn pick_decode(int bits) { return bits == 4 ? decode_unit<4> : bits == 5 ? decode_unit<5> : decode_unit<8>; }
 
 }  // namespace y
+
+// ================================ avx2: int8 activations (VPMADDUBSW) ==============================
+//
+// From `act8_from` rows of x (below dense_from) the avx2 variant rounds x to int8 as the avx512 one does
+// (a8::quantize: per row and block of A columns) and multiplies the codes u = z + 2^(bits−1) as uint8 with it
+// by VPMADDUBSW: 32 multiply-adds a ymm instruction into int16 pairs (VPMADDWD: 16), summed by VPADDW in int16
+// and widened to int32 by one VPMADDWD by 1 per block of x (VPDPBUSD's work in two instructions, the widening
+// shared; Zen 4, measured: 0.78 ns per 4 VPMADDUBSW + VPADDW, 1.09 per 4 VPMADDWD + VPADDD). 8-bit codes
+// would saturate VPMADDUBSW (2 · 255 · 127 > 32,767): they are split into two 4-bit planes, u = 16 · (u >> 4)
+// + (u & 15), widened by 16 and 1 (as many instructions as the int16 path, and slower: kernels/cpu_lut.py
+// keeps bf16 x for 8-bit layouts). Products and the int32 sums are exact, the rest as q8 (the same float
+// operations on the same int32 sums).
+namespace y8 {
+
+// Rows of x per pass: 2 halves × kMB int16 sums, 2 codes, x and a temporary in registers (the float totals
+// spill). gate_up 3072x576 of SSQR-w4's layout (4 bits, 64-column blocks, sums in int32 every 8 quads), M = 64:
+// kMB = 2 / 3 / 4 / 5 1,394 / 1,181 / 1,121 / 1,089 µs (the int16 path 1,610-1,646).
+constexpr int kMB = 5;
+
+// Quads summed in int16 before widening, with |q| ≤ 127 and u < 2^bits per VPMADDUBSW lane |u·q + u'·q'| ≤
+// 2 · (2^bits − 1) · 127: 4 bits (and 8 bits' planes) 8 · 2 · 15 · 127 = 30,480, 5 bits 4 · 2 · 31 · 127 =
+// 31,496 (≤ 32,767: no saturation).
+template <int BITS>
+constexpr int kFlush = BITS == 5 ? 4 : 8;
+template <int BITS>
+constexpr int kPlanes = BITS == 8 ? 2 : 1;
+
+// The block's codes as VPMADDUBSW operands: (K/4, planes, 2, 32) uint8; lane i of (quad r, plane, half h) =
+// u[8h + i][4r .. 4r + 3] (pairs 2r and 2r + 1 of the block layout); 8 bits: plane 0 u & 15, plane 1 u >> 4.
+template <int BITS>
+void decode_unit(const Unit& u, void* dec) {
+  uint8_t* d = static_cast<uint8_t*>(dec);
+  const __m256i nib = _mm256_set1_epi8(15);
+  for (int64_t r = 0; r < u.K / 4; ++r) {
+    const uint8_t* p = u.blk + 2 * r * BITS * 4;   // pair 2r; pair 2r + 1 BITS · 4 bytes on
+    for (int h = 0; h < 2; ++h) {
+      __m256i* out = reinterpret_cast<__m256i*>(d + (r * kPlanes<BITS> * 2 + h) * 32);
+      if constexpr (BITS == 8) {   // int16 lanes z[i, 2p] | z[i, 2p + 1] << 8 of the two pairs; u = z ^ 0x80
+        const __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * h)));
+        const __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32 + 16 * h)));
+        const __m256i v = _mm256_xor_si256(_mm256_or_si256(a, _mm256_slli_epi32(b, 16)), _mm256_set1_epi8(static_cast<char>(0x80)));
+        _mm256_storeu_si256(out, _mm256_and_si256(v, nib));
+        _mm256_storeu_si256(out + 2, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+      } else {   // bytes u[i, 2p] | u[i, 2p + 1] << 4 of the two pairs → the four nibbles in four bytes
+        const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h)));
+        const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + BITS * 4 + 8 * h)));
+        const __m256i t = _mm256_or_si256(a, _mm256_slli_epi32(b, 16));
+        __m256i v = _mm256_and_si256(_mm256_or_si256(t, _mm256_slli_epi32(t, 4)), nib);
+        if constexpr (BITS == 5) {   // bits 2i, 2i + 1 (row 8h + i: 16h + 2i) of each pair's mask → bit 4 of bytes 4i + 0..3
+          const __m256i shift = _mm256_add_epi32(_mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), _mm256_set1_epi32(16 * h));
+          const __m256i two = _mm256_set1_epi32(3);
+          __m256i hb = _mm256_or_si256(
+              _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(load_u32(p + 16))), shift), two),
+              _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(load_u32(p + BITS * 4 + 16))), shift), two), 2));
+          hb = _mm256_and_si256(_mm256_or_si256(hb, _mm256_slli_epi32(hb, 14)), _mm256_set1_epi32(0x00030003));   // bits 0, 1, 16, 17
+          hb = _mm256_and_si256(_mm256_or_si256(hb, _mm256_slli_epi32(hb, 7)), _mm256_set1_epi32(0x01010101));    // bits 0, 8, 16, 24
+          v = _mm256_or_si256(v, _mm256_slli_epi32(hb, 4));
+        }
+        _mm256_storeu_si256(out, v);
+      }
+    }
+  }
+}
+
+// acc + VPMADDUBSW(w, x) in int16, in place (as y::madd_acc: with intrinsics GCC copied every sum once per quad).
+inline __m256i maddubs_acc(__m256i acc, __m256i w, __m256i x) {
+  __m256i t;
+  __asm__("vpmaddubsw %3, %2, %1\n\tvpaddw %1, %0, %0" : "+x"(acc), "=&x"(t) : "x"(w), "x"(x));
+  return acc;
+}
+
+// s16[h][m] += Σ_{r0 ≤ r < r1} VPMADDUBSW(codes of quad r, plane pl; x[m]'s quad r) in int16, wrapping.
+template <int P, int MB>
+__attribute__((always_inline)) inline void madd_quads(__m256i (&s16)[2][MB], const uint8_t* d, const a8::X8& x, int64_t K,
+                                                      int pl, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* dr = d + (r * P + pl) * 64;
+    const __m256i w[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dr)),
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dr + 32))};
+    for (int m = 0; m < MB; ++m) {
+      const __m256i xb = _mm256_set1_epi32(static_cast<int>(load_u32(x.q + m * K + 4 * r)));
+      for (int h = 0; h < 2; ++h) s16[h][m] = maddubs_acc(s16[h][m], w[h], xb);
+    }
+  }
+}
+
+// tile[m * kTile + j] = Σ_g S[g][j] Σ_{k in g} W[j][k] · x̂[m][k] (x̂ = q · s) for the block's 16 rows j and MB
+// rows of x, from the decoded codes. Per block of x each int16 lane (row i, columns 4r + 2c, 4r + 2c + 1 of
+// every quad r) ends as Σ z·q over A/2 columns:
+//  - 4 bits, and 5 bits with A ≤ 32: one int16 sum per lane, started at −2^(bits−1) · Σ q (X8::pairs) and
+//    wrapping: |Σ z·q| ≤ 2^(bits−1) · 127 · A/2 ≤ 32,512, so the sum mod 2^16 is the value. One VPMADDWD by 1
+//    then adds the lane pairs in int32. 32-column blocks (SSQR, no α) take the block's sums to float in 5 ops
+//    per 8 rows of codes and of x instead of 8 (SSQR-w4, linears of a step x vLLM's bf16, M = 16 / 64:
+//    0.79 / 0.84 → …).
+//  - else (5 bits at A = 64, 8 bits' planes): int16 sums of kFlush quads, int32 across them, less
+//    2^(bits−1) · Σ q at the end.
+template <int BITS, int MB>
+void dots(const Unit& u, const void* dec, const void* xv, float* tile) {
+  constexpr int P = kPlanes<BITS>;
+  const a8::X8& x = *static_cast<const a8::X8*>(xv);
+  const uint8_t* d = static_cast<const uint8_t*>(dec);
+  const int64_t quads = x.A / 4, per_group = u.G / x.A;   // A divides G; quads even (A a multiple of 8)
+  const bool wrap = BITS == 4 || (BITS == 5 && x.A <= 32);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 total[2][MB];
+  for (int h = 0; h < 2; ++h)
+    for (int m = 0; m < MB; ++m) total[h][m] = _mm256_setzero_ps();
+  __m256 sw[2] = {_mm256_set1_ps(1.0f), _mm256_set1_ps(1.0f)};
+  for (int64_t a = 0, g = 0, ga = 0; a < x.blocks; ++a) {
+    if (u.sc && ga == 0)
+      for (int h = 0; h < 2; ++h) sw[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u.sc + g * kRows + 8 * h)));
+    if (++ga == per_group) ga = 0, ++g;
+    __m256i acc[2][MB];   // Σ z·q of the block, int32
+    if (wrap) {
+      __m256i s16[2][MB];
+      for (int m = 0; m < MB; ++m)
+        s16[0][m] = s16[1][m] = _mm256_slli_epi16(_mm256_set1_epi32(static_cast<int>(x.pairs[m * x.blocks + a])), BITS - 1);
+      madd_quads<P, MB>(s16, d, x, u.K, 0, a * quads, (a + 1) * quads);
+      for (int h = 0; h < 2; ++h)
+        for (int m = 0; m < MB; ++m) acc[h][m] = _mm256_madd_epi16(s16[h][m], ones);
+    } else {
+      for (int h = 0; h < 2; ++h)
+        for (int m = 0; m < MB; ++m)
+          acc[h][m] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_set1_epi32(x.sum[m * x.blocks + a]), BITS - 1));
+      for (int pl = 0; pl < P; ++pl) {
+        const __m256i widen = _mm256_set1_epi16(pl ? 16 : 1);
+        for (int64_t r0 = a * quads, r1; r0 < (a + 1) * quads; r0 = r1) {
+          r1 = std::min(r0 + kFlush<BITS>, (a + 1) * quads);
+          __m256i s16[2][MB];
+          for (int h = 0; h < 2; ++h)
+            for (int m = 0; m < MB; ++m) s16[h][m] = _mm256_setzero_si256();
+          madd_quads<P, MB>(s16, d, x, u.K, pl, r0, r1);
+          for (int h = 0; h < 2; ++h)
+            for (int m = 0; m < MB; ++m) acc[h][m] = _mm256_add_epi32(acc[h][m], _mm256_madd_epi16(s16[h][m], widen));
+        }
+      }
+    }
+    for (int m = 0; m < MB; ++m) {
+      const __m256 xs = _mm256_set1_ps(x.s[m * x.blocks + a]);
+      for (int h = 0; h < 2; ++h)
+        total[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[h][m]), sw[h]), xs, total[h][m]);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int h = 0; h < 2; ++h) _mm256_storeu_ps(tile + m * kTile + 8 * h, total[h][m]);
+}
+
+template <int BITS>
+constexpr DotsFn kDots[kMB + 1] = {nullptr, dots<BITS, 1>, dots<BITS, 2>, dots<BITS, 3>, dots<BITS, 4>, dots<BITS, 5>};
+
+DotsFn pick_dots(int bits, int mb) { return bits == 4 ? kDots<4>[mb] : bits == 5 ? kDots<5>[mb] : kDots<8>[mb]; }
+
+DecodeFn pick_decode(int bits) { return bits == 4 ? decode_unit<4> : bits == 5 ? decode_unit<5> : decode_unit<8>; }
+
+}  // namespace y8
 
 // --- residual ----------------------------------------------------------------------------------
 
@@ -1245,10 +1409,12 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
   BABAI_CHECK(bias.numel() == 0 || bias.numel() == N, "bias must be (N) or empty");
   auto out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
-  // int8 activations (avx512 variant only; the avx2 variant ignores act8_from) take precedence over the dense path
-  const bool act8 = isa == Isa::kAvx512 && M >= act8_from;
-  BABAI_CHECK(!act8 || cpu().avx512vnni, "int8 activations (", M, " rows of x ≥ act8_from ", act8_from,
-              ") need AVX-512 VNNI, which this CPU lacks");
+  // int8 activations from act8_from rows (avx512: q8, VNNI; avx2: y8). avx512's take precedence over the dense
+  // path (q8 beats PyTorch's bf16 GEMM at every M); avx2's give way to it from dense_from rows (the GEMM beats
+  // y8 at large M: SSQR-w4 M = 1,024 0.90 against 0.76 x vLLM's bf16, kernels/cpu_lut.py ACT8_DENSE_FROM_AVX2).
+  const bool act8 = M >= act8_from && (isa == Isa::kAvx512 || M < dense_from);
+  BABAI_CHECK(!act8 || isa == Isa::kAvx2 || cpu().avx512vnni, "int8 activations (", M, " rows of x ≥ act8_from ",
+              act8_from, ") on the avx512 variant need AVX-512 VNNI, which this CPU lacks");
 
   const at::Tensor xp = prepare_x(x, perm_c, col_scale, isa == Isa::kAvx512);   // stored order, ⊙ α
   const bool wide = isa == Isa::kAvx512;
@@ -1303,7 +1469,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     // 61.2 on avx512 (VDPBF16PS, or avx2's earlier float32 8-bit path at 1–2 rows), same widths.
     const bool narrow8 = wide && mc <= 2 && mc < predecode_from && !act8;
     // avx2, and avx512's 8-bit blocks at 1–2 rows: x in 16-bit fixed point per row (y::Xq)
-    const bool fixed = !wide || narrow8;
+    const bool fixed = (!wide && !act8) || narrow8;
     const int64_t spans = fixed ? y::spans_of(K, G) : 0;
     std::vector<int16_t> xq(fixed ? mc * K : 0);
     std::vector<float> xs(fixed ? mc : 0);
@@ -1314,7 +1480,8 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     std::vector<int8_t> x8(act8 ? mc * K : 0);
     std::vector<float> s8(mc * blocks8);
     std::vector<int32_t> sum8(mc * blocks8);
-    if (act8) a8::quantize(xcb, mc, K, ablk, x8.data(), s8.data(), sum8.data());
+    std::vector<uint32_t> pairs8(mc * blocks8);
+    if (act8) a8::quantize(xcb, mc, K, ablk, x8.data(), s8.data(), sum8.data(), pairs8.data());
     const int64_t ldt = (mc + 7) / 8 * 8;
     const bool sparse = mc * nnz <= kSparseRatio * N;   // residual: entry by entry into the tile, or per row over xᵀ
     at::Tensor xt;
@@ -1325,6 +1492,8 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
     const float* xtp = xt.defined() ? xt.data_ptr<float>() : nullptr;
     const bool dec = mc >= predecode_from || act8;   // act8: always its own decoded layout
     const StoreFn store = wide ? z::store : y::store;
+    const int64_t y8_passes = (mc + y8::kMB - 1) / y8::kMB;   // y8: passes of equal size (16 rows: 4 × 4, not 5, 5, 5, 1)
+    const int y8_pass = static_cast<int>((mc + y8_passes - 1) / y8_passes);
 
     at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
       alignas(64) float tile[kMaxMB * kTile];
@@ -1336,7 +1505,7 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
         const int64_t b = first[u];
         const int nbk = static_cast<int>(first[u + 1] - b), rows = nbk * kRows, w = bits[b];
         const Unit unit{pk + boff[b], boff[b + 1] - boff[b], sc ? sc + b * sc_block : nullptr, sc_block, K, G};
-        if (act8) (nbk == 2 ? q8::pick_decode<2>(w) : q8::pick_decode<1>(w))(unit, dbuf);
+        if (act8) (wide ? (nbk == 2 ? q8::pick_decode<2>(w) : q8::pick_decode<1>(w)) : y8::pick_decode(w))(unit, dbuf);
         else if (dec) (wide ? (nbk == 2 ? z::pick_decode<2>(w) : z::pick_decode<1>(w)) : y::pick_decode(w))(unit, dbuf);
         if (nnz && !sparse) residual_rows(off, col, val, b * kRows, rows, xtp, ldt, res.data());
         for (int j = 0; j < rows; ++j) {
@@ -1344,14 +1513,15 @@ at::Tensor lut_linear(const at::Tensor& x_in, const at::Tensor& packed, const at
           s[j] = rs ? (block_scale ? rs[row / kRows] : rs[row]) : 1.0f;
           c[j] = bs ? bs[row] : 0.0f;
         }
-        const int pass = act8 ? q8::kMB : wide && dec && sc ? kMaxMBGroups : MBmax;
+        const int pass = act8 ? (wide ? q8::kMB : y8_pass) : wide && dec && sc ? kMaxMBGroups : MBmax;
         for (int64_t m0 = 0; m0 < mc; m0 += pass) {
           const int mb = static_cast<int>(std::min<int64_t>(pass, mc - m0));
-          const DotsFn f = act8 ? (nbk == 2 ? q8::pick_dots<2>(w, mb) : q8::pick_dots<1>(w, mb))
+          const DotsFn f = act8 ? (!wide ? y8::pick_dots(w, mb) : nbk == 2 ? q8::pick_dots<2>(w, mb) : q8::pick_dots<1>(w, mb))
                            : wide ? (nbk == 2 ? z::pick_dots<2>(w, mb, dec) : z::pick_dots<1>(w, mb, dec))
                                   : y::pick_dots(w, mb, dec);
           const y::Xq xm{xq.data() + m0 * K, xs.data() + m0, xsum.data() + m0 * spans, spans};
-          const a8::X8 xm8{x8.data() + m0 * K, s8.data() + m0 * blocks8, sum8.data() + m0 * blocks8, ablk, blocks8};
+          const a8::X8 xm8{x8.data() + m0 * K, s8.data() + m0 * blocks8, sum8.data() + m0 * blocks8,
+                           pairs8.data() + m0 * blocks8, ablk, blocks8};
           if (act8) {
             f(unit, dbuf, &xm8, tile);
           } else if (narrow8 && w == 8) {

@@ -77,21 +77,40 @@ DENSE_FROM = {"avx512": {"group scales": 256, "no group scales": 512, "no group 
 # rounds): SSQR-w4 M = 8 1.24-1.31 / 1.22-1.27, 10 1.18-1.25 / 0.98-1.03, 12 1.15-1.26 / 1.04-1.06; HPTQ-4.3
 # ms per step M = 8 1.50-1.69 / 1.35-1.37, 12 2.00 / 2.24, 16 2.31-2.43 / 2.46-2.49 (HPTQ-3.3 alike).
 ACT8_ENV = "BABAI_CPU_ACT8"            # "0": never round activations to int8; N > 0: from N rows of x
-ACT8_FEATURE = "avx512_vnni"
+ACT8_FEATURE = "avx512_vnni"           # the avx512 variant's int8 path needs it; avx2's runs on AVX2
 ACT8_FROM = {"group scales": 10, "no group scales": 12, "no group scales, 8 bits": 12}
+# The same for the avx2 variant (VPMADDUBSW, y8), by the layout's most common code width. Linears of a step
+# (benchmarks.linear_cpu, 4 layers, 1 thread), x vLLM's bf16, int8 x / bf16 x (int16 path below DENSE_FROM,
+# dense from it), M = 8 / 10 / 16 / 64: SSQR-w4 (4 bits) 0.91 / 0.90 / 0.81 / 0.87 against 0.85 / 0.73 / 0.64
+# / 0.61. HPTQ-4.3 (8 bits: two 4-bit planes per code, as many multiply-adds an instruction as VPMADDWD), M =
+# 4 / 8 / 16 / 64: 0.66 / 0.57 / 0.54 / 0.55 against 1.51 / 1.17 / 0.84 / 0.70: never. 5 bits (no layout
+# takes them) as 4.
+ACT8_FROM_AVX2 = {4: 8, 5: 8, 8: NEVER}
+# Rows of x from which those avx2 layers give way to the dense path (their DENSE_FROM when larger): PyTorch's
+# bf16 GEMM passes y8 between M = 256 (SSQR-w4 0.84 int8 x against 0.82 dense) and 512 (0.83 / 0.86; 1,024:
+# 0.76 / 0.90).
+ACT8_DENSE_FROM_AVX2 = 384
 
 
-def act8_from(isa: str, features: frozenset[str], layout_class: str) -> int:
-    """Rows of x from which `pack`'s layers of `layout_class` (`dense_class`) take int8 activations:
-    ACT8_FROM for the avx512 variant on a host with AVX-512 VNNI (`features`: as /proc/cpuinfo names them;
-    `pack` asks the op's CPUID probe), else NEVER; BABAI_CPU_ACT8=0 → NEVER, =N (a positive integer) → N
-    (tests and benchmarks). ValueError for another value."""
+def act8_from(isa: str, features: frozenset[str], layout_class: str, bits: int) -> int:
+    """Rows of x from which `pack`'s layers of `layout_class` (`dense_class`) whose most common code width is
+    `bits` take int8 activations: ACT8_FROM[layout_class] for the avx512 variant on a host with AVX-512 VNNI
+    (`features`: as /proc/cpuinfo names them; `pack` asks the op's CPUID probe), ACT8_FROM_AVX2[bits] for the
+    avx2 variant, else NEVER. BABAI_CPU_ACT8=0 → NEVER, =N (a positive integer) → N for every layer that can
+    (tests and benchmarks); ValueError for another value."""
     value = os.environ.get(ACT8_ENV, "").strip()
     if value and not value.isdigit():
         raise ValueError(f"{ACT8_ENV}={value!r}: expected 0 (bf16 x at every M) or a positive number of rows")
-    if isa != "avx512" or ACT8_FEATURE not in features or (value and int(value) == 0):
+    if (value and int(value) == 0) or (isa == "avx512" and ACT8_FEATURE not in features):
         return NEVER
-    return int(value) if value else ACT8_FROM[layout_class]
+    if value:
+        return int(value)
+    return ACT8_FROM[layout_class] if isa == "avx512" else ACT8_FROM_AVX2[bits]
+
+
+def common_bits(block_bits: torch.Tensor) -> int:
+    """The most common code width of a packed layout's blocks."""
+    return max(BITS, key=lambda b: int((block_bits == b).sum()))
 
 
 def dense_class(group_scales: bool, bits: int) -> str:
@@ -323,14 +342,15 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
         row0 += rows
     block_bits = torch.tensor([b for rows, b in layout.runs for _ in range(rows // ROWS)], dtype=torch.uint8)
     scales = scales.half().view(blocks, ROWS, -1).transpose(1, 2).contiguous() if scales.numel() else scales.half()
-    common = max(BITS, key=lambda b: int((block_bits == b).sum()))   # the most common width
+    common = common_bits(block_bits)
     cls = dense_class(bool(scales.numel()), common)
+    a8 = act8_from(isa, frozenset(torch.ops.babai_cpu.cpu_features()), cls, common)
+    dense = DENSE_FROM[isa][cls] if isa == "avx512" or a8 == NEVER else max(DENSE_FROM[isa][cls], ACT8_DENSE_FROM_AVX2)
     return LutPacked(torch.cat(runs), block_bits, scales,
                      *_csr_fp16(layout),
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),
                      torch.empty(0) if layout.col_scale is None else layout.col_scale.float().contiguous(),
-                     row_scale.float().contiguous(), group, PREDECODE_FROM[isa][common], DENSE_FROM[isa][cls],
-                     act8_from(isa, frozenset(torch.ops.babai_cpu.cpu_features()), cls), isa)
+                     row_scale.float().contiguous(), group, PREDECODE_FROM[isa][common], dense, a8, isa)
 
 
 def lut_linear(p: LutPacked, x: torch.Tensor, bias: torch.Tensor | None = None,

@@ -469,10 +469,14 @@ def test_kernel_refuses_a_host_that_does_not_match_the_build(monkeypatch, caplog
     assert cpu_lut.load() == (True, None)
 
 
-# ------------------------------------------------------------------ int8 activations (AVX-512 VNNI)
+# ------------------------------------------------------------------ int8 activations (avx512 + VNNI: q8; avx2: y8)
 
 ACT8 = pytest.mark.skipif(cpu_lut.choose_isa(HOST, "avx512")[0] != "avx512" or cpu_lut.ACT8_FEATURE not in HOST,
                           reason="int8 activations need the avx512 variant and AVX-512 VNNI")
+# The variants whose int8 path this host runs.
+ACT8_ISAS = [pytest.param("avx512", marks=ACT8),
+             pytest.param("avx2", marks=pytest.mark.skipif(cpu_lut.choose_isa(HOST, "avx2")[0] != "avx2",
+                                                           reason="the avx2 variant needs AVX2, FMA and F16C"))]
 
 
 def _act8_x(layout, x):
@@ -487,22 +491,22 @@ def _act8_x(layout, x):
     return xh, st
 
 
-@ACT8
+@pytest.mark.parametrize("isa", ACT8_ISAS)
 @pytest.mark.parametrize("bits", [4, 5, 8])
 @pytest.mark.parametrize("group, n, k, alpha", [(32, 48, 256, False), (64, 64, 384, False), (128, 32, 256, True),
                                                 (None, 48, 256, True), (40, 32, 200, False), (None, 32, 200, True)])
 @pytest.mark.parametrize("m", [1, 7, 20, 300])
-def test_int8_activations_give_the_product_of_x_rounded_per_block(bits, group, n, k, alpha, m):
-    """From `act8_from` rows the avx512 variant rounds x ⊙ α per row and block of columns to int8 (_act8_x)
-    and multiplies it with S ⊙ Z exactly (VPDPBUSD), the residual with x ⊙ α itself: equal to the fp64 product
-    within float32 accumulation and the bf16 rounding; and within Σ_k |W_nk| · s_k / 2 more of the product with
-    x ⊙ α itself."""
+def test_int8_activations_give_the_product_of_x_rounded_per_block(isa, bits, group, n, k, alpha, m):
+    """From `act8_from` rows a variant rounds x ⊙ α per row and block of columns to int8 (_act8_x) and
+    multiplies it with S ⊙ Z exactly (avx512: VPDPBUSD; avx2: VPMADDUBSW), the residual with x ⊙ α itself:
+    equal to the fp64 product within float32 accumulation and the bf16 rounding; and within Σ_k |W_nk| · s_k / 2
+    more of the product with x ⊙ α itself."""
     layout = _layout(n, k, bits, group or k, seed=bits * 7 + m + k, row_scale=group is None, col_scale=alpha, rate=0.01)
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     x[0, : k // 8] *= 30                                    # an outlier block
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
-    y = cpu_lut.lut_linear(cpu_lut.pack(layout, "avx512"), x, bias, act8_from=1).double()
+    y = cpu_lut.lut_linear(cpu_lut.pack(layout, isa), x, bias, act8_from=1, dense_from=NEVER).double()
     unscaled = dataclasses.replace(layout, col_scale=None)
     dense = runtime.dequantize(dataclasses.replace(unscaled, residual=runtime.Residual.from_dense(torch.zeros(n, k))))
     resid = runtime.dequantize(dataclasses.replace(unscaled, codes=torch.zeros_like(layout.codes)))
@@ -518,29 +522,38 @@ def test_int8_activations_give_the_product_of_x_rounded_per_block(bits, group, n
     assert bool(((xh - xa).abs() <= half).all())
 
 
-@ACT8
-def test_int8_activations_keep_a_row_with_nan_or_infinity_to_itself():
-    layout = _layout(32, 128, 4, 64, seed=3)
+@pytest.mark.parametrize("isa", ACT8_ISAS)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activations_keep_a_row_with_nan_or_infinity_to_itself(isa, bits):
+    layout = _layout(32, 128, bits, 64, seed=3)
     x = torch.randn(4, 128, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     x[1, 5], x[2, 70] = float("nan"), float("inf")
-    packed = cpu_lut.pack(layout, "avx512")
-    y = cpu_lut.lut_linear(packed, x, act8_from=1)
+    packed = cpu_lut.pack(layout, isa)
+    y = cpu_lut.lut_linear(packed, x, act8_from=1, dense_from=NEVER)
     assert bool(y[[1, 2]].isnan().all()) and not bool(y[[0, 3]].isnan().any())
-    assert torch.equal(y[[0, 3]], cpu_lut.lut_linear(packed, x[[0, 3]], act8_from=1))
+    assert torch.equal(y[[0, 3]], cpu_lut.lut_linear(packed, x[[0, 3]], act8_from=1, dense_from=NEVER))
 
 
-@ACT8
+@pytest.mark.parametrize("isa", ACT8_ISAS)
 @pytest.mark.parametrize("bits", [4, 8])
-def test_default_dispatch_takes_int8_activations_from_act8_from_unless_switched_off(bits, monkeypatch):
-    """On an AVX-512 VNNI host a packed layout carries ACT8_FROM: from that many rows the default call is the
-    int8 path bit for bit (whatever DENSE_FROM), one row fewer the bf16 path; BABAI_CPU_ACT8=0 and the avx2
-    variant carry NEVER."""
+def test_default_dispatch_takes_int8_activations_from_act8_from_unless_switched_off(isa, bits, monkeypatch):
+    """A packed layout carries its variant's int8 threshold (avx512 on an AVX-512 VNNI host: ACT8_FROM by class;
+    avx2: ACT8_FROM_AVX2 by width, 8-bit layouts NEVER): from that many rows the default call is the int8 path
+    bit for bit (avx512: whatever DENSE_FROM; avx2: below its DENSE_FROM, at least ACT8_DENSE_FROM_AVX2, from
+    which the dense path takes over), one row fewer the bf16 path; BABAI_CPU_ACT8=0 carries NEVER."""
     layout = _layout(32, 128, bits, 32, seed=9)
-    packed = cpu_lut.pack(layout, "avx512")
-    assert packed.act8_from == cpu_lut.ACT8_FROM[cpu_lut.dense_class(True, bits)]
+    packed = cpu_lut.pack(layout, isa)
+    assert packed.act8_from == (cpu_lut.ACT8_FROM[cpu_lut.dense_class(True, bits)] if isa == "avx512"
+                                else cpu_lut.ACT8_FROM_AVX2[bits])
+    if packed.act8_from == NEVER:
+        return
     x = torch.randn(packed.act8_from, 128, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-    assert torch.equal(cpu_lut.lut_linear(packed, x), cpu_lut.lut_linear(packed, x, act8_from=1, dense_from=1))
+    dense_from = 1 if isa == "avx512" else NEVER
+    assert torch.equal(cpu_lut.lut_linear(packed, x), cpu_lut.lut_linear(packed, x, act8_from=1, dense_from=dense_from))
     assert torch.equal(cpu_lut.lut_linear(packed, x[1:]), cpu_lut.lut_linear(packed, x[1:], act8_from=NEVER))
-    assert cpu_lut.pack(layout, "avx2").act8_from == NEVER
+    if isa == "avx2":
+        assert packed.dense_from == max(cpu_lut.DENSE_FROM[isa][cpu_lut.dense_class(True, bits)], cpu_lut.ACT8_DENSE_FROM_AVX2)
+        big = torch.randn(packed.dense_from, 128, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+        assert torch.equal(cpu_lut.lut_linear(packed, big), cpu_lut.lut_linear(packed, big, act8_from=NEVER, dense_from=1))
     monkeypatch.setenv(cpu_lut.ACT8_ENV, "0")
-    assert cpu_lut.pack(layout, "avx512").act8_from == NEVER
+    assert cpu_lut.pack(layout, isa).act8_from == NEVER
