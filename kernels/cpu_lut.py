@@ -85,7 +85,9 @@ ACT8_FROM = {"group scales": 10, "no group scales": 12, "no group scales, 8 bits
 # / 0.61. HPTQ-4.3 (8 bits: two 4-bit planes per code, as many multiply-adds an instruction as VPMADDWD), M =
 # 4 / 8 / 16 / 64: 0.66 / 0.57 / 0.54 / 0.55 against 1.51 / 1.17 / 0.84 / 0.70: never. 5 bits (no layout
 # takes them) as 4.
-ACT8_FROM_AVX2 = {4: 8, 5: 8, 8: NEVER}
+# At M = 8 the two paths tie (lead's A/B, whole 30-layer steps, two rounds: SSQR-w4 avx2 18.14 / 18.30 ms int16 against
+# 18.82 / 18.72 int8), so decode at 8 requests keeps the int16 path: from 10.
+ACT8_FROM_AVX2 = {4: 10, 5: 10, 8: NEVER}
 # Rows of x from which those avx2 layers give way to the dense path (their DENSE_FROM when larger): PyTorch's
 # bf16 GEMM passes y8 between M = 256 (SSQR-w4 0.84 int8 x against 0.82 dense) and 512 (0.83 / 0.86; 1,024:
 # 0.76 / 0.90).
