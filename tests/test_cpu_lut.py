@@ -258,12 +258,44 @@ def test_default_dispatch_takes_the_dense_path_from_the_variants_crossover(isa, 
     monkeypatch.setenv(cpu_lut.ACT8_ENV, "0")
     layout = _layout(32, 128, bits, group or 128, seed=5, row_scale=group is None)
     packed = cpu_lut.pack(layout, isa)
-    assert packed.dense_from == cpu_lut.DENSE_FROM[isa][cpu_lut.dense_class(group is not None, bits)]
+    assert packed.dense_from == (cpu_lut.DENSE_FROM[isa][cpu_lut.dense_class(group is not None, bits)]
+                                 if cpu_lut.bf16_gemm_native(HOST) else NEVER)
     if packed.dense_from == cpu_lut.NEVER:
         return
     x = torch.randn(packed.dense_from, 128, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     assert torch.equal(cpu_lut.lut_linear(packed, x), cpu_lut.lut_linear(packed, x, dense_from=1))
     assert torch.equal(cpu_lut.lut_linear(packed, x[1:]), cpu_lut.lut_linear(packed, x[1:], dense_from=NEVER))
+
+
+def test_bf16_gemm_native_by_host_features_and_onednn_cap(monkeypatch):
+    """PyTorch's bf16 GEMM counts as multiplying in bf16 on a host with AVX-512 BF16 (or AMX-BF16, or
+    AVX-NE-CONVERT), unless ONEDNN_MAX_CPU_ISA or DNNL_MAX_CPU_ISA caps oneDNN below those instructions."""
+    for name in cpu_lut.ONEDNN_ISA_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    assert cpu_lut.bf16_gemm_native(frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}))
+    assert cpu_lut.bf16_gemm_native(frozenset({"avx2", "amx_bf16"}))
+    assert not cpu_lut.bf16_gemm_native(frozenset({"avx2", "fma", "f16c", "avx512f", "avx512_vnni"}))
+    for name in cpu_lut.ONEDNN_ISA_ENVS:
+        for cap, native in (("avx2", False), ("AVX512_CORE_VNNI", False), ("AVX512_CORE_BF16", True), ("ALL", True)):
+            monkeypatch.setenv(name, cap)
+            assert cpu_lut.bf16_gemm_native(frozenset({"avx2", "avx512_bf16"})) is native, (name, cap)
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("act8", ["0", ""])
+def test_no_dense_path_where_pytorchs_bf16_gemm_is_not_native(isa, act8, monkeypatch):
+    """With oneDNN capped at AVX2 (as on an AVX2-only host, where PyTorch's bf16 GEMM converts to float and
+    runs ~10x slower than the codes' paths) a packed layout never takes the dense path, and its default call
+    at a large M is the codes' path bit for bit."""
+    monkeypatch.setenv(cpu_lut.ACT8_ENV, act8)
+    layout = _layout(32, 128, 4, 32, seed=5)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    packed = cpu_lut.pack(layout, isa)
+    assert packed.dense_from == NEVER
+    x = torch.randn(600, 128, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    assert torch.equal(cpu_lut.lut_linear(packed, x), cpu_lut.lut_linear(packed, x, dense_from=NEVER))
+    assert not torch.equal(cpu_lut.lut_linear(packed, x), cpu_lut.lut_linear(packed, x, dense_from=1, act8_from=NEVER))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -551,7 +583,7 @@ def test_default_dispatch_takes_int8_activations_from_act8_from_unless_switched_
     dense_from = 1 if isa == "avx512" else NEVER
     assert torch.equal(cpu_lut.lut_linear(packed, x), cpu_lut.lut_linear(packed, x, act8_from=1, dense_from=dense_from))
     assert torch.equal(cpu_lut.lut_linear(packed, x[1:]), cpu_lut.lut_linear(packed, x[1:], act8_from=NEVER))
-    if isa == "avx2":
+    if isa == "avx2" and cpu_lut.bf16_gemm_native(HOST):
         assert packed.dense_from == max(cpu_lut.DENSE_FROM[isa][cpu_lut.dense_class(True, bits)], cpu_lut.ACT8_DENSE_FROM_AVX2)
         big = torch.randn(packed.dense_from, 128, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
         assert torch.equal(cpu_lut.lut_linear(packed, big), cpu_lut.lut_linear(packed, big, act8_from=NEVER, dense_from=1))
