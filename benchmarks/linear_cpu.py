@@ -424,6 +424,9 @@ def markdown(r: dict) -> str:
             f"an unquantized layer. Each M: {r['rounds']} rounds, every kernel's steps back to back in each "
             f"(~{r['target_ms']:g} ms per kernel per round); time = median over rounds; x bf16 = median over rounds "
             "of baseline time / kernel time (> 1: faster than vLLM's bf16).", "",
+            *(["The avx2 rows run the AVX2 variant forced on this CPU, against this CPU's AVX-512 BF16 baseline "
+               "(across instruction sets); against the bf16 of a host that has only AVX2: the section \"AVX2-only host "
+               "(emulated)\" at the end.", ""] if r.get("avx2_host") else []),
             "## x bf16 per step", "",
             "| kernel | " + " | ".join(f"M={m}" for m in ms) + " | min |", "|---" * (len(ms) + 2) + "|"]
     for name in r["ms_per_step"]:
