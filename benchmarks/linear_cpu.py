@@ -143,6 +143,20 @@ def vllm_linear(weight: torch.Tensor):
     return (lambda x: layer.cpu_linear(x.to(weight.dtype), layer.weight, None)), gemm
 
 
+def vllm_step(weights: list[dict], dtype: torch.dtype = torch.bfloat16) -> tuple[list, str]:
+    """vLLM's unquantized linears of a step in serving order [(fused, f)] on `weights` cast to `dtype`, and the
+    GEMM vLLM picked for them (`vllm_linear`)."""
+    built = [(fused, *vllm_linear(w.to(dtype))) for layer in weights for fused, w in layer.items()]
+    return [(fused, f) for fused, f, _ in built], built[0][2]
+
+
+def kernel_step(name: str, specs: dict, classes: dict) -> list:
+    """CASES[name]'s kernel on every layer of its checkpoint (`specs[row]`), a step in serving order [(fused, f)]."""
+    row, cls, isa = CASES[name]
+    return [(fused, lambda x, kern=make_kernel(classes[cls], spec, isa): kern.apply(x, None))
+            for layer in specs[row] for fused, spec in layer.items()]
+
+
 def step_rounds(steps: dict, xs: dict, rounds: int, target_ms: float) -> dict[str, list[dict[str, float]]]:
     """{kernel: [{fused: µs of that shape's calls in one step} per round]}. steps[kernel] is the step's calls in
     serving order [(fused, f)], f(x) for x = xs[fused]; every kernel runs whole steps in every round, back to
@@ -284,14 +298,8 @@ def avx2_host(args, specs: dict, shapes: dict, weights: list, classes: dict) -> 
     fp32 linears and BabaiLutCPU's avx2 variant, whole steps at every M; and on layer CROSSOVER_LAYER the
     kernel's default path (the dense path off: `cpu_lut.bf16_gemm_native`) against the dense path forced."""
     from babai_kernels import cpu_lut
-    bf16 = [[(fused, *vllm_linear(w)) for fused, w in layer.items()] for layer in weights]
-    fp32 = [[(fused, *vllm_linear(w.float())) for fused, w in layer.items()] for layer in weights]
-    steps = {BASE: [(fused, f) for layer in bf16 for fused, f, _ in layer],
-             FP32: [(fused, f) for layer in fp32 for fused, f, _ in layer]}
-    for name in AVX2_HOST_CASES:
-        row, cls, isa = CASES[name]
-        steps[name] = [(fused, lambda x, kern=make_kernel(classes[cls], spec, isa): kern.apply(x, None))
-                       for layer in specs[row] for fused, spec in layer.items()]
+    (bf16, bf16_gemm), (fp32, fp32_gemm) = vllm_step(weights), vllm_step(weights, torch.float32)
+    steps = {BASE: bf16, FP32: fp32, **{name: kernel_step(name, specs, classes) for name in AVX2_HOST_CASES}}
     measured = measure_steps(steps, shapes, args.ms, args.rounds, args.target_ms, len(weights), torch.Generator().manual_seed(0))
     dense = {}
     for name in AVX2_HOST_CASES:
@@ -307,7 +315,7 @@ def avx2_host(args, specs: dict, shapes: dict, weights: list, classes: dict) -> 
                     "default_us": statistics.median(t["default"]), "dense_us": statistics.median(t["dense"]),
                     "speedup": median_ratio(t["default"], t["dense"])}
     return {**measured, "env": AVX2_HOST_ENV, "rounds": args.rounds, "isa": cpu_lut.isa(),
-            "gemm": {BASE: bf16[0][0][2], FP32: fp32[0][0][2]},
+            "gemm": {BASE: bf16_gemm, FP32: fp32_gemm},
             "bf16_gemm_native": cpu_lut.bf16_gemm_native(cpu_lut.host_features()), "dense_vs_default": dense}
 
 
@@ -359,12 +367,10 @@ def main(argv=None) -> int:
         args.avx2_host_json.write_text(json.dumps(avx2_host(args, specs, shapes, weights, classes), indent=1) + "\n")
         return 0
     # every kernel's step: [(fused, f)] in serving order, one f per decoder layer and shape
-    steps = {BASE: [(fused, vllm_linear(w)[0]) for layer in weights for fused, w in layer.items()],
+    steps = {BASE: vllm_step(weights)[0],
              F_LINEAR: [(fused, lambda x, w=w: torch.nn.functional.linear(x, w)) for layer in weights
-                        for fused, w in layer.items()]}
-    for name, (row, cls, isa) in cases.items():
-        steps[name] = [(fused, lambda x, kern=make_kernel(classes[cls], spec, isa): kern.apply(x, None))
-                       for layer in specs[row] for fused, spec in layer.items()]
+                        for fused, w in layer.items()],
+             **{name: kernel_step(name, specs, classes) for name in cases}}
     print(f"{len(steps)} kernels × {len(specs['ssqr-w4'])} decoder layers built", flush=True)
     measured = measure_steps(steps, shapes, args.ms, args.rounds, args.target_ms, len(weights), g)
     crossovers: dict[str, dict[str, dict]] = {}

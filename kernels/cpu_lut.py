@@ -5,9 +5,10 @@ into exact bfloat16 (AVX-512 BF16: a 16/32-entry lookup table, VDPBF16PS over up
 or int16 (AVX2 + FMA + F16C: VPMADDWD over up to 4 rows of x, each rounded to 16-bit fixed point) in
 registers, group scales, the CSR residual, row scale, bias and the output cast. Nothing dense stays
 resident. Larger batches decode each block once per 256 rows into a small per-thread buffer and reuse it
-(`PREDECODE_FROM`); large ones dequantize tiles of the weight to bfloat16 for PyTorch's GEMM (`DENSE_FROM`),
-(only where that GEMM multiplies in bf16: `bf16_gemm_native`), or, on AVX-512 VNNI hosts, round x to int8 per row and block of columns and multiply the codes as uint8 by
-VPDPBUSD (`ACT8_FROM`, before the dense path; `BABAI_CPU_ACT8=0` switches it off; docs/cpu_kernel.md).
+(`PREDECODE_FROM`); large ones dequantize tiles of the weight to bfloat16 for PyTorch's GEMM (`DENSE_FROM`,
+only where that GEMM multiplies in bf16: `bf16_gemm_native`), or, on AVX-512 VNNI hosts, round x to int8
+per row and block of columns and multiply the codes as uint8 by VPDPBUSD (`ACT8_FROM`, before the dense
+path; `BABAI_CPU_ACT8=0` switches it off; docs/cpu_kernel.md).
 
 Build: on first use (~1 min; `scripts/setup.sh` does it once) with explicit instruction-set flags
 (`CFLAGS`: the AVX2 baseline; the AVX-512 functions are compiled for their extensions inside the source),
@@ -136,8 +137,10 @@ def dense_class(group_scales: bool, bits: int) -> str:
     return "group scales" if group_scales else "no group scales, 8 bits" if bits == 8 else "no group scales"
 
 
+@functools.cache
 def host_features() -> frozenset[str]:
-    """The CPU flags Linux reports for this host (empty where /proc/cpuinfo is absent)."""
+    """The CPU flags Linux reports for this host (empty where /proc/cpuinfo is absent); read once per process
+    (`pack` asks for every layer)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
